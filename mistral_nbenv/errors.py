@@ -1,0 +1,116 @@
+"""The one exception hierarchy of mistral_nbenv.
+
+Every error this package raises on purpose is a ``MistralEnvError``::
+
+    MistralEnvError
+    ├── ConfigurationError            settings, environment names, secret references
+    │   └── MissingAPIKeyError        no key for an environment (lists every place looked)
+    ├── SecretBackendError            Vault/OpenBao, AWS or GCP could not give the key
+    ├── EnvironmentGuardError         an operation ran in the wrong environment
+    │   └── ProductionConfirmationRequired
+    ├── APIError                      the Mistral API answered with an error (status_code, attempts)
+    │   ├── RateLimitError            429 / Retry-After beyond the cap (retry_after)
+    │   └── APIConnectionError        no response at all
+    │       └── APITimeoutError       the request timed out
+    └── CacheMissError                offline mode and the answer is not cached
+
+Messages say what happened, in which environment, and what to do.  They never
+contain a full API key: keys travel as :class:`mistral_nbenv.secrets.SecretStr`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "CacheMissError",
+    "ConfigurationError",
+    "EnvironmentGuardError",
+    "MissingAPIKeyError",
+    "MistralEnvError",
+    "ProductionConfirmationRequired",
+    "RateLimitError",
+    "SecretBackendError",
+]
+
+
+class MistralEnvError(Exception):
+    """Base class of every error raised by mistral_nbenv."""
+
+
+class ConfigurationError(MistralEnvError, ValueError):
+    """A setting, environment name or secret reference is invalid."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """No API key could be found for an environment."""
+
+    def __init__(self, message: str, *, environment: str = "", looked: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.environment = environment
+        self.looked = looked
+
+
+class SecretBackendError(MistralEnvError):
+    """A secret store (Vault/OpenBao, AWS, GCP) could not provide a key."""
+
+    def __init__(
+        self, message: str, *, environment: str = "", backend: str = "", reference: str = ""
+    ):
+        super().__init__(message)
+        self.environment = environment
+        self.backend = backend
+        self.reference = reference
+
+
+class EnvironmentGuardError(MistralEnvError):
+    """An operation was attempted in an environment it is not allowed in."""
+
+
+class ProductionConfirmationRequired(EnvironmentGuardError):
+    """Switching into a protected environment needs ``confirm=True``."""
+
+    def __init__(self, message: str, *, environment: str = ""):
+        super().__init__(message)
+        self.environment = environment
+
+
+class APIError(MistralEnvError):
+    """The Mistral API call failed; ``status_code`` is None when there was no response."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        attempts: int = 1,
+        environment: str = "",
+        body: str | None = None,
+    ):
+        super().__init__(message)
+        self.status_code = status_code
+        self.attempts = attempts
+        self.environment = environment
+        self.body = body
+
+
+class RateLimitError(APIError):
+    """HTTP 429 that retries could not absorb; ``retry_after`` is the server's wish in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object):
+        kwargs.setdefault("status_code", 429)
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class APIConnectionError(APIError):
+    """No response was received (connection refused, dropped, DNS, ...)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request did not complete within ``timeout`` seconds."""
+
+
+class CacheMissError(MistralEnvError):
+    """Offline mode is on and the response is not in the cache."""
