@@ -1,0 +1,801 @@
+"""A loopback HTTP server speaking the Mistral API, with scripted faults (stdlib only)."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import math
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Fault",
+    "MistralTestServer",
+    "RecordedRequest",
+    "Responder",
+    "echo_answer",
+    "estimate_tokens",
+    "fake_embedding",
+]
+
+CHAT_PATH = "/v1/chat/completions"
+FIM_PATH = "/v1/fim/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
+MODELS_PATH = "/v1/models"
+
+#: Model ids listed by ``GET /v1/models`` unless the server is given others.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "mistral-small-latest",
+    "mistral-medium-latest",
+    "mistral-large-latest",
+    "codestral-latest",
+    "mistral-embed",
+)
+
+FaultKind = Literal["status", "slow", "drop", "drop_mid_stream", "malformed"]
+
+
+def _mask(value: str) -> str:
+    """Show at most the last 4 characters of a secret."""
+    return "…" + value[-4:] if len(value) > 8 else "…"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the server received (headers keyed in lower case)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: Any
+    raw_body: bytes = field(repr=False)
+    timestamp: float
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token sent in the ``Authorization`` header, if any."""
+        auth = self.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    @property
+    def stream(self) -> bool:
+        """Whether the JSON body asked for a streamed (SSE) answer."""
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return a header value, looked up case-insensitively."""
+        return self.headers.get(name.lower(), default)
+
+    def __repr__(self) -> str:
+        key = self.api_key
+        shown = f", api_key={_mask(key)!r}" if key else ""
+        return f"RecordedRequest({self.method} {self.path}{shown}, body={self.body!r})"
+
+
+#: Scripts chat/FIM answers: return the answer text, a full JSON body, or None for the default.
+Responder = Callable[[RecordedRequest], "str | Mapping[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A scripted misbehaviour for one request; build it with the class methods."""
+
+    kind: FaultKind
+    status_code: int = 200
+    retry_after: float | str | datetime | None = None
+    retry_after_http_date: bool = False
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    after_chunks: int = 0
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        retry_after: float | str | datetime | None = None,
+        http_date: bool = False,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Fault:
+        """Answer with an HTTP error (``body`` defaults to one shaped like the real API's)."""
+        if not 400 <= code <= 599:
+            raise ValueError(f"Fault.status needs a 4xx/5xx code, got {code}")
+        return cls(
+            "status",
+            status_code=code,
+            retry_after=retry_after,
+            retry_after_http_date=http_date,
+            body=body,
+            headers=MappingProxyType(dict(headers or {})),
+        )
+
+    @classmethod
+    def rate_limit(
+        cls, retry_after: float | str | datetime | None = 1, *, http_date: bool = False
+    ) -> Fault:
+        """Answer 429 with ``Retry-After`` in seconds (or as an HTTP-date with ``http_date``)."""
+        return cls.status(429, retry_after=retry_after, http_date=http_date)
+
+    @classmethod
+    def slow(cls, delay: float, *, chunk_delay: float = 0.0) -> Fault:
+        """Wait ``delay`` seconds before answering normally (streams: also between chunks)."""
+        return cls("slow", delay=delay, chunk_delay=chunk_delay)
+
+    @classmethod
+    def drop(cls) -> Fault:
+        """Close the connection without sending any response."""
+        return cls("drop")
+
+    @classmethod
+    def drop_mid_stream(cls, after_chunks: int = 1) -> Fault:
+        """Send the first ``after_chunks`` stream events (or half a JSON body), then close."""
+        return cls("drop_mid_stream", after_chunks=after_chunks)
+
+    @classmethod
+    def malformed(cls, body: Any = None) -> Fault:
+        """Answer 200 with JSON the SDK cannot validate (default ``{"unexpected": true}``)."""
+        return cls("malformed", body={"unexpected": True} if body is None else body)
+
+    def __str__(self) -> str:
+        if self.kind == "status":
+            return f"status {self.status_code}"
+        if self.kind == "slow":
+            return f"slow {self.delay}s"
+        return self.kind
+
+
+def estimate_tokens(text: str) -> int:
+    """Plausible token count for ``text`` (about four characters per token, at least one)."""
+    return max(1, len(text) // 4)
+
+
+def fake_embedding(text: str, dimensions: int = 16) -> list[float]:
+    """Deterministic unit vector derived from a hash of ``text``."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        for (word,) in struct.iter_unpack(">I", digest):
+            values.append(word / 0xFFFFFFFF * 2.0 - 1.0)
+        counter += 1
+    values = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message's ``content`` (a string or a list of content chunks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content
+        )
+    return "" if content is None else str(content)
+
+
+def echo_answer(body: Any) -> str:
+    """The default answer: ``"Echo: "`` plus the last user message (chat) or the prompt (FIM)."""
+    if not isinstance(body, dict):
+        return "Echo: "
+    if "messages" in body:
+        messages = body.get("messages") or []
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        last = users[-1] if users else (messages[-1] if messages else {})
+        return "Echo: " + _content_text(last.get("content") if isinstance(last, dict) else last)
+    return "Echo: " + _content_text(body.get("prompt"))
+
+
+def _prompt_tokens(body: Mapping[str, Any]) -> int:
+    if "messages" in body:
+        messages = body.get("messages") or []
+        return (
+            sum(
+                estimate_tokens(_content_text(m.get("content") if isinstance(m, dict) else m))
+                for m in messages
+            )
+            or 1
+        )
+    return estimate_tokens(_content_text(body.get("prompt")) + _content_text(body.get("suffix")))
+
+
+def _split_words(text: str) -> list[str]:
+    """Split ``text`` into stream pieces whose concatenation is ``text``."""
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    408: "timeout",
+    429: "rate_limited",
+}
+
+
+def _error_body(code: int) -> dict[str, Any]:
+    """An error body shaped like the real API's for ``code``."""
+    phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
+    if code == 401:
+        return {"message": "Unauthorized", "request_id": uuid.uuid4().hex}
+    if code == 422:
+        return {
+            "detail": [
+                {"type": "missing", "loc": ["body", "model"], "msg": "Field required", "input": {}}
+            ]
+        }
+    if code == 429:
+        phrase = "Requests rate limit exceeded"
+    return {
+        "object": "error",
+        "message": phrase,
+        "type": _ERROR_TYPES.get(code, "internal_server_error" if code >= 500 else "api_error"),
+        "param": None,
+        "code": str(code),
+    }
+
+
+def _retry_after_value(fault: Fault) -> str | None:
+    value = fault.retry_after
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return email.utils.format_datetime(value, usegmt=True)
+    if isinstance(value, str):
+        return value
+    if fault.retry_after_http_date:
+        # Round up so a client that honours the date waits at least ``value`` seconds.
+        return email.utils.formatdate(math.ceil(time.time() + value), usegmt=True)
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass
+class _Reply:
+    """What a route produced: a JSON body, or SSE events."""
+
+    status: int = 200
+    body: Any = None
+    events: list[Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: MistralTestServer) -> None:
+        self.app = app
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open client socket so that idle keep-alive handlers return."""
+        with self.connections_lock:
+            sockets = list(self.connections)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if self.app.stopping:
+            return
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return  # the client went away; nothing to report
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Without this every keep-alive request pays a 40 ms delayed-ACK stall.
+    disable_nagle_algorithm = True
+    server_version = "mistral-nbenv-testing"
+    sys_version = ""
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.app.verbose:
+            super().log_message(format, *args)
+
+    def handle_one_request(self) -> None:
+        if self.server.app.stopping:
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    # -- request handling -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        app = self.server.app
+        path, _, query = self.path.partition("?")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        body: Any = None
+        bad_json = False
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                bad_json = True
+        record = RecordedRequest(
+            method=self.command,
+            path=path,
+            query=query,
+            headers=MappingProxyType({k.lower(): v for k, v in self.headers.items()}),
+            body=body,
+            raw_body=raw,
+            timestamp=time.time(),
+        )
+        app._begin(record)
+        try:
+            self._respond(record, bad_json)
+        finally:
+            app._end()
+
+    def _respond(self, record: RecordedRequest, bad_json: bool) -> None:
+        app = self.server.app
+        if app.latency > 0 and app._pause(app.latency):
+            return self._drop()
+        expected = app.expected_api_key
+        if expected is not None and record.api_key != expected:
+            return self._send_json(401, _error_body(401))
+        fault = app._take_fault(record.path)
+        if fault is not None:
+            if fault.kind == "drop":
+                return self._drop()
+            if fault.kind == "status":
+                body = _error_body(fault.status_code) if fault.body is None else fault.body
+                headers = dict(fault.headers)
+                retry_after = _retry_after_value(fault)
+                if retry_after is not None:
+                    headers["Retry-After"] = retry_after
+                return self._send_json(fault.status_code, body, headers)
+            if fault.kind == "slow" and app._pause(fault.delay):
+                return self._drop()
+        if bad_json:
+            return self._send_json(400, {"object": "error", "message": "Invalid JSON body"})
+        reply = self.server.app._route(record)
+        if fault is not None and fault.kind == "malformed":
+            reply = _Reply(
+                body=fault.body, events=[fault.body] if reply.events is not None else None
+            )
+        chunk_delay = fault.chunk_delay if fault is not None and fault.kind == "slow" else 0.0
+        chunk_delay = chunk_delay or app.chunk_delay
+        cut = fault.after_chunks if fault is not None and fault.kind == "drop_mid_stream" else None
+        if reply.events is not None and reply.status == 200:
+            return self._send_events(reply.events, chunk_delay, cut)
+        return self._send_json(reply.status, reply.body, reply.headers, cut=cut is not None)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_json(
+        self,
+        status: int,
+        body: Any,
+        headers: Mapping[str, str] | None = None,
+        *,
+        cut: bool = False,
+    ) -> None:
+        if isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if cut:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            return self._drop()
+        self.wfile.write(data)
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _send_events(self, events: Sequence[Any], chunk_delay: float, cut: int | None) -> None:
+        app = self.server.app
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        for index, event in enumerate(events):
+            if cut is not None and index >= cut:
+                return self._drop()
+            if index and chunk_delay > 0 and app._pause(chunk_delay):
+                return self._drop()
+            payload = event if isinstance(event, str) else json.dumps(event)
+            self._write_chunk(f"data: {payload}\n\n".encode())
+        if cut is not None:
+            return self._drop()
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+
+class MistralTestServer:
+    """A Mistral-compatible HTTP server on loopback, run in a daemon thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        expected_api_key: str | None = None,
+        responder: Responder | None = None,
+        models: Iterable[str] = DEFAULT_MODELS,
+        embedding_dimensions: int = 16,
+        verbose: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        #: Seconds every request waits before it is answered.
+        self.latency = latency
+        #: Seconds between stream events (a ``Fault.slow`` chunk delay overrides it).
+        self.chunk_delay = chunk_delay
+        #: If set, requests without ``Authorization: Bearer <key>`` get 401.
+        self.expected_api_key = expected_api_key
+        #: Scripts chat/FIM answers; None keeps the default echo.
+        self.responder = responder
+        #: Model ids served by ``/v1/models``.
+        self.models = list(models)
+        #: Length of the vectors returned by ``/v1/embeddings``.
+        self.embedding_dimensions = embedding_dimensions
+        #: Log one line per request (never headers) to stderr.
+        self.verbose = verbose
+        self._lock = threading.Condition()
+        self._requests: list[RecordedRequest] = []
+        self._faults: list[tuple[str | None, Fault]] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> MistralTestServer:
+        """Bind and serve in a daemon thread; returns the server itself."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer((self.host, self.port), self)
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"mistral-test-server:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and join the threads (idempotent)."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()  # joins the handler threads
+        if thread is not None:
+            thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> MistralTestServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving."""
+        return self._httpd is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` has begun."""
+        return self._stopping.is_set()
+
+    @property
+    def url(self) -> str:
+        """Base URL to pass as the SDK's ``server_url`` (``http://127.0.0.1:PORT``)."""
+        if self._httpd is None:
+            raise RuntimeError("MistralTestServer is not running; call start() first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        where = self.url if self.running else "stopped"
+        return f"<MistralTestServer {where} requests={self.count()}>"
+
+    # -- recorded requests ------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def last_request(self) -> RecordedRequest | None:
+        """The most recent request, or None."""
+        with self._lock:
+            return self._requests[-1] if self._requests else None
+
+    def count(self, path: str | None = None, *, method: str | None = None) -> int:
+        """How many requests were received (optionally only for ``path`` / ``method``)."""
+        with self._lock:
+            return sum(
+                1
+                for r in self._requests
+                if (path is None or r.path == path) and (method is None or r.method == method)
+            )
+
+    def clear(self) -> None:
+        """Forget recorded requests and reset ``max_in_flight`` (queued faults stay)."""
+        with self._lock:
+            self._requests.clear()
+            self._max_in_flight = self._in_flight
+
+    def wait_for_requests(self, n: int, *, path: str | None = None, timeout: float = 5.0) -> bool:
+        """Block until at least ``n`` requests (for ``path``) arrived; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._count_locked(path) >= n, timeout)
+
+    def _count_locked(self, path: str | None) -> int:
+        return sum(1 for r in self._requests if path is None or r.path == path)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled right now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests handled at the same time since start or ``clear()``."""
+        with self._lock:
+            return self._max_in_flight
+
+    def _begin(self, record: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(record)
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._lock.notify_all()
+
+    def _end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the server stops first; True if it is stopping."""
+        return self._stopping.wait(seconds) if seconds > 0 else self._stopping.is_set()
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def enqueue(self, *faults: Fault, path: str | None = None) -> None:
+        """Queue faults, each consumed by one later request (to ``path`` only, if given)."""
+        with self._lock:
+            self._faults.extend((path, fault) for fault in faults)
+
+    def fail_next(self, n: int, fault: Fault, *, path: str | None = None) -> None:
+        """Queue the same fault for the next ``n`` requests (to ``path`` only, if given)."""
+        self.enqueue(*([fault] * n), path=path)
+
+    @property
+    def pending_faults(self) -> int:
+        """How many queued faults no request has consumed yet."""
+        with self._lock:
+            return len(self._faults)
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for index, (wanted, fault) in enumerate(self._faults):
+                if wanted is None or wanted == path:
+                    del self._faults[index]
+                    return fault
+        return None
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def _route(self, record: RecordedRequest) -> _Reply:
+        path, method = record.path.rstrip("/") or "/", record.method
+        routes: dict[str, tuple[str, Callable[[RecordedRequest], _Reply]]] = {
+            CHAT_PATH: ("POST", self._completion),
+            FIM_PATH: ("POST", self._completion),
+            EMBEDDINGS_PATH: ("POST", self._embeddings),
+            MODELS_PATH: ("GET", self._list_models),
+        }
+        if path.startswith(MODELS_PATH + "/") and method == "GET":
+            return self._retrieve_model(path[len(MODELS_PATH) + 1 :])
+        if path not in routes:
+            return _Reply(404, {"detail": "Not Found"})
+        wanted, handler = routes[path]
+        if method != wanted:
+            return _Reply(405, {"detail": "Method Not Allowed"})
+        if wanted == "POST" and not isinstance(record.body, dict):
+            return _Reply(400, {"object": "error", "message": "Expected a JSON object body"})
+        return handler(record)
+
+    def _completion(self, record: RecordedRequest) -> _Reply:
+        body: dict[str, Any] = record.body
+        required = "messages" if record.path.rstrip("/") == CHAT_PATH else "prompt"
+        missing = [name for name in ("model", required) if name not in body]
+        if missing:
+            detail = [
+                {"type": "missing", "loc": ["body", name], "msg": "Field required", "input": body}
+                for name in missing
+            ]
+            return _Reply(422, {"detail": detail})
+        scripted = self.responder(record) if self.responder is not None else None
+        if isinstance(scripted, Mapping):
+            data = dict(scripted)
+            return _Reply(body=data, events=[data] if record.stream else None)
+        answer = echo_answer(body) if scripted is None else str(scripted)
+        prompt_tokens = _prompt_tokens(body)
+        completion_tokens = estimate_tokens(answer)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        model = str(body["model"])
+        ident, created = uuid.uuid4().hex, int(time.time())
+        if record.stream:
+            return _Reply(events=self._chunks(ident, created, model, answer, usage))
+        return _Reply(
+            body={
+                "id": ident,
+                "object": "chat.completion",
+                "model": model,
+                "created": created,
+                "usage": usage,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer, "tool_calls": None},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+
+    @staticmethod
+    def _chunks(
+        ident: str, created: int, model: str, answer: str, usage: dict[str, int]
+    ) -> list[Any]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+
+        pieces = _split_words(answer)
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": piece}) for piece in pieces[:-1]]
+        events.append(chunk({"content": pieces[-1]}, "stop", usage=usage))
+        return events
+
+    def _embeddings(self, record: RecordedRequest) -> _Reply:
+        body: dict[str, Any] = record.body
+        if "model" not in body or "input" not in body:
+            return _Reply(422, _error_body(422))
+        inputs = body["input"]
+        texts = [inputs] if isinstance(inputs, str) else [_content_text(t) for t in inputs]
+        tokens = sum(estimate_tokens(t) for t in texts)
+        return _Reply(
+            body={
+                "id": uuid.uuid4().hex,
+                "object": "list",
+                "model": str(body["model"]),
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+                "data": [
+                    {
+                        "object": "embedding",
+                        "embedding": fake_embedding(text, self.embedding_dimensions),
+                        "index": index,
+                    }
+                    for index, text in enumerate(texts)
+                ],
+            }
+        )
+
+    def _model_card(self, model_id: str) -> dict[str, Any]:
+        is_embed = "embed" in model_id
+        is_code = "codestral" in model_id
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": 1700000000,
+            "owned_by": "mistralai",
+            "type": "base",
+            "max_context_length": 32768,
+            "aliases": [],
+            "capabilities": {
+                "completion_chat": not is_embed,
+                "completion_fim": is_code,
+                "function_calling": not is_embed,
+                "fine_tuning": False,
+                "vision": False,
+            },
+        }
+
+    def _list_models(self, record: RecordedRequest) -> _Reply:
+        return _Reply(body={"object": "list", "data": [self._model_card(m) for m in self.models]})
+
+    def _retrieve_model(self, model_id: str) -> _Reply:
+        if model_id not in self.models:
+            return _Reply(404, {"detail": f"Model {model_id!r} not found"})
+        return _Reply(body=self._model_card(model_id))
