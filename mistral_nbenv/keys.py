@@ -1,0 +1,267 @@
+"""API keys per environment: where they come from, and that no two environments share one.
+
+Resolution for environment E (first hit wins):
+
+1. ``api_key`` from E's settings: a literal, ``env:NAME``, or a secret-store reference
+   (``vault:``, ``aws-sm:``, ``gcp-sm:`` — fetched by :mod:`mistral_nbenv.backends` and
+   kept in memory for ``secrets.cache_seconds``);
+2. the variable ``MISTRAL_API_KEY_DEV`` / ``_STAGING`` / ``_PROD`` (``_QA`` for ``[qa]``);
+3. for development only, the generic ``MISTRAL_API_KEY``.
+
+Variables are looked up in the process environment, then the project's ``.env.local``,
+then its ``.env`` (python-dotenv parsing; the process environment is never overridden).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ._names import key_variable
+from .backends import is_reference, load_backend, parse_reference
+from .errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
+from .secrets import SecretStr
+from .settings import Settings, get_settings, list_environments
+
+__all__ = ["ResolvedKey", "forget_keys", "get_api_key", "project_getenv", "resolve_api_key"]
+
+GENERIC_VARIABLE = "MISTRAL_API_KEY"
+DOTENV_FILES = (".env.local", ".env")
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    """An environment's API key (masked in every rendering) and a description of its source."""
+
+    environment: str
+    value: SecretStr
+    source: str
+
+    @property
+    def masked(self) -> str:
+        """The masked key, e.g. ``…abcd``."""
+        return self.value.masked
+
+
+# --------------------------------------------------------------------------- variables
+
+_dotenv_cache: dict[Path, tuple[int, dict[str, str | None]]] = {}
+
+
+def _dotenv(path: Path) -> dict[str, str | None]:
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _dotenv_cache.get(path)
+    if cached is None or cached[0] != stamp:
+        from dotenv import dotenv_values
+
+        cached = (stamp, dict(dotenv_values(path)))
+        _dotenv_cache[path] = cached
+    return cached[1]
+
+
+def lookup_variable(name: str, project_dir: Path | None) -> tuple[str, str] | None:
+    """``(value, where)`` of a variable: process environment, ``.env.local``, ``.env``."""
+    value = os.environ.get(name)
+    if value:
+        return value, "process environment"
+    if project_dir is not None:
+        for filename in DOTENV_FILES:
+            found = _dotenv(project_dir / filename).get(name)
+            if found:
+                return found, str(project_dir / filename)
+    return None
+
+
+def _places(name: str, project_dir: Path | None) -> str:
+    where = ["the process environment"]
+    if project_dir is not None:
+        where += [str(project_dir / f) for f in DOTENV_FILES]
+    return f"{name} in {', '.join(where)}"
+
+
+def project_getenv(project_dir: Path | None) -> Callable[[str], str | None]:
+    """A ``getenv`` for secret backends that also reads the project's ``.env`` files."""
+
+    def getenv(name: str) -> str | None:
+        found = lookup_variable(name, project_dir)
+        return found[0] if found else None
+
+    return getenv
+
+
+# --------------------------------------------------------------------------- resolution
+
+_lock = threading.RLock()
+_remote: dict[tuple[object, ...], tuple[float, SecretStr]] = {}
+_resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
+
+
+def forget_keys() -> None:
+    """Drop every key held in memory (fetched secrets and the isolation registry)."""
+    with _lock:
+        _remote.clear()
+        _resolved.clear()
+
+
+def _fallback_names(env: str) -> list[str]:
+    names = [key_variable(env)]
+    if env == "development":
+        names.append(GENERIC_VARIABLE)
+    return names
+
+
+def _local(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
+    """Resolve without calling a secret store: a key, "remote" (a store reference) or None."""
+    env, project_dir = settings.environment, settings.project_dir
+    configured = settings.api_key
+    if configured is not None:
+        raw = configured.get_secret_value().strip()
+        origin = settings.source_of("api_key")
+        if not is_reference(raw):
+            return ResolvedKey(env, SecretStr(raw), f"{origin} (literal)")
+        ref = parse_reference(raw)
+        if ref.scheme != "env":
+            return "remote"
+        found = lookup_variable(ref.path, project_dir)
+        if found is None:
+            raise MissingAPIKeyError(
+                f"No API key for environment '{env}': api_key = {ref.raw!r} (from {origin}) "
+                f"but {ref.path} is not set. Looked for {_places(ref.path, project_dir)}. "
+                f"Set {ref.path}, or change api_key in {origin}.",
+                environment=env,
+                looked=(_places(ref.path, project_dir),),
+            )
+        return ResolvedKey(env, SecretStr(found[0].strip()), f"{ref.path} from {found[1]}")
+    for name in _fallback_names(env):
+        found = lookup_variable(name, project_dir)
+        if found is not None:
+            return ResolvedKey(env, SecretStr(found[0].strip()), f"{name} from {found[1]}")
+    return None
+
+
+def _missing(settings: Settings) -> MissingAPIKeyError:
+    env, project_dir = settings.environment, settings.project_dir
+    from .settings import project_files
+
+    _, settings_file, secrets_file = project_files()
+    files = [str(p) for p in (settings_file, secrets_file) if p is not None]
+    looked = [
+        f"api_key under [{env}] or [default] in "
+        + (", ".join(files) if files else "no settings file (none was found)")
+    ]
+    looked += [_places(name, project_dir) for name in _fallback_names(env)]
+    target = secrets_file or (project_dir / ".secrets.toml" if project_dir else None)
+    hint = (
+        f'add `api_key = "..."` under [{env}] in {target}'
+        if target
+        else f'create .secrets.toml with `api_key = "..."` under [{env}]'
+    )
+    return MissingAPIKeyError(
+        f"No API key for environment '{env}'. Looked in: " + "; ".join(looked) + ". "
+        f"Set {key_variable(env)} or {hint}.",
+        environment=env,
+        looked=tuple(looked),
+    )
+
+
+def _remote_key(settings: Settings) -> ResolvedKey:
+    env = settings.environment
+    assert settings.api_key is not None
+    ref = parse_reference(settings.api_key.get_secret_value())
+    origin = settings.source_of("api_key")
+    cache_key = (env, ref.raw, settings.secrets, settings.project_dir)
+    now = time.monotonic()
+    with _lock:
+        hit = _remote.get(cache_key)
+        if hit is not None and hit[0] > now:
+            return ResolvedKey(env, hit[1], f"{ref.raw} (from {origin}; cached in memory)")
+    try:
+        backend = load_backend(ref.scheme)
+        value = backend.fetch(ref, settings.secrets, project_getenv(settings.project_dir))
+    except SecretBackendError as exc:
+        raise SecretBackendError(
+            f"Environment '{env}': {exc}",
+            environment=env,
+            backend=exc.backend or ref.scheme,
+            reference=ref.raw,
+        ) from exc
+    value = value.strip() if isinstance(value, str) else ""
+    if not value:
+        raise SecretBackendError(
+            f"Environment '{env}': {ref.raw} (from {origin}) is empty. Store the key there.",
+            environment=env,
+            backend=ref.scheme,
+            reference=ref.raw,
+        )
+    secret = SecretStr(value)
+    if settings.secrets.cache_seconds > 0:
+        with _lock:
+            _remote[cache_key] = (now + settings.secrets.cache_seconds, secret)
+    return ResolvedKey(env, secret, f"{ref.raw} (from {origin})")
+
+
+def resolve_api_key(settings: Settings) -> ResolvedKey:
+    """Find ``settings``' environment's key (may call a secret store); no isolation check."""
+    local = _local(settings)
+    if local == "remote":
+        return _remote_key(settings)
+    if local is None or not local.value:
+        raise _missing(settings)
+    return local
+
+
+def _duplicate(key: ResolvedKey, other: ResolvedKey) -> ConfigurationError:
+    return ConfigurationError(
+        f"The API key for '{key.environment}' ({key.masked}, from {key.source}) is the same "
+        f"as the key for '{other.environment}' (from {other.source}). Each environment needs "
+        f"its own key — a production key used in development is the classic leak. "
+        f"Replace one of them."
+    )
+
+
+def check_isolation(key: ResolvedKey) -> None:
+    """Raise ``ConfigurationError`` if another environment has the same key.
+
+    Compares with keys this process already resolved and with every other environment's
+    literal / variable key; it never calls a remote secret store for that.
+    """
+    with _lock:
+        for env, (settings, other) in list(_resolved.items()):
+            if env == key.environment:
+                continue
+            try:
+                current = get_settings(env)
+            except ConfigurationError:
+                current = None
+            if current is not settings:  # settings were reloaded: that key may be gone
+                del _resolved[env]
+                continue
+            if other.value == key.value:
+                raise _duplicate(key, other)
+    for env in list_environments():
+        if env == key.environment:
+            continue
+        try:
+            local = _local(get_settings(env))
+        except ConfigurationError:
+            continue
+        if isinstance(local, ResolvedKey) and local.value == key.value:
+            raise _duplicate(key, local)
+
+
+def get_api_key(env: str | None = None) -> ResolvedKey:
+    """The API key of ``env`` (default: the active environment), checked for isolation."""
+    settings = get_settings(env)
+    key = resolve_api_key(settings)
+    check_isolation(key)
+    with _lock:
+        _resolved[settings.environment] = (settings, key)
+    return key

@@ -1,0 +1,62 @@
+"""``SecretStr``: how API keys and tokens travel through the package, always masked."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, NoReturn
+
+__all__ = ["SecretStr", "mask"]
+
+
+def mask(value: str) -> str:
+    """Show at most the last 4 characters of a secret (none of a short one): ``…abcd``."""
+    return "…" + value[-4:] if len(value) >= 12 else "…"
+
+
+class SecretStr:
+    """A secret string whose ``repr``/``str``/format show at most its last 4 characters."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("SecretStr holds a str")
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """The full secret: pass it on, never print or store it."""
+        return self._value
+
+    @property
+    def masked(self) -> str:
+        """The masked form, e.g. ``…abcd``."""
+        return mask(self._value)
+
+    def __repr__(self) -> str:
+        return f"SecretStr('{self.masked}')"
+
+    def __str__(self) -> str:
+        return self.masked
+
+    def __format__(self, spec: str) -> str:
+        return format(self.masked, spec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretStr):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("SecretStr", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("SecretStr cannot be pickled: secrets never go to a cache or a file")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SecretStr:
+        return self
+
+    def __copy__(self) -> SecretStr:
+        return self

@@ -1,0 +1,569 @@
+"""Settings per environment: discovery, layers, "specific beats general", validation.
+
+This is the only module that touches Dynaconf (imported lazily: it costs ~0.3 s).
+
+Layers, lowest to highest: the packaged ``defaults.toml``; the project's ``settings.toml``;
+its ``.secrets.toml``; ``MISTRAL_NBENV_*`` environment variables (``__`` nests, e.g.
+``MISTRAL_NBENV_CACHE__ENABLED=false``). For environment E a value from an ``[E]``
+section of *any* file beats every ``[default]`` value; among equally specific values the
+higher layer wins; environment variables beat both. Nested tables merge key by key.
+Dynaconf's own loading order would let a later file's ``[default]`` override an earlier
+file's ``[production]``, so the layers are merged here and Dynaconf validates the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ._names import CANONICAL, canonical_or_none, normalize_name
+from .errors import ConfigurationError
+from .secrets import SecretStr
+
+__all__ = [
+    "CacheSettings",
+    "FeatureFlags",
+    "RateLimitSettings",
+    "SecretsSettings",
+    "Settings",
+    "find_project",
+    "get_settings",
+    "list_environments",
+    "reload_settings",
+]
+
+SETTINGS_VARIABLE = "MISTRAL_NBENV_SETTINGS"
+ENV_PREFIX = "MISTRAL_NBENV_"
+SETTINGS_FILENAME = "settings.toml"
+SECRETS_FILENAME = ".secrets.toml"
+TABLES = ("cache", "rate_limits", "features", "secrets")
+DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
+ENV_VARS_LABEL = "environment variable"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        # The decoder's message gives line/column only, never the file's content.
+        raise ConfigurationError(
+            f"{path} is not valid TOML ({exc}). Fix the file; nothing was loaded from it."
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read settings file {path}: {exc.strerror}.") from None
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class _Rule:
+    types: tuple[type, ...]
+    expect: str
+    gt: float | None = None
+    gte: float | None = None
+
+
+_STR = _Rule((str,), "a string")
+_NAME = _Rule((str,), "a non-empty model name")
+_BOOL = _Rule((bool,), "true or false")
+_POS = _Rule((int, float), "a number greater than 0", gt=0)
+_NONNEG = _Rule((int, float), "a number >= 0", gte=0)
+_COUNT = _Rule((int,), "a whole number >= 0", gte=0)
+_AT_LEAST_ONE = _Rule((int,), "a whole number >= 1", gte=1)
+
+SCHEMA: dict[str, _Rule] = {
+    "model": _NAME,
+    "new_model": _NAME,
+    "embedding_model": _NAME,
+    "fim_model": _NAME,
+    "offline": _BOOL,
+    "server_url": _STR,
+    "timeout": _POS,
+    "max_retries": _COUNT,
+    "retry_max_wait": _NONNEG,
+    "debug": _BOOL,
+    "protected": _BOOL,
+    "api_key": _STR,
+    "cache.enabled": _BOOL,
+    "cache.ttl_seconds": _NONNEG,
+    "cache.directory": _STR,
+    "cache.size_limit_mb": _POS,
+    "rate_limits.requests_per_minute": _COUNT,
+    "rate_limits.tokens_per_minute": _COUNT,
+    "features.use_new_model": _BOOL,
+    "features.enable_function_calling": _BOOL,
+    "features.max_concurrent_requests": _AT_LEAST_ONE,
+    "secrets.cache_seconds": _NONNEG,
+    "secrets.vault_url": _STR,
+    "secrets.vault_token": _STR,
+    "secrets.vault_namespace": _STR,
+    "secrets.aws_region": _STR,
+    "secrets.aws_endpoint_url": _STR,
+    "secrets.gcp_emulator_host": _STR,
+}
+_SECRET_KEYS = frozenset({"api_key", "secrets.vault_token"})
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+
+
+# --------------------------------------------------------------------------- typed view
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """``cache.*``: the response cache of one environment."""
+
+    enabled: bool
+    ttl_seconds: float
+    directory: str
+    size_limit_mb: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """``rate_limits.*``: the client-side budget of one environment (0 = unlimited)."""
+
+    requests_per_minute: int
+    tokens_per_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFlags:
+    """``features.*``: feature flags of one environment."""
+
+    use_new_model: bool
+    enable_function_calling: bool
+    max_concurrent_requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecretsSettings:
+    """``secrets.*``: how secret references are resolved (empty = the backend's own default)."""
+
+    cache_seconds: float
+    vault_url: str
+    vault_token: SecretStr | None
+    vault_namespace: str
+    aws_region: str
+    aws_endpoint_url: str
+    gcp_emulator_host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated, read-only settings of one environment."""
+
+    environment: str
+    model: str
+    new_model: str
+    embedding_model: str
+    fim_model: str
+    offline: bool
+    server_url: str
+    timeout: float
+    max_retries: int
+    retry_max_wait: float
+    debug: bool
+    protected: bool
+    api_key: SecretStr | None
+    cache: CacheSettings
+    rate_limits: RateLimitSettings
+    features: FeatureFlags
+    secrets: SecretsSettings
+    project_dir: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def chat_model(self) -> str:
+        """The default chat model: ``new_model`` while ``features.use_new_model`` is on."""
+        return self.new_model if self.features.use_new_model else self.model
+
+    def source_of(self, key: str) -> str:
+        """Where a (dotted) key's value came from, e.g. ``settings.toml [production]``."""
+        return self.sources.get(key, "not set")
+
+    def explain(self) -> Iterator[tuple[str, str, str]]:
+        """Yield ``(key, value as text, source)`` for every setting; secrets masked."""
+        for key in SCHEMA:
+            value: Any = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value is None:
+                shown = "(not set)"
+            elif isinstance(value, SecretStr):
+                shown = value.masked
+            elif isinstance(value, bool):
+                shown = str(value).lower()
+            else:
+                shown = repr(value) if isinstance(value, str) else str(value)
+            yield key, shown, self.source_of(key)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclass(frozen=True)
+class _Layer:
+    label: str
+    sections: dict[str, dict[str, Any]]  # environment or "default" -> flat {dotted key: value}
+
+
+@dataclass(frozen=True)
+class _Project:
+    directory: Path | None
+    settings_file: Path | None
+    secrets_file: Path | None
+    layers: tuple[_Layer, ...]
+    env_values: dict[str, tuple[Any, str]]  # dotted key -> (value, variable name)
+    environments: tuple[str, ...]
+    ignored_variables: tuple[str, ...]
+    cache: dict[str, Settings] = field(default_factory=dict)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{str(key).lower()}"
+        if isinstance(value, Mapping) and dotted in TABLES:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _load_layer(path: Path, label: str) -> _Layer:
+    data = _read_toml(path)
+    sections: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for raw_name, table in data.items():
+        name = str(raw_name).lower()
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(
+                f"{label}: key {raw_name!r} is outside any section. Put it under [default] "
+                f"(every environment) or under [development]/[staging]/[production]."
+            )
+        if name in TABLES or name in SCHEMA:
+            raise ConfigurationError(
+                f"{label}: [{raw_name}] looks like a setting, not an environment. "
+                f"Write it as [default.{name}] or [production.{name}] (etc.)."
+            )
+        if name != "default":
+            name = canonical_or_none(name) or name
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ConfigurationError(
+                    f"{label}: [{raw_name}] is not a valid environment name "
+                    f"(letters, digits, '-' and '_' only)."
+                )
+        if name in origin:
+            raise ConfigurationError(
+                f"{label}: sections [{origin[name]}] and [{raw_name}] both name the "
+                f"environment '{name}'. Merge them into one section."
+            )
+        origin[name] = str(raw_name)
+        sections[name] = _flatten(table)
+    return _Layer(label, sections)
+
+
+def _read_env_vars() -> tuple[dict[str, tuple[Any, str]], tuple[str, ...]]:
+    from dynaconf.utils.parse_conf import parse_conf_data
+
+    values: dict[str, tuple[Any, str]] = {}
+    ignored: list[str] = []
+    for variable, raw in os.environ.items():
+        if not variable.startswith(ENV_PREFIX) or variable == SETTINGS_VARIABLE:
+            continue
+        key = variable[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key == "api_key":
+            ignored.append(variable)  # keys come per environment: MISTRAL_API_KEY_PROD etc.
+            continue
+        value = raw if key in _SECRET_KEYS else parse_conf_data(raw, tomlfy=True, box_settings={})
+        rule = SCHEMA.get(key)
+        if rule is _BOOL and not isinstance(value, bool):
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                value = text in _TRUE
+        values[key] = (value, variable)
+    return values, tuple(ignored)
+
+
+def find_project(start: Path | None = None) -> tuple[Path | None, Path | None, Path | None]:
+    """Return ``(project_dir, settings_file, secrets_file)`` found by the discovery rules."""
+    explicit = os.environ.get(SETTINGS_VARIABLE, "").strip()
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_dir():
+            path = path / SETTINGS_FILENAME
+        if not path.is_file():
+            raise ConfigurationError(
+                f"{SETTINGS_VARIABLE}={explicit} does not point to a settings file. "
+                f"Fix or unset {SETTINGS_VARIABLE}."
+            )
+        secrets = path.parent / SECRETS_FILENAME
+        return path.parent, path, secrets if secrets.is_file() else None
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        settings, secrets = directory / SETTINGS_FILENAME, directory / SECRETS_FILENAME
+        has_settings, has_secrets = settings.is_file(), secrets.is_file()
+        if has_settings or has_secrets:
+            return (
+                directory,
+                settings if has_settings else None,
+                secrets if has_secrets else None,
+            )
+    return None, None, None
+
+
+def _stamp(path: Path | None) -> tuple[str, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+_lock = threading.RLock()
+_loaded: tuple[tuple[Any, ...], _Project] | None = None
+_packaged: _Layer | None = None
+
+
+def _fingerprint() -> tuple[tuple[Any, ...], tuple[Path | None, Path | None, Path | None]]:
+    found = find_project()
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
+    return (_stamp(found[1]), _stamp(found[2]), env), found
+
+
+def _project() -> _Project:
+    global _loaded, _packaged
+    key, (directory, settings_file, secrets_file) = _fingerprint()
+    with _lock:
+        if _loaded is not None and _loaded[0] == key:
+            return _loaded[1]
+        if _packaged is None:
+            _packaged = _load_layer(DEFAULTS_PATH, "packaged defaults")
+        layers = [_packaged]
+        if settings_file is not None:
+            layers.append(_load_layer(settings_file, _label(settings_file, directory)))
+        if secrets_file is not None:
+            layers.append(_load_layer(secrets_file, _label(secrets_file, directory)))
+        env_values, ignored = _read_env_vars()
+        names = list(CANONICAL)
+        for layer in layers:
+            names += [n for n in layer.sections if n != "default" and n not in names]
+        project = _Project(
+            directory, settings_file, secrets_file, tuple(layers), env_values, tuple(names), ignored
+        )
+        _loaded = (key, project)
+        return project
+
+
+def _label(path: Path, directory: Path | None) -> str:
+    return path.name if directory is not None and path.parent == directory else str(path)
+
+
+def reload_settings() -> None:
+    """Forget loaded settings; the next ``get_settings`` reads the files again."""
+    global _loaded
+    with _lock:
+        _loaded = None
+
+
+def list_environments() -> list[str]:
+    """The environments: development, staging, production, then any extra sections."""
+    return list(_project().environments)
+
+
+def project_files() -> tuple[Path | None, Path | None, Path | None]:
+    """``(project_dir, settings_file, secrets_file)`` of the loaded project."""
+    project = _project()
+    return project.directory, project.settings_file, project.secrets_file
+
+
+def ignored_variables() -> tuple[str, ...]:
+    """``MISTRAL_NBENV_*`` variables that were set but are never read (e.g. ``..._API_KEY``)."""
+    return _project().ignored_variables
+
+
+def get_settings(env: str | None = None) -> Settings:
+    """The validated settings of ``env`` (default: the active environment)."""
+    if env is None:
+        from .environments import current_environment
+
+        env = current_environment()
+    project = _project()
+    name = normalize_name(env, project.environments)
+    with _lock:
+        cached = project.cache.get(name)
+        if cached is None:
+            cached = project.cache[name] = _build(project, name)
+        return cached
+
+
+# --------------------------------------------------------------------------- merge + validate
+
+
+def _merge(project: _Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for section in ("default", env):  # every [env] value beats every [default] value
+        for layer in project.layers:
+            for key, value in layer.sections.get(section, {}).items():
+                values[key] = value
+                sources[key] = f"{layer.label} [{section}]"
+    for key, (value, variable) in project.env_values.items():
+        if key == "protected" and value is False and values.get("protected") is True:
+            continue  # a general override never unprotects: only [ENV] protected = false can
+        values[key] = value
+        sources[key] = f"{ENV_VARS_LABEL} {variable}"
+    return values, sources
+
+
+def _describe(key: str, value: Any) -> str:
+    if key in _SECRET_KEYS and isinstance(value, str):
+        return SecretStr(value).masked
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _FlatView(dict):
+    """The merged flat values as Dynaconf validators read them (dotted keys, any case)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+@functools.cache
+def _validators() -> tuple[Any, ...]:
+    from dynaconf import Validator
+
+    validators = []
+    for key, rule in SCHEMA.items():
+        ops: dict[str, Any] = {}
+        if rule.gt is not None:
+            ops["gt"] = rule.gt
+        if rule.gte is not None:
+            ops["gte"] = rule.gte
+        if rule is _NAME:
+            ops["len_min"] = 1
+
+        def typed(v: Any, accepted: tuple[type, ...] = rule.types) -> bool:
+            return isinstance(v, accepted) and (bool in accepted or not isinstance(v, bool))
+
+        validators.append(
+            Validator(key, condition=typed, must_exist=True if key != "api_key" else None, **ops)
+        )
+    return tuple(validators)
+
+
+def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None:
+    from dynaconf import ValidationError
+
+    problems: list[str] = []
+    for table in TABLES:
+        if table in values:
+            problems.append(
+                f"`{table}` must be a table (e.g. [{env}.{table}]), got "
+                f"{_describe(table, values.pop(table))} from {sources.get(table)}"
+            )
+    view = _FlatView(values)
+    for validator in _validators():
+        key = validator.names[0]
+        try:
+            validator.validate(view)
+        except ValidationError:
+            rule = SCHEMA[key]
+            shown = _describe(key, values.get(key)) if key in values else "(missing)"
+            problems.append(
+                f"`{key}` must be {rule.expect}, got {shown} from {sources.get(key, 'nowhere')}"
+            )
+    url = values.get("server_url")
+    if isinstance(url, str) and url and not url.startswith(("http://", "https://")):
+        problems.append(
+            f"`server_url` must start with http:// or https://, got {url!r} "
+            f"from {sources.get('server_url')}"
+        )
+    key_ref = values.get("api_key")
+    if isinstance(key_ref, str):
+        from .backends import is_reference, parse_reference
+
+        try:
+            if is_reference(key_ref):
+                parse_reference(key_ref)
+        except ConfigurationError as exc:
+            problems.append(f"`api_key` from {sources.get('api_key')}: {exc}")
+    if problems:
+        detail = "\n  - ".join(problems)
+        raise ConfigurationError(
+            f"Invalid settings for environment '{env}':\n  - {detail}\n"
+            f"Fix the value where it came from; `mistral-nbenv status --env {env}` shows "
+            f"every value and its source."
+        )
+
+
+def _build(project: _Project, env: str) -> Settings:
+    values, sources = _merge(project, env)
+    _validate(values, sources, env)
+    unknown = tuple(sorted(k for k in values if k not in SCHEMA))
+
+    def secret(key: str) -> SecretStr | None:
+        raw = values.get(key)
+        return SecretStr(raw) if isinstance(raw, str) and raw else None
+
+    v = values
+    return Settings(
+        environment=env,
+        model=v["model"],
+        new_model=v["new_model"],
+        embedding_model=v["embedding_model"],
+        fim_model=v["fim_model"],
+        offline=v["offline"],
+        server_url=v["server_url"].rstrip("/"),
+        timeout=float(v["timeout"]),
+        max_retries=int(v["max_retries"]),
+        retry_max_wait=float(v["retry_max_wait"]),
+        debug=v["debug"],
+        protected=v["protected"],
+        api_key=secret("api_key"),
+        cache=CacheSettings(
+            enabled=v["cache.enabled"],
+            ttl_seconds=float(v["cache.ttl_seconds"]),
+            directory=v["cache.directory"],
+            size_limit_mb=float(v["cache.size_limit_mb"]),
+        ),
+        rate_limits=RateLimitSettings(
+            requests_per_minute=v["rate_limits.requests_per_minute"],
+            tokens_per_minute=v["rate_limits.tokens_per_minute"],
+        ),
+        features=FeatureFlags(
+            use_new_model=v["features.use_new_model"],
+            enable_function_calling=v["features.enable_function_calling"],
+            max_concurrent_requests=v["features.max_concurrent_requests"],
+        ),
+        secrets=SecretsSettings(
+            cache_seconds=float(v["secrets.cache_seconds"]),
+            vault_url=v["secrets.vault_url"],
+            vault_token=secret("secrets.vault_token"),
+            vault_namespace=v["secrets.vault_namespace"],
+            aws_region=v["secrets.aws_region"],
+            aws_endpoint_url=v["secrets.aws_endpoint_url"],
+            gcp_emulator_host=v["secrets.gcp_emulator_host"],
+        ),
+        project_dir=project.directory,
+        sources=MappingProxyType(sources),
+        unknown_keys=unknown,
+    )
