@@ -1,0 +1,407 @@
+"""Plain-text and HTML rendering of environment status, shared by the magic, widget and CLI.
+
+``collect_status`` / ``collect_check`` gather what the core knows about an environment into
+small frozen records (never holding a key, only its masked form); the ``*_text`` and
+``*_html`` functions turn those records into a terminal line or a notebook badge.  Nothing
+here imports IPython or ipywidgets, and the cache module is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MistralEnvError
+
+__all__ = [
+    "CheckResult",
+    "EnvironmentStatus",
+    "Rich",
+    "answer_badge_html",
+    "answer_badge_text",
+    "badge_html",
+    "badge_text",
+    "cache_stats_html",
+    "cache_stats_text",
+    "check_html",
+    "check_text",
+    "collect_check",
+    "collect_status",
+    "colour_for",
+    "environments_html",
+    "environments_text",
+    "error_html",
+    "format_bytes",
+    "message_html",
+    "status_html",
+    "status_text",
+]
+
+#: Badge colours (background, text) per environment; any other environment is grey.
+COLOURS: dict[str, tuple[str, str]] = {
+    "production": ("#c62828", "#ffffff"),
+    "staging": ("#f59e0b", "#1f2937"),
+    "development": ("#2e7d32", "#ffffff"),
+}
+GREY: tuple[str, str] = ("#6b7280", "#ffffff")
+
+#: ANSI colours for terminals that want them (red, yellow, green, default).
+_ANSI: dict[str, str] = {"production": "31", "staging": "33", "development": "32"}
+
+
+def colour_for(environment: str) -> str:
+    """The badge background colour of an environment (production red, staging amber, ...)."""
+    return COLOURS.get(environment, GREY)[0]
+
+
+@dataclass(frozen=True)
+class EnvironmentStatus:
+    """What one environment looks like right now; holds no secret, only the masked key."""
+
+    environment: str
+    active: bool = False
+    protected: bool = False
+    model: str = ""
+    server_url: str = ""
+    offline: bool = False
+    key_masked: str | None = None
+    key_source: str = ""
+    key_problem: str | None = None
+    cache_enabled: bool = False
+    cache_ttl_seconds: int = 0
+    cache_entries: int | None = None
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    max_concurrent_requests: int = 0
+    problem: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The server URL, or the SDK default spelled out."""
+        return self.server_url or "api.mistral.ai (SDK default)"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of checking one environment: settings valid, key found and isolated."""
+
+    environment: str
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def collect_status(env: str | None = None, *, with_cache: bool = False) -> EnvironmentStatus:
+    """Gather the status of ``env`` (None = active); an unknown name raises ConfigurationError."""
+    from ._names import normalize_name
+    from .environments import current_environment
+    from .keys import get_api_key
+    from .settings import get_settings, list_environments
+
+    active = current_environment()
+    name = active if env is None else normalize_name(env, list_environments())
+    try:
+        s = get_settings(name)
+    except MistralEnvError as exc:  # broken settings are shown, not raised
+        return EnvironmentStatus(environment=name, active=name == active, problem=_one_line(exc))
+    key_masked: str | None = None
+    key_source = ""
+    key_problem: str | None = None
+    try:
+        resolved = get_api_key(s.environment)
+        key_masked = resolved.value.masked
+        key_source = resolved.source
+    except MistralEnvError as exc:
+        key_problem = _one_line(exc)
+    entries: int | None = None
+    if with_cache:
+        try:
+            from .cache import cache_stats
+
+            entries = int(cache_stats(s.environment).get("entries", 0))
+        except Exception:  # status display must never fail because the cache is unreadable
+            entries = None
+    return EnvironmentStatus(
+        environment=s.environment,
+        active=s.environment == active,
+        protected=s.protected,
+        model=s.chat_model,
+        server_url=s.server_url,
+        offline=s.offline,
+        key_masked=key_masked,
+        key_source=key_source,
+        key_problem=key_problem,
+        cache_enabled=s.cache.enabled,
+        cache_ttl_seconds=int(s.cache.ttl_seconds),
+        cache_entries=entries,
+        requests_per_minute=int(s.rate_limits.requests_per_minute),
+        tokens_per_minute=int(s.rate_limits.tokens_per_minute),
+        max_concurrent_requests=int(s.features.max_concurrent_requests),
+    )
+
+
+def collect_check(env: str | None = None, *, all_environments: bool = False) -> list[CheckResult]:
+    """Check ``env`` (or all): settings validate, a key resolves, no key shared."""
+    from .environments import current_environment
+    from .keys import get_api_key
+    from .settings import get_settings, list_environments
+
+    if all_environments:
+        names = list_environments()
+    else:
+        names = [get_settings(env).environment if env else current_environment()]
+    results: list[CheckResult] = []
+    for name in names:
+        problems: list[str] = []
+        notes: list[str] = []
+        try:
+            s = get_settings(name)
+            notes.append(f"model {s.chat_model}")
+            resolved = get_api_key(name)
+            notes.append(f"key {resolved.value.masked} from {resolved.source}")
+        except MistralEnvError as exc:
+            problems.append(_one_line(exc))
+        results.append(CheckResult(name, tuple(problems), tuple(notes)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------- text
+
+
+def badge_text(environment: str, *, protected: bool = False, ansi: bool = False) -> str:
+    """``[production 🔒]`` — the environment as a short terminal badge (ANSI colour optional)."""
+    label = f"[{environment}{' 🔒' if protected else ''}]"
+    if ansi:
+        code = _ANSI.get(environment, "90")
+        return f"\x1b[1;{code}m{label}\x1b[0m"
+    return label
+
+
+def _key_text(st: EnvironmentStatus) -> str:
+    if st.key_masked:
+        return f"{st.key_masked} (from {st.key_source})"
+    return f"not available — {st.key_problem}" if st.key_problem else "not available"
+
+
+def _cache_text(st: EnvironmentStatus) -> str:
+    text = f"on, ttl {st.cache_ttl_seconds}s" if st.cache_enabled else "off"
+    if st.cache_entries is not None:
+        text += f", {st.cache_entries} entr{'y' if st.cache_entries == 1 else 'ies'}"
+    return text
+
+
+def _limits_text(st: EnvironmentStatus) -> str:
+    return (
+        f"{st.requests_per_minute} req/min, {st.tokens_per_minute} tokens/min, "
+        f"{st.max_concurrent_requests} concurrent"
+    )
+
+
+def status_text(st: EnvironmentStatus, *, ansi: bool = False) -> str:
+    """A few aligned lines describing one environment."""
+    head = badge_text(st.environment, protected=st.protected, ansi=ansi)
+    if st.active:
+        head += " active"
+    if st.problem:
+        return f"{head}\n  problem: {st.problem}"
+    rows = [
+        ("model", st.model),
+        ("key", _key_text(st)),
+        ("server", st.endpoint),
+        ("cache", _cache_text(st)),
+        ("limits", _limits_text(st)),
+    ]
+    if st.offline:
+        rows.append(("offline", "yes — answers come from the cache only"))
+    if st.protected:
+        rows.append(("protected", "yes — switching here needs confirmation"))
+    return "\n".join([head] + [f"  {k:<9} {v}" for k, v in rows])
+
+
+def environments_text(statuses: Iterable[EnvironmentStatus], *, ansi: bool = False) -> str:
+    """One line per environment, the active one marked with ``*``."""
+    lines = []
+    for st in statuses:
+        mark = "*" if st.active else " "
+        badge = badge_text(st.environment, protected=st.protected, ansi=ansi)
+        if st.problem:
+            lines.append(f"{mark} {badge}  problem: {st.problem}")
+            continue
+        key = st.key_masked or "no key"
+        lines.append(f"{mark} {badge}  {st.model}  key {key}")
+    return "\n".join(lines)
+
+
+def check_text(results: Iterable[CheckResult]) -> str:
+    """``ok``/``FAIL`` per environment, with the problems found."""
+    lines = []
+    for r in results:
+        if r.ok:
+            lines.append(f"ok    {r.environment}: {'; '.join(r.notes)}")
+        else:
+            lines.append(f"FAIL  {r.environment}: {'; '.join(r.problems)}")
+    return "\n".join(lines)
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> ``1.5 KB``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
+    """``[staging] cache: 3 entries, 4.1 KB in /path (on, ttl 300s)``."""
+    entries = int(stats.get("entries", 0) or 0)
+    size = format_bytes(float(stats.get("bytes", 0) or 0))
+    state = f"on, ttl {stats.get('ttl')}s" if stats.get("enabled") else "off"
+    where = stats.get("directory") or "?"
+    return (
+        f"{badge_text(environment)} cache: {entries} entr{'y' if entries == 1 else 'ies'}, "
+        f"{size} in {where} ({state})"
+    )
+
+
+def answer_badge_text(environment: str, model: str, *, cached: bool, elapsed_ms: float) -> str:
+    """The line printed above a ``%%mistral`` answer in a terminal."""
+    origin = "from cache" if cached else "from API"
+    return f"{badge_text(environment)} {model} · {origin} · {elapsed_ms:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------- html
+
+_E = html.escape
+_FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px"
+
+
+def badge_html(environment: str, *, protected: bool = False, detail: str = "") -> str:
+    """A coloured pill naming the environment (and optionally a detail in grey after it)."""
+    bg, fg = COLOURS.get(environment, GREY)
+    lock = " 🔒" if protected else ""
+    pill = (
+        f'<span class="mistral-nbenv-badge" data-environment="{_E(environment)}" '
+        f'style="background:{bg};color:{fg};padding:1px 8px;border-radius:9px;'
+        f'font-weight:600;{_FONT}">{_E(environment)}{lock}</span>'
+    )
+    if detail:
+        pill += f' <span style="color:#6b7280;{_FONT}">{_E(detail)}</span>'
+    return pill
+
+
+def _table(rows: Iterable[tuple[str, str]]) -> str:
+    cells = "".join(
+        f'<tr><td style="padding:0 12px 0 0;color:#6b7280;text-align:left">{_E(k)}</td>'
+        f'<td style="padding:0;text-align:left">{_E(v)}</td></tr>'
+        for k, v in rows
+    )
+    return f'<table style="border-collapse:collapse;margin:4px 0;{_FONT}">{cells}</table>'
+
+
+def status_html(st: EnvironmentStatus, *, badge: bool = True) -> str:
+    """The badge and a small table: model, key and source, server, cache, limits."""
+    head = ""
+    if badge:
+        detail = "active" if st.active else ""
+        head = badge_html(st.environment, protected=st.protected, detail=detail)
+    if st.problem:
+        return f"<div>{head}{error_html(st.problem)}</div>"
+    rows = [
+        ("model", st.model),
+        ("key", _key_text(st)),
+        ("server", st.endpoint),
+        ("cache", _cache_text(st)),
+        ("limits", _limits_text(st)),
+    ]
+    if st.offline:
+        rows.append(("offline", "answers come from the cache only"))
+    if st.protected:
+        rows.append(("protected", "switching here needs confirmation"))
+    return f'<div class="mistral-nbenv-status">{head}{_table(rows)}</div>'
+
+
+def environments_html(statuses: Iterable[EnvironmentStatus]) -> str:
+    """One row per environment: badge, model, masked key; the active one in bold."""
+    rows = []
+    for st in statuses:
+        weight = "font-weight:600;" if st.active else ""
+        detail = st.problem or f"{st.model} · key {st.key_masked or 'none'}"
+        rows.append(
+            f'<div style="margin:2px 0;{weight}{_FONT}">'
+            f"{'▶ ' if st.active else '&nbsp;&nbsp;&nbsp;'}"
+            f"{badge_html(st.environment, protected=st.protected)} {_E(detail)}</div>"
+        )
+    return f'<div class="mistral-nbenv-list">{"".join(rows)}</div>'
+
+
+def check_html(results: Iterable[CheckResult]) -> str:
+    """A ✔/✘ line per environment with its problems."""
+    rows = []
+    for r in results:
+        mark = (
+            '<span style="color:#2e7d32">✔</span>'
+            if r.ok
+            else '<span style="color:#c62828">✘</span>'
+        )
+        text = "; ".join(r.notes if r.ok else r.problems)
+        rows.append(
+            f'<div style="margin:2px 0;{_FONT}">{mark} {badge_html(r.environment)} {_E(text)}</div>'
+        )
+    return f'<div class="mistral-nbenv-check">{"".join(rows)}</div>'
+
+
+def cache_stats_html(environment: str, stats: Mapping[str, Any]) -> str:
+    """The cache statistics of one environment next to its badge."""
+    return (
+        f"<div>{badge_html(environment)} <span style='{_FONT}'>"
+        + _E(cache_stats_text(environment, stats).split(" ", 1)[1])
+        + "</span></div>"
+    )
+
+
+def answer_badge_html(environment: str, model: str, *, cached: bool, elapsed_ms: float) -> str:
+    """The badge above a ``%%mistral`` answer: environment, model, cache or API, time."""
+    origin = "from cache" if cached else "from API"
+    return (
+        f"<div>{badge_html(environment, detail=f'{model} · {origin} · {elapsed_ms:.0f} ms')}</div>"
+    )
+
+
+def error_html(message: str) -> str:
+    """An error line (no traceback) in red."""
+    return f'<div style="color:#c62828;{_FONT}">⚠ {_E(message)}</div>'
+
+
+def message_html(message: str, environment: str | None = None) -> str:
+    """A short message, optionally after an environment badge."""
+    badge = f"{badge_html(environment)} " if environment else ""
+    return f'<div style="{_FONT}">{badge}{_E(message)}</div>'
+
+
+class Rich:
+    """An object IPython displays as HTML in a notebook and as plain text in a terminal."""
+
+    def __init__(self, text: str, html_text: str) -> None:
+        self.text = text
+        self.html = html_text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text)
+
+    def __repr__(self) -> str:
+        return self.text

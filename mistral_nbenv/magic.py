@@ -1,0 +1,311 @@
+"""IPython magics ``%mistral_env`` and ``%%mistral`` (``%load_ext mistral_nbenv``).
+
+Grammar::
+
+    %mistral_env                        the EnvironmentSwitcher widget (text status in a terminal)
+    %mistral_env status [ENV]           badge, model, masked key and its source, cache, limits
+    %mistral_env list                   every environment, the active one marked
+    %mistral_env check [ENV | --all]    settings valid, key found, keys isolated
+    %mistral_env use ENV [--confirm]    switch (``--confirm`` for protected environments)
+    %mistral_env ENV [--confirm]        the same
+    %mistral_env cache stats|clear [--env ENV]
+
+    %%mistral [-m MODEL] [-s SYSTEM] [--no-cache] [-t TEMPERATURE]
+    <the user message>
+
+The magics only parse, call the same core functions as the CLI and render through
+:mod:`mistral_nbenv.display`.  Everything heavy (the client, ``mistralai``, ipywidgets) is
+imported when a magic first needs it, so ``%load_ext`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from IPython.utils.text import dedent
+
+from .errors import MistralEnvError, ProductionConfirmationRequired
+
+__all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+SUBCOMMANDS = ("status", "list", "check", "use", "cache")
+
+
+class _HelpShown(Exception):
+    """Raised instead of exiting after argparse printed the help."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as ``UsageError`` and never exits the kernel."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"%mistral_env: {message} (see %mistral_env --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status:
+            raise UsageError(message or "%mistral_env: invalid arguments")
+        raise _HelpShown
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="%mistral_env", description="Show and switch the Mistral environment.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    p = sub.add_parser("status", help="the active (or given) environment's status")
+    p.add_argument("env", nargs="?", help="environment name or alias")
+    sub.add_parser("list", help="every configured environment")
+    p = sub.add_parser("check", help="validate settings and keys")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("env", nargs="?", help="environment name or alias")
+    group.add_argument("--all", action="store_true", help="every environment")
+    p = sub.add_parser("use", help="switch the active environment")
+    p.add_argument("env", help="environment name or alias")
+    p.add_argument("--confirm", action="store_true", help="confirm a protected environment")
+    p = sub.add_parser("cache", help="response cache statistics or clearing")
+    p.add_argument("action", choices=("stats", "clear"))
+    p.add_argument("--env", help="environment (default: the active one)")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _show(text: str, html_text: str) -> None:
+    from .display import Rich
+
+    display(Rich(text, html_text))
+
+
+def _widgets_can_render(shell: Any) -> bool:
+    """True inside a Jupyter kernel (a front end that can show widgets)."""
+    return getattr(shell, "kernel", None) is not None
+
+
+def _stat(stats: Any, name: str) -> float:
+    """Read a counter from ``client.stats`` whether it is a mapping or an object."""
+    if stats is None:
+        return 0.0
+    value = stats.get(name, 0) if isinstance(stats, dict) else getattr(stats, name, 0)
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class ChatAnswer:
+    """What ``%%mistral`` returns (so ``_`` holds it): the SDK response plus where it came from.
+
+    ``.response`` is the SDK's ``ChatCompletionResponse``; any other attribute (``.choices``,
+    ``.usage``, ``.model``, ...) is read from it.  ``.content`` is the answer text,
+    ``.environment``/``.cached``/``.elapsed_ms`` describe the call.
+    """
+
+    def __init__(
+        self, response: Any, *, environment: str, model: str, cached: bool, elapsed_ms: float
+    ) -> None:
+        self.response = response
+        self.environment = environment
+        self.requested_model = model
+        self.cached = cached
+        self.elapsed_ms = elapsed_ms
+
+    @property
+    def content(self) -> str:
+        """The text of the first choice."""
+        try:
+            content = self.response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            return ""
+        if isinstance(content, str):
+            return content
+        # structured content: join the text chunks
+        parts = [getattr(c, "text", "") or "" for c in content or []]
+        return "".join(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "response":
+            raise AttributeError(name)
+        return getattr(self.response, name)
+
+    def _repr_markdown_(self) -> str:
+        return self.content
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.content)
+
+    def __repr__(self) -> str:
+        return (
+            f"ChatAnswer(environment={self.environment!r}, model={self.requested_model!r}, "
+            f"cached={self.cached}, content={self.content[:60]!r})"
+        )
+
+
+@magics_class
+class MistralMagics(Magics):
+    """``%mistral_env`` (show/switch environments) and ``%%mistral`` (send a cell)."""
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        self._parser = _build_parser()
+        self.switchers: list[Any] = []
+
+    # ------------------------------------------------------------------ %mistral_env
+    @line_magic("mistral_env")
+    def mistral_env(self, line: str = "") -> None:
+        """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
+        from IPython.utils.process import arg_split
+
+        argv = arg_split(line)
+        if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+            argv.insert(0, "use")
+        try:
+            args = self._parser.parse_args(argv)
+        except _HelpShown:
+            return None
+        try:
+            if args.command is None:
+                self._show_switcher()
+            elif args.command == "status":
+                self._status(args.env)
+            elif args.command == "list":
+                self._list()
+            elif args.command == "check":
+                self._check(args.env, args.all)
+            elif args.command == "use":
+                self._use(args.env, args.confirm)
+            else:
+                self._cache(args.action, args.env)
+        except ProductionConfirmationRequired as exc:
+            env = getattr(exc, "environment", "") or args.env
+            raise UsageError(
+                f"{env} is protected; nothing was switched. "
+                f"To switch anyway run: %mistral_env use {env} --confirm"
+            ) from None
+        except MistralEnvError as exc:
+            raise UsageError(_one_line(exc)) from None
+        return None
+
+    def _show_switcher(self) -> None:
+        if not _widgets_can_render(self.shell):
+            self._status(None)
+            return
+        from .widget import EnvironmentSwitcher
+
+        switcher = EnvironmentSwitcher()
+        self.switchers.append(switcher)
+        display(switcher)
+
+    def _status(self, env: str | None) -> None:
+        from .display import collect_status, status_html, status_text
+
+        st = collect_status(env, with_cache=True)
+        _show(status_text(st), status_html(st))
+
+    def _list(self) -> None:
+        from .display import collect_status, environments_html, environments_text
+        from .settings import list_environments
+
+        statuses = [collect_status(name) for name in list_environments()]
+        _show(environments_text(statuses), environments_html(statuses))
+
+    def _check(self, env: str | None, all_environments: bool) -> None:
+        from .display import check_html, check_text, collect_check
+
+        results = collect_check(env, all_environments=all_environments)
+        _show(check_text(results), check_html(results))
+
+    def _use(self, env: str, confirm: bool) -> None:
+        from .display import collect_status, status_html, status_text
+        from .environments import use_environment
+
+        use_environment(env, confirm=confirm)
+        st = collect_status(None)
+        _show(status_text(st), status_html(st))
+
+    def _cache(self, action: str, env: str | None) -> None:
+        from .cache import cache_stats, clear_cache
+        from .display import badge_text, cache_stats_html, cache_stats_text, message_html
+        from .settings import get_settings
+
+        name = get_settings(env).environment
+        if action == "stats":
+            stats = cache_stats(name)
+            _show(cache_stats_text(name, stats), cache_stats_html(name, stats))
+        else:
+            removed = clear_cache(name)
+            msg = f"removed {removed} cached response{'' if removed == 1 else 's'}"
+            _show(f"{badge_text(name)} {msg}", message_html(msg, name))
+
+    # ------------------------------------------------------------------ %%mistral
+    @magic_arguments()
+    @argument("-m", "--model", help="model (default: the environment's chat model)")
+    @argument("-s", "--system", help="system prompt")
+    @argument("--no-cache", action="store_true", help="skip the response cache for this call")
+    @argument("-t", "--temperature", type=float, help="sampling temperature")
+    @cell_magic("mistral")
+    def mistral(self, line: str, cell: str) -> ChatAnswer:
+        """Send the cell as the user message; render the answer as Markdown; return it (``_``)."""
+        args = parse_argstring(self.mistral, line)
+        message = dedent(cell).strip()
+        if not message:
+            raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
+        from .client import get_client
+        from .display import Rich, answer_badge_html, answer_badge_text
+
+        messages: list[dict[str, str]] = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "user", "content": message})
+        kwargs: dict[str, Any] = {"messages": messages}
+        if args.model:
+            kwargs["model"] = args.model
+        if args.temperature is not None:
+            kwargs["temperature"] = args.temperature
+        if args.no_cache:
+            kwargs["cache"] = False
+        try:
+            client = get_client()
+            hits_before = _stat(client.stats, "hits")
+            started = time.perf_counter()
+            response = client.chat.complete(**kwargs)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            cached = _stat(client.stats, "hits") > hits_before
+            environment = client.environment
+        except MistralEnvError as exc:
+            raise UsageError(_one_line(exc)) from None
+        model = getattr(response, "model", None) or args.model or ""
+        display(
+            Rich(
+                answer_badge_text(environment, model, cached=cached, elapsed_ms=elapsed_ms),
+                answer_badge_html(environment, model, cached=cached, elapsed_ms=elapsed_ms),
+            )
+        )
+        return ChatAnswer(
+            response, environment=environment, model=model, cached=cached, elapsed_ms=elapsed_ms
+        )
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """Register the magics with IPython (safe to call twice)."""
+    ip.register_magics(MistralMagics)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """Remove the magics, close any switcher widgets and every client (safe to call twice)."""
+    manager = ip.magics_manager
+    instance = manager.registry.pop("MistralMagics", None)
+    for switcher in getattr(instance, "switchers", []):
+        switcher.close()
+    manager.magics["line"].pop("mistral_env", None)
+    manager.magics["cell"].pop("mistral", None)
+    import sys
+
+    client = sys.modules.get("mistral_nbenv.client")
+    if client is not None:
+        client.close_clients()

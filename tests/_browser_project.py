@@ -1,0 +1,84 @@
+"""A throwaway mistral_nbenv project pointing at the loopback server (notebook-layer tests).
+
+Used by the magic, widget, notebook, browser and demo tests: a temporary ``settings.toml``
+whose sections carry fake, distinct, key-shaped literals, the test server's URL, a
+temporary cache directory and generous rate limits; and a clean process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+#: Fake keys shaped like real ones (32 mixed-case alphanumerics); never sent anywhere but loopback.
+KEYS: dict[str, str] = {
+    "development": "DevFakeKeyAbCdEfGhIjKlMnOpQr0001",
+    "staging": "StgFakeKeyAbCdEfGhIjKlMnOpQr0002",
+    "production": "PrdFakeKeyAbCdEfGhIjKlMnOpQr0003",
+    "qa": "QaaFakeKeyAbCdEfGhIjKlMnOpQr0004",
+}
+
+#: Variables that would let the user's own configuration leak into a test.
+_PREFIXES = ("MISTRAL_NBENV_", "MISTRAL_API_KEY")
+_NAMES = ("MISTRAL_ENV", "VERCEL_ENV", "NODE_ENV", "VAULT_ADDR", "VAULT_TOKEN")
+
+
+def scrubbed_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment without Mistral keys, environment selectors or our settings."""
+    env = dict(os.environ if base is None else base)
+    for name in list(env):
+        if name.startswith(_PREFIXES) or name in _NAMES or name.endswith("_FOR_DYNACONF"):
+            del env[name]
+    return env
+
+
+def write_project(
+    directory: Path,
+    server_url: str,
+    *,
+    environments: Iterable[str] = ("development", "staging", "production", "qa"),
+    keys: dict[str, str] | None = None,
+    extra: str = "",
+) -> Path:
+    """Write ``settings.toml`` into ``directory`` and return its path."""
+    keys = KEYS if keys is None else keys
+    lines = [
+        "[default]",
+        f'server_url = "{server_url}"',
+        "max_retries = 0",
+        "[default.cache]",
+        f'directory = "{(directory / "cache").as_posix()}"',
+    ]
+    for env in environments:
+        lines += [
+            f"[{env}]",
+            *([f'api_key = "{keys[env]}"'] if env in keys else []),
+            f"[{env}.rate_limits]",
+            "requests_per_minute = 100000",
+            "tokens_per_minute = 100000000",
+        ]
+    path = directory / "settings.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def reset_core() -> None:
+    """Forget the active environment, loaded settings, resolved keys and clients."""
+    from mistral_nbenv import environments, settings
+    from mistral_nbenv.keys import forget_keys
+
+    client = sys.modules.get("mistral_nbenv.client")
+    if client is not None:
+        client.close_clients()
+    environments._reset()
+    settings.reload_settings()
+    forget_keys()
+
+
+def assert_no_key(*texts: object) -> None:
+    """Fail if any full fake key appears in any of ``texts``."""
+    blob = "\n".join(str(t) for t in texts)
+    for env, key in KEYS.items():
+        assert key not in blob, f"the {env} key leaked into output"
