@@ -1,0 +1,208 @@
+"""The environment switcher widget that ``%mistral_env`` displays (ipywidgets).
+
+It drives the same core functions as the magic and the CLI (``use_environment``,
+``cache_stats``, ``clear_cache``) and follows switches made elsewhere through
+``add_switch_listener``.  A protected environment is switched to only after the explicit
+confirm button; cancelling snaps the picker back and changes nothing.  Errors appear as a
+single line in the error area, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from .display import (
+    badge_html,
+    cache_stats_text,
+    collect_status,
+    colour_for,
+    error_html,
+    message_html,
+    status_html,
+)
+from .environments import add_switch_listener, current_environment, use_environment
+from .errors import MistralEnvError, ProductionConfirmationRequired
+from .settings import list_environments
+
+__all__ = ["EnvironmentSwitcher"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, MistralEnvError) else f"{type(exc).__name__}: {text}"
+
+
+class EnvironmentSwitcher(widgets.VBox):
+    """Pick the active Mistral environment, see its status, manage its cache."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.pending: str | None = None
+        self._syncing = False
+        self.picker = widgets.ToggleButtons(
+            options=list_environments(),
+            value=current_environment(),
+            description="Environment",
+            style={"button_width": "auto", "description_width": "initial"},
+        )
+        self.badge = widgets.HTML()
+        self.status = widgets.HTML()
+        self.confirm_message = widgets.HTML()
+        self.confirm_button = widgets.Button(
+            description="Confirm switch", button_style="danger", icon="exclamation-triangle"
+        )
+        self.cancel_button = widgets.Button(description="Cancel", icon="times")
+        self.confirm_box = widgets.VBox(
+            [self.confirm_message, widgets.HBox([self.confirm_button, self.cancel_button])],
+            layout=widgets.Layout(display="none", padding="4px 0"),
+        )
+        self.cache_info = widgets.HTML()
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        self.clear_button = widgets.Button(description="Clear cache", icon="trash")
+        self.error = widgets.HTML()
+        super().__init__(
+            children=[
+                self.picker,
+                self.badge,
+                self.confirm_box,
+                self.status,
+                widgets.HBox([self.cache_info, self.clear_button, self.refresh_button]),
+                self.error,
+            ],
+            layout=widgets.Layout(padding="6px 10px", border="1px solid #e5e7eb"),
+            **kwargs,
+        )
+        self.add_class("mistral-nbenv-switcher")
+        self.picker.observe(self._on_pick, names="value")
+        self.confirm_button.on_click(self._on_confirm)
+        self.cancel_button.on_click(self._on_cancel)
+        self.clear_button.on_click(self._on_clear)
+        self.refresh_button.on_click(lambda _b: self._guarded(self.refresh))
+        self._remove_listener: Callable[[], None] | None = add_switch_listener(self._on_switch)
+        self._guarded(self.refresh)
+
+    # ------------------------------------------------------------------ rendering
+    def refresh(self) -> None:
+        """Re-read the active environment's status and cache statistics."""
+        env = current_environment()
+        self._set_picker(env)
+        st = collect_status(env)
+        self.badge.value = badge_html(env, protected=st.protected, detail="active")
+        self.status.value = status_html(st, badge=False)
+        self.layout.border_left = f"6px solid {colour_for(env)}"
+        self._refresh_cache(env)
+
+    def _refresh_cache(self, env: str) -> None:
+        from .cache import cache_stats
+
+        try:
+            text = cache_stats_text(env, cache_stats(env)).split(" ", 1)[1]
+        except Exception as exc:  # an unreadable cache is shown, not raised
+            text = f"cache: unavailable ({_one_line(exc)})"
+        self.cache_info.value = message_html(text)
+
+    def _set_picker(self, env: str) -> None:
+        """Move the picker without triggering a switch."""
+        self._syncing = True
+        try:
+            if env not in self.picker.options:
+                self.picker.options = list_environments()
+            self.picker.value = env
+        finally:
+            self._syncing = False
+
+    def _show_error(self, message: str) -> None:
+        self.error.value = error_html(message)
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run a UI action; any error lands in the error area as one line."""
+        try:
+            action()
+        except Exception as exc:
+            self._show_error(_one_line(exc))
+
+    def _hide_confirm(self) -> None:
+        self.pending = None
+        self.confirm_message.value = ""
+        self.confirm_box.layout.display = "none"
+
+    # ------------------------------------------------------------------ events
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if self._syncing:
+            return
+        self.error.value = ""
+        target = change["new"]
+        self._hide_confirm()
+        if target == current_environment():
+            return
+        try:
+            use_environment(target)
+        except ProductionConfirmationRequired:
+            self.pending = target
+            self.confirm_message.value = (
+                f"<div>{badge_html(target, protected=True)} "
+                "is protected: calls there use the production key and may bill it. "
+                "Nothing has switched yet — confirm to switch, or cancel.</div>"
+            )
+            self.confirm_box.layout.display = "flex"
+            return
+        except Exception as exc:
+            self._show_error(_one_line(exc))
+            self._set_picker(current_environment())
+            return
+        self._guarded(self.refresh)
+
+    def _on_confirm(self, _button: Any = None) -> None:
+        target = self.pending
+        self._hide_confirm()
+        if target is None:
+            return
+        try:
+            use_environment(target, confirm=True)
+        except Exception as exc:
+            self._show_error(_one_line(exc))
+        self._guarded(self.refresh)
+
+    def _on_cancel(self, _button: Any = None) -> None:
+        self._hide_confirm()
+        self._set_picker(current_environment())
+
+    def _on_clear(self, _button: Any = None) -> None:
+        from .cache import clear_cache
+
+        def clear() -> None:
+            env = current_environment()
+            removed = clear_cache(env)
+            self._refresh_cache(env)
+            self.error.value = message_html(
+                f"removed {removed} cached response{'' if removed == 1 else 's'}", env
+            )
+
+        self._guarded(clear)
+
+    def _on_switch(self, old: str, new: str) -> None:
+        """Core listener: another switch happened (magic, ``use_environment``, another widget)."""
+        self._hide_confirm()
+        self._guarded(self.refresh)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop following switches and close the widget and its children."""
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
+        for child in self._descendants():
+            if child is not self:
+                child.close()
+        super().close()
+
+    def _descendants(self) -> list[Any]:
+        out: list[Any] = []
+        stack: list[Any] = [self]
+        while stack:
+            w = stack.pop()
+            out.append(w)
+            stack.extend(getattr(w, "children", ()))
+        return out
