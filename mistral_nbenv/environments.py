@@ -23,6 +23,7 @@ __all__ = [
     "add_switch_listener",
     "current_environment",
     "detect_environment",
+    "detection_reason",
     "environment",
     "feature_flags",
     "require_environment",
@@ -50,28 +51,36 @@ def _known() -> list[str]:
     return list_environments()
 
 
-def detect_environment() -> str:
-    """The environment from ``MISTRAL_ENV``, ``VERCEL_ENV``, ``NODE_ENV``, else development."""
+def _detect() -> tuple[str, str]:
     value = os.environ.get("MISTRAL_ENV", "").strip()
     if value:
         canonical = canonical_or_none(value)
         if canonical is not None:
-            return canonical
+            return canonical, f"MISTRAL_ENV={value}"
         try:
-            return normalize_name(value, _known())
+            return normalize_name(value, _known()), f"MISTRAL_ENV={value}"
         except ConfigurationError as exc:
             raise ConfigurationError(
                 f"MISTRAL_ENV={value!r} is not an environment. {exc}"
             ) from None
-    vercel = os.environ.get("VERCEL_ENV", "").strip().lower()
-    if vercel in VERCEL_MAP:
-        return VERCEL_MAP[vercel]
+    vercel = os.environ.get("VERCEL_ENV", "").strip()
+    if vercel.lower() in VERCEL_MAP:
+        return VERCEL_MAP[vercel.lower()], f"VERCEL_ENV={vercel}"
     node = os.environ.get("NODE_ENV", "").strip()
-    if node:
-        canonical = canonical_or_none(node)
-        if canonical is not None:
-            return canonical
-    return "development"
+    canonical = canonical_or_none(node) if node else None
+    if canonical is not None:
+        return canonical, f"NODE_ENV={node}"
+    return "development", "default (none of MISTRAL_ENV, VERCEL_ENV, NODE_ENV names one)"
+
+
+def detect_environment() -> str:
+    """The environment from ``MISTRAL_ENV``, ``VERCEL_ENV``, ``NODE_ENV``, else development."""
+    return _detect()[0]
+
+
+def detection_reason() -> str:
+    """Why :func:`detect_environment` chose what it chose, e.g. ``MISTRAL_ENV=prod``."""
+    return _detect()[1]
 
 
 def current_environment() -> str:

@@ -28,7 +28,14 @@ from .errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
 from .secrets import SecretStr
 from .settings import Settings, get_settings, list_environments
 
-__all__ = ["ResolvedKey", "forget_keys", "get_api_key", "project_getenv", "resolve_api_key"]
+__all__ = [
+    "ResolvedKey",
+    "forget_keys",
+    "get_api_key",
+    "local_key",
+    "project_getenv",
+    "resolve_api_key",
+]
 
 GENERIC_VARIABLE = "MISTRAL_API_KEY"
 DOTENV_FILES = (".env.local", ".env")
@@ -118,8 +125,8 @@ def _fallback_names(env: str) -> list[str]:
     return names
 
 
-def _local(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
-    """Resolve without calling a secret store: a key, "remote" (a store reference) or None."""
+def local_key(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
+    """The key found without calling a secret store; "remote" for a store reference; None."""
     env, project_dir = settings.environment, settings.project_dir
     configured = settings.api_key
     if configured is not None:
@@ -210,7 +217,7 @@ def _remote_key(settings: Settings) -> ResolvedKey:
 
 def resolve_api_key(settings: Settings) -> ResolvedKey:
     """Find ``settings``' environment's key (may call a secret store); no isolation check."""
-    local = _local(settings)
+    local = local_key(settings)
     if local == "remote":
         return _remote_key(settings)
     if local is None or not local.value:
@@ -250,7 +257,7 @@ def check_isolation(key: ResolvedKey) -> None:
         if env == key.environment:
             continue
         try:
-            local = _local(get_settings(env))
+            local = local_key(get_settings(env))
         except ConfigurationError:
             continue
         if isinstance(local, ResolvedKey) and local.value == key.value:

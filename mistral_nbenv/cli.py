@@ -1,0 +1,182 @@
+"""``mistral-nbenv`` (and ``python -m mistral_nbenv``): status, list, check, scan, cache, demo.
+
+Thin by design: each subcommand parses its arguments, calls the same core functions as the
+magic and the widget, and renders plain text. Exit codes: 0 fine, 1 ``check``/``scan``
+found a problem, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from .errors import MistralEnvError
+
+__all__ = ["main"]
+
+
+def _ansi(out: TextIO) -> bool:
+    return hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    from .display import collect_status, status_text
+    from .environments import current_environment, detection_reason
+    from .settings import get_settings, project_files
+
+    _, settings_file, secrets_file = project_files()
+    active = current_environment()
+    print(f"active environment: {active} (from {detection_reason()})", file=out)
+    files = [str(p) for p in (settings_file, secrets_file) if p is not None]
+    print(f"settings files:     {', '.join(files) or 'none found (packaged defaults)'}", file=out)
+    print("", file=out)
+    print(status_text(collect_status(args.env, with_cache=True), ansi=_ansi(out)), file=out)
+    settings = get_settings(args.env)
+    print("", file=out)
+    print(f"settings for {settings.environment} (value, and where it came from):", file=out)
+    rows = list(settings.explain())
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        print(f"  {key:<{width}}  {value:<28} {source}", file=out)
+    return 0
+
+
+def _list(args: argparse.Namespace, out: TextIO) -> int:
+    from .display import collect_status, environments_text
+    from .settings import list_environments
+
+    statuses = [collect_status(name) for name in list_environments()]
+    print(environments_text(statuses, ansi=_ansi(out)), file=out)
+    return 0
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
+    from .checks import project_findings
+    from .display import check_text, collect_check
+    from .settings import get_settings
+
+    results = collect_check(args.env, all_environments=args.all)
+    print(check_text(results), file=out)
+    checked = []
+    for result in results:
+        with contextlib.suppress(MistralEnvError):  # already reported by collect_check
+            checked.append(get_settings(result.environment))
+    findings = project_findings(checked)
+    for finding in findings:
+        label = "FAIL " if finding.is_error else "warn "
+        print(f"{label} {finding.message}", file=out)
+    failed = any(not r.ok for r in results) or any(f.is_error for f in findings)
+    return 1 if failed else 0
+
+
+def _scan(args: argparse.Namespace, out: TextIO) -> int:
+    from .scan import run_scan
+
+    return run_scan(args.paths, _configured_keys(), out)
+
+
+def _configured_keys() -> list[str]:
+    """Every key value that can be found without calling a secret store."""
+    from . import keys
+    from .settings import get_settings, list_environments
+
+    found: list[str] = []
+    try:
+        names = list_environments()
+    except MistralEnvError:
+        return found
+    for name in names:
+        try:
+            local = keys.local_key(get_settings(name))
+        except MistralEnvError:
+            continue
+        if local is not None:
+            found.append(local.value.get_secret_value())
+    return found
+
+
+def _cache(args: argparse.Namespace, out: TextIO) -> int:
+    from .cache import cache_stats, clear_cache
+    from .display import cache_stats_text
+    from .environments import current_environment
+    from .settings import get_settings
+
+    env = get_settings(args.env).environment if args.env else current_environment()
+    if args.action == "clear":
+        removed = clear_cache(env)
+        print(
+            f"[{env}] cache cleared: {removed} entries removed (other environments untouched)",
+            file=out,
+        )
+    else:
+        print(cache_stats_text(env, cache_stats(env)), file=out)
+    return 0
+
+
+def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    from .demo import run_demo
+
+    return run_demo(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mistral-nbenv",
+        description="Mistral AI API settings, keys and cache across development, staging "
+        "and production.",
+    )
+    parser.add_argument("--version", action="version", version=f"mistral-nbenv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("status", help="the active environment, its key source and settings")
+    p.add_argument("--env", help="show this environment instead of the active one")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("list", help="every environment with its model and masked key")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("check", help="validate settings and keys (exit 1 on any problem)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--env", help="check this environment (default: the active one)")
+    group.add_argument("--all", action="store_true", help="check every environment")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("scan", help="find Mistral keys in notebooks and files (exit 1 if any)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=_scan)
+
+    p = sub.add_parser("cache", help="response cache statistics, or clear it")
+    p.add_argument("action", choices=["stats", "clear"])
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.set_defaults(func=_cache)
+
+    p = sub.add_parser("demo", help="a guided tour; uses a built-in local server without a key")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    stream = out or sys.stdout
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(stream)
+        return 2
+    try:
+        return int(args.func(args, stream))
+    except MistralEnvError as exc:
+        print(f"mistral-nbenv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
