@@ -567,6 +567,28 @@ def test_bad_requests_get_api_like_errors(
     assert mistral_server.count(path) == 1
 
 
+def test_chunked_request_body_is_read_and_keep_alive_survives(
+    mistral_server: MistralTestServer,
+) -> None:
+    body = json.dumps({"model": "m", "messages": USER_HELLO}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", mistral_server.port, timeout=5)
+    try:
+        conn.request("POST", CHAT, body=iter([body[:10], body[10:]]), encode_chunked=True)
+        first = conn.getresponse()
+        assert json.loads(first.read())["choices"][0]["message"]["content"].startswith("Echo: ")
+        conn.request("GET", "/v1/models")  # same connection
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert mistral_server.requests[0].body["messages"] == USER_HELLO
+
+
+def test_faults_are_hashable_values() -> None:
+    assert Fault.status(503, body={"detail": "x"}) == Fault.status(503, body={"detail": "x"})
+    assert len({Fault.drop(), Fault.drop(), Fault.slow(1.0)}) == 2
+    assert str(Fault.rate_limit(2)) == "status 429"
+
+
 # -- lifecycle ------------------------------------------------------------------------------
 
 

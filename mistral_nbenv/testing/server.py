@@ -10,6 +10,7 @@ import math
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -100,8 +101,8 @@ class Fault:
     status_code: int = 200
     retry_after: float | str | datetime | None = None
     retry_after_http_date: bool = False
-    body: Any = None
-    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    body: Any = field(default=None, hash=False)
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     delay: float = 0.0
     chunk_delay: float = 0.0
     after_chunks: int = 0
@@ -311,8 +312,6 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         if self.app.stopping:
             return
-        import sys
-
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             return  # the client went away; nothing to report
@@ -347,8 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         app = self.server.app
         path, _, query = self.path.partition("?")
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self._read_body()
         body: Any = None
         bad_json = False
         if raw:
@@ -370,6 +368,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(record, bad_json)
         finally:
             app._end()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():  # trailers, up to the blank line
+                pass
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
 
     def _respond(self, record: RecordedRequest, bad_json: bool) -> None:
         app = self.server.app
@@ -516,7 +526,7 @@ class MistralTestServer:
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},
             name=f"mistral-test-server:{self.port}",
             daemon=True,
         )
