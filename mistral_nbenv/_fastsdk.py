@@ -1,0 +1,219 @@
+"""Remove the per-call CPU cost of the mistralai SDK's generated code (optional, self-checking).
+
+The SDK (mistralai 3.x, Speakeasy-generated) spends most of each call rebuilding things
+that never change:
+
+* ``utils/serializers.py`` calls pydantic ``create_model`` on every marshal/unmarshal (about
+  8 times per chat call, ~2-3 ms each): memoised here by (model name, field type);
+* ``utils/queryparams.py``, ``url.py`` and ``forms.py`` call ``typing.get_type_hints`` on the
+  request class on every call: memoised by class;
+* ``utils``, ``models`` and ``errors`` resolve names through a module ``__getattr__`` that
+  runs ``importlib.import_module`` on every attribute access: each resolved name is stored
+  on the module so the lookup happens once;
+* the async path runs every hook in a worker thread (``asyncio.to_thread``) twice per call;
+  for SDK instances marked with :func:`inline_hooks` (ours: hooks are in-memory header
+  edits since the key is always passed explicitly) they run inline.
+
+All of it is transparent: the same functions are called with the same arguments, only
+their results are reused.  :func:`check` verifies the internals this relies on; when they
+change, :func:`install` does nothing and returns False, and the plain SDK path is used.
+Tested against mistralai >=3.7,<3.8 (see ``tests/test_client.py::test_fastsdk_internals``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+import typing
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["check", "inline_hooks", "install", "installed", "uninstall"]
+
+log = logging.getLogger(__name__)
+
+_SERIALIZERS = "mistralai.client.utils.serializers"
+_TYPE_HINT_MODULES = (
+    "mistralai.client.utils.queryparams",
+    "mistralai.client.utils.url",
+    "mistralai.client.utils.forms",
+)
+_LAZY_PACKAGES = ("mistralai.client.utils", "mistralai.client.models", "mistralai.client.errors")
+_BASESDK = "mistralai.client.basesdk"
+_INLINE_MARK = "_mistral_nbenv_inline_hooks"
+
+_lock = threading.Lock()
+_saved: list[tuple[object, str, object]] = []
+_installed = False
+
+
+def check() -> list[str]:
+    """Problems with the SDK internals this module patches (empty list: all as expected)."""
+    problems: list[str] = []
+    try:
+        ser = importlib.import_module(_SERIALIZERS)
+    except ImportError as exc:
+        return [f"cannot import {_SERIALIZERS}: {exc}"]
+    for name in ("create_model", "unmarshal", "marshal_json"):
+        if not hasattr(ser, name):
+            problems.append(f"{_SERIALIZERS}.{name} is missing")
+    for fname in ("unmarshal", "marshal_json"):
+        fn = getattr(ser, fname, None)
+        code = getattr(fn, "__code__", None)
+        if code is None or "create_model" not in code.co_names:
+            problems.append(f"{_SERIALIZERS}.{fname} no longer calls create_model")
+    for modname in _TYPE_HINT_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as exc:
+            problems.append(f"cannot import {modname}: {exc}")
+            continue
+        if getattr(mod, "get_type_hints", None) is not typing.get_type_hints and not getattr(
+            getattr(mod, "get_type_hints", None), "_mistral_nbenv", False
+        ):
+            problems.append(f"{modname}.get_type_hints is not typing.get_type_hints")
+    for pkg in _LAZY_PACKAGES:
+        mod = importlib.import_module(pkg)
+        getattr_fn = mod.__dict__.get("__getattr__")
+        if getattr_fn is None:
+            problems.append(f"{pkg} has no module __getattr__")
+    try:
+        basesdk = importlib.import_module(_BASESDK)
+    except ImportError as exc:
+        problems.append(f"cannot import {_BASESDK}: {exc}")
+    else:
+        if not callable(getattr(basesdk, "run_sync_in_thread", None)):
+            problems.append(f"{_BASESDK}.run_sync_in_thread is missing")
+        for meth in ("do_request_async",):
+            code = getattr(getattr(basesdk.BaseSDK, meth, None), "__code__", None)
+            if code is None or "run_sync_in_thread" not in code.co_names:
+                problems.append(f"{_BASESDK}.BaseSDK.{meth} no longer uses run_sync_in_thread")
+    return problems
+
+
+def installed() -> bool:
+    """Whether the speed-ups are active in this process."""
+    return _installed
+
+
+def install() -> bool:
+    """Apply the speed-ups once per process; False (and nothing changed) if the SDK differs."""
+    global _installed
+    with _lock:
+        if _installed:
+            return True
+        problems = check()
+        if problems:
+            log.debug("mistral_nbenv: SDK fast path disabled: %s", "; ".join(problems))
+            return False
+        _patch_create_model()
+        _patch_type_hints()
+        _patch_lazy_getattr()
+        _patch_run_sync_in_thread()
+        _installed = True
+        return True
+
+
+def uninstall() -> None:
+    """Restore every patched SDK attribute (for benchmarks comparing with the raw SDK)."""
+    global _installed
+    with _lock:
+        while _saved:
+            owner, name, value = _saved.pop()
+            if value is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        _installed = False
+
+
+def inline_hooks(sdk: Any) -> None:
+    """Run this SDK instance's hooks inline on the event loop instead of in a thread."""
+    hooks = getattr(sdk, "sdk_configuration", None)
+    hooks = getattr(hooks, "__dict__", {}).get("_hooks")
+    if hooks is not None:
+        setattr(hooks, _INLINE_MARK, True)
+
+
+_MISSING = object()
+
+
+def _set(owner: object, name: str, value: object) -> None:
+    _saved.append((owner, name, getattr(owner, name, _MISSING)))
+    setattr(owner, name, value)
+
+
+def _patch_create_model() -> None:
+    ser = importlib.import_module(_SERIALIZERS)
+    original: Callable[..., Any] = ser.create_model
+    cache: dict[tuple[str, Any], Any] = {}
+    known_config: dict[str, Any] = {"populate_by_name": True, "arbitrary_types_allowed": True}
+
+    def create_model(__model_name: str, **kwargs: Any) -> Any:
+        body = kwargs.get("body")
+        config = kwargs.get("__config__")
+        if (
+            len(kwargs) == 2
+            and isinstance(body, tuple)
+            and len(body) == 2
+            and config == known_config
+        ):
+            try:
+                key = (__model_name, body[0])
+                return cache[key]
+            except KeyError:
+                model = cache[key] = original(__model_name, **kwargs)
+                return model
+            except TypeError:  # unhashable type expression
+                pass
+        return original(__model_name, **kwargs)
+
+    create_model._mistral_nbenv = True  # type: ignore[attr-defined]
+    _set(ser, "create_model", create_model)
+
+
+def _patch_type_hints() -> None:
+    cache: dict[Any, Any] = {}
+
+    def get_type_hints(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not isinstance(obj, type):
+            return typing.get_type_hints(obj, *args, **kwargs)
+        try:
+            return cache[obj]
+        except KeyError:
+            hints = cache[obj] = typing.get_type_hints(obj)
+            return hints
+
+    get_type_hints._mistral_nbenv = True  # type: ignore[attr-defined]
+    for modname in _TYPE_HINT_MODULES:
+        _set(importlib.import_module(modname), "get_type_hints", get_type_hints)
+
+
+def _patch_lazy_getattr() -> None:
+    for pkg in _LAZY_PACKAGES:
+        mod = importlib.import_module(pkg)
+        original = mod.__dict__["__getattr__"]
+
+        def __getattr__(name: str, _mod: Any = mod, _orig: Any = original) -> Any:
+            value = _orig(name)
+            if not name.startswith("__"):
+                setattr(_mod, name, value)
+            return value
+
+        _set(mod, "__getattr__", __getattr__)
+
+
+def _patch_run_sync_in_thread() -> None:
+    basesdk = importlib.import_module(_BASESDK)
+    original = basesdk.run_sync_in_thread
+
+    async def run_sync_in_thread(func: Callable[..., Any], *args: Any) -> Any:
+        owner = getattr(func, "__self__", None)
+        if owner is not None and getattr(owner, _INLINE_MARK, False):
+            return func(*args)
+        return await original(func, *args)
+
+    _set(basesdk, "run_sync_in_thread", run_sync_in_thread)

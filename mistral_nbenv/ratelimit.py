@@ -1,0 +1,343 @@
+"""Client-side budgets: requests/min and tokens/min shared across processes, and concurrency.
+
+**Rate semantics** (two token buckets, one state, updated in one diskcache transaction):
+
+* requests: refills at ``requests_per_minute / 60`` per second and holds at most one
+  second's worth (at least 1).  So after an idle period a short burst of
+  ``max(1, rpm / 60)`` requests goes at once, then requests are spaced evenly.  Over ``T``
+  seconds at most ``burst + rpm * T / 60`` requests are admitted: 120 rpm for 30 s admits
+  62, whatever the number of processes sharing the budget.
+* tokens: refills at ``tokens_per_minute / 60`` per second, holds at most ten seconds'
+  worth.  A request is admitted when the balance covers its estimate (or the balance is
+  full, so one request larger than the bucket still goes); the estimate is then debited,
+  possibly into debt, which later requests wait out.  The estimate (prompt characters / 4
+  plus ``max_tokens``) is corrected with the response's ``usage`` by :meth:`reconcile`.
+
+The state lives in a small diskcache at ``<cache_root>/<environment>/ratelimit`` so every
+process (several notebook kernels, scripts) using the same cache root shares one budget;
+without a directory the state is in memory.  Clock and sleep are injectable.
+
+**Concurrency**: :class:`ConcurrencyLimiter` bounds in-flight calls of one client for
+threads and for asyncio tasks on any event loop, all counted together.
+
+A wait longer than :data:`LONG_WAIT` seconds is logged once per call at INFO level and
+reported to the callbacks registered with :func:`add_wait_listener` (the notebook layer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import diskcache
+
+__all__ = [
+    "LONG_WAIT",
+    "ConcurrencyLimiter",
+    "RateLimiter",
+    "add_wait_listener",
+]
+
+log = logging.getLogger(__name__)
+
+#: Waits longer than this many seconds are announced (once per call).
+LONG_WAIT = 1.0
+_TOKEN_BUCKET_SECONDS = 10.0
+_STATE_KEY = "bucket"
+
+WaitListener = Callable[[str, float], None]
+_listeners: list[WaitListener] = []
+
+
+def add_wait_listener(callback: WaitListener) -> Callable[[], None]:
+    """Call ``callback(environment, seconds)`` when a call must wait > 1 s; returns a remover."""
+    _listeners.append(callback)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _listeners.remove(callback)
+
+    return remove
+
+
+def _announce(environment: str, seconds: float) -> None:
+    log.info(
+        "mistral_nbenv: waiting %.1f s for the %s rate limit (requests/min, tokens/min)",
+        seconds,
+        environment or "current environment's",
+    )
+    for callback in list(_listeners):
+        try:
+            callback(environment, seconds)
+        except Exception:  # a broken listener must not break the call
+            log.debug("rate-limit wait listener failed", exc_info=True)
+
+
+class RateLimiter:
+    """Requests/min and tokens/min buckets for one environment, optionally shared on disk."""
+
+    def __init__(
+        self,
+        directory: Path | None,
+        *,
+        requests_per_minute: float,
+        tokens_per_minute: float,
+        environment: str = "",
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.directory = directory
+        self.environment = environment
+        self.rpm = float(requests_per_minute or 0)
+        self.tpm = float(tokens_per_minute or 0)
+        self.clock = clock
+        self.sleep = sleep
+        self.async_sleep = async_sleep
+        self._req_rate = self.rpm / 60.0
+        self._req_cap = max(1.0, self._req_rate)
+        self._tok_rate = self.tpm / 60.0
+        self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
+        self._db: diskcache.Cache | None = None
+        self._memory: str | None = None
+        self._mem_lock = threading.Lock()
+        self._disk_failed = False
+
+    def __repr__(self) -> str:
+        where = str(self.directory) if self.directory else "memory"
+        return f"RateLimiter({self.environment!r}, rpm={self.rpm:g}, tpm={self.tpm:g}, {where})"
+
+    @property
+    def enabled(self) -> bool:
+        """False when neither budget is set (both 0)."""
+        return self.rpm > 0 or self.tpm > 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[tuple[Callable[[], str | None], Callable[[str], None]]]:
+        db = self._open()
+        if db is None:
+            with self._mem_lock:
+                yield (lambda: self._memory), self._set_memory
+            return
+        with db.transact(retry=True):
+            yield (
+                (lambda: db.get(_STATE_KEY, None, retry=True)),
+                (lambda value: db.set(_STATE_KEY, value, retry=True)),
+            )
+
+    def _set_memory(self, value: str) -> None:
+        self._memory = value
+
+    def _open(self) -> diskcache.Cache | None:
+        if self._db is not None or self.directory is None or self._disk_failed:
+            return self._db
+        from .cache import open_diskcache, warn_once
+
+        try:
+            self._db = open_diskcache(self.directory)
+        except Exception as exc:
+            self._disk_failed = True
+            warn_once(self.directory, f"{type(exc).__name__}: {exc}")
+        return self._db
+
+    def _parse(self, raw: str | None, now: float) -> tuple[float, float, float]:
+        if raw:
+            try:
+                req, tok, last = (float(x) for x in raw.split(","))
+                return req, tok, last
+            except ValueError:
+                pass
+        return self._req_cap, self._tok_cap, now
+
+    def _try(self, cost: float, now: float) -> float:
+        """Debit the buckets if possible; return 0 on success, else the seconds to wait."""
+        with self._state() as (read, write):
+            req, tok, last = self._parse(read(), now)
+            elapsed = max(0.0, now - last)
+            req = min(self._req_cap, req + elapsed * self._req_rate)
+            tok = min(self._tok_cap, tok + elapsed * self._tok_rate)
+            wait = 0.0
+            if self.rpm > 0 and req < 1.0:
+                wait = (1.0 - req) / self._req_rate
+            if self.tpm > 0:
+                need = min(cost, self._tok_cap)
+                if tok < need:
+                    wait = max(wait, (need - tok) / self._tok_rate)
+            if wait > 0:
+                return wait
+            if self.rpm > 0:
+                req -= 1.0
+            if self.tpm > 0:
+                tok -= cost
+            write(f"{req!r},{tok!r},{now!r}")
+            return 0.0
+
+    # -- public ----------------------------------------------------------------------------
+
+    def acquire(self, tokens: float = 0) -> float:
+        """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
+        if not self.enabled:
+            return 0.0
+        started = self.clock()
+        announced = False
+        while True:
+            now = self.clock()
+            wait = self._try(tokens, now)
+            if wait <= 0:
+                return now - started
+            if not announced and (now - started) + wait > LONG_WAIT:
+                announced = True
+                _announce(self.environment, wait)
+            self.sleep(wait)
+
+    async def acquire_async(self, tokens: float = 0) -> float:
+        """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
+        if not self.enabled:
+            return 0.0
+        started = self.clock()
+        announced = False
+        while True:
+            now = self.clock()
+            wait = self._try(tokens, now)
+            if wait <= 0:
+                return now - started
+            if not announced and (now - started) + wait > LONG_WAIT:
+                announced = True
+                _announce(self.environment, wait)
+            await self.async_sleep(wait)
+
+    def reconcile(self, estimated: float, actual: float) -> None:
+        """Correct the token bucket once the response's ``usage`` is known."""
+        if self.tpm <= 0 or actual <= 0 or actual == estimated:
+            return
+        now = self.clock()
+        with self._state() as (read, write):
+            req, tok, last = self._parse(read(), now)
+            tok = min(self._tok_cap, tok - (actual - estimated))
+            write(f"{req!r},{tok!r},{last!r}")
+
+    def reset(self) -> None:
+        """Forget the shared state (full buckets)."""
+        with self._state() as (_read, write):
+            now = self.clock()
+            write(f"{self._req_cap!r},{self._tok_cap!r},{now!r}")
+
+
+class _AsyncWaiter:
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def wake(self) -> None:
+        self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _ThreadWaiter:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class ConcurrencyLimiter:
+    """At most ``limit`` calls in flight, shared by threads and asyncio tasks on any loop.
+
+    A released slot is handed directly to the oldest waiter (FIFO), whether it waits in a
+    thread or in a coroutine on some event loop; an :class:`asyncio.Semaphore` could not
+    do this because it belongs to one loop.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[_AsyncWaiter | _ThreadWaiter] = collections.deque()
+
+    def __repr__(self) -> str:
+        return f"ConcurrencyLimiter(limit={self.limit}, in_flight={self._in_flight})"
+
+    @property
+    def in_flight(self) -> int:
+        """Calls currently holding a slot."""
+        return self._in_flight
+
+    def acquire(self) -> None:
+        """Take a slot, blocking the thread while all are busy."""
+        with self._lock:
+            if self._in_flight < self.limit and not self._waiters:
+                self._in_flight += 1
+                return
+            waiter = _ThreadWaiter()
+            self._waiters.append(waiter)
+        waiter.event.wait()  # the slot was handed over by release()
+
+    async def acquire_async(self) -> None:
+        """Take a slot, suspending the task while all are busy."""
+        with self._lock:
+            if self._in_flight < self.limit and not self._waiters:
+                self._in_flight += 1
+                return
+            waiter = _AsyncWaiter(asyncio.get_running_loop())
+            self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            with self._lock:
+                try:
+                    self._waiters.remove(waiter)
+                    handed = False
+                except ValueError:
+                    handed = True  # release() already gave us the slot: pass it on
+            if handed:
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the slot back (to the next waiter, if any)."""
+        with self._lock:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                try:
+                    waiter.wake()
+                    return
+                except RuntimeError:  # its event loop is closed: skip it
+                    continue
+            self._in_flight = max(0, self._in_flight - 1)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """``with limiter.slot():`` around one call."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    @contextlib.asynccontextmanager
+    async def slot_async(self) -> Any:
+        """``async with limiter.slot_async():`` around one call."""
+        await self.acquire_async()
+        try:
+            yield
+        finally:
+            self.release()

@@ -1,0 +1,340 @@
+"""Retry policy (tenacity) and the translation of SDK/HTTP errors into our exception tree.
+
+What is retried: HTTP 408, 429 and 5xx answers, timeouts and transport errors (the SDK
+raises ``httpx2`` exceptions).  Never retried: every other 4xx (400/401/403/404/422) and a
+200 whose body does not match the response model.  The wait between attempts is the
+server's ``Retry-After`` (seconds or HTTP-date) when given, otherwise exponential backoff
+with jitter; no single wait exceeds ``retry_max_wait``.  A ``Retry-After`` above that cap
+is not waited for: the call fails at once with :class:`RateLimitError` carrying
+``retry_after``.
+
+The SDK and ``httpx2`` are recognised by class name and module, so importing this
+module imports neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import tenacity
+
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    MistralEnvError,
+    RateLimitError,
+)
+
+__all__ = [
+    "RETRYABLE_STATUS",
+    "RetryPolicy",
+    "is_retryable",
+    "parse_retry_after",
+    "retry_after_of",
+    "status_of",
+    "translate_error",
+]
+
+T = TypeVar("T")
+
+#: HTTP statuses that are retried (plus every status >= 500).
+RETRYABLE_STATUS = frozenset({408, 429})
+
+_BODY_SNIPPET = 300
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _is_httpx_error(exc: BaseException, name: str) -> bool:
+    for cls in type(exc).__mro__:
+        if cls.__name__ == name and cls.__module__.split(".")[0] in ("httpx2", "httpx"):
+            return True
+    return False
+
+
+def _is_sdk_http_error(exc: BaseException) -> bool:
+    """True for the SDK's ``MistralError`` family (an HTTP response was received)."""
+    return "MistralError" in _class_names(exc) and isinstance(
+        getattr(exc, "status_code", None), int
+    )
+
+
+def _is_malformed_body(exc: BaseException) -> bool:
+    return "ResponseValidationError" in _class_names(exc)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return _is_httpx_error(exc, "TimeoutException") or isinstance(exc, TimeoutError)
+
+
+def _is_transport(exc: BaseException) -> bool:
+    return _is_httpx_error(exc, "TransportError") or "NoResponseError" in _class_names(exc)
+
+
+def status_of(exc: BaseException) -> int | None:
+    """HTTP status of an SDK error, or None when no response was received."""
+    if _is_sdk_http_error(exc):
+        return int(exc.status_code)  # type: ignore[attr-defined]
+    return None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def retry_after_of(exc: BaseException, *, now: float | None = None) -> float | None:
+    """The ``Retry-After`` of an SDK HTTP error, in seconds, if the server sent one."""
+    headers = getattr(exc, "headers", None)
+    if headers is None or not _is_sdk_http_error(exc):
+        return None
+    try:
+        raw = headers.get("retry-after")
+    except Exception:
+        return None
+    return parse_retry_after(raw, now=now)
+
+
+def is_retryable(exc: BaseException, *, retry_max_wait: float = float("inf")) -> bool:
+    """Whether ``exc`` is worth another attempt under this module's rules."""
+    if isinstance(exc, MistralEnvError) or _is_malformed_body(exc):
+        return False
+    status = status_of(exc)
+    if status is not None:
+        if status not in RETRYABLE_STATUS and status < 500:
+            return False
+        retry_after = retry_after_of(exc)
+        return retry_after is None or retry_after <= retry_max_wait
+    return _is_timeout(exc) or _is_transport(exc)
+
+
+@dataclass
+class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
+    """Wait for the server's ``Retry-After`` when present, else exponential backoff + jitter."""
+
+    cap: float
+    backoff: tenacity.wait.wait_base = field(repr=False)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if exc is not None:
+            retry_after = retry_after_of(exc)
+            if retry_after is not None:
+                return min(retry_after, self.cap)
+        return min(float(self.backoff(retry_state)), self.cap)
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how long to retry one call; ``sleep``/``async_sleep`` are injectable."""
+
+    max_retries: int = 3
+    retry_max_wait: float = 60.0
+    initial_wait: float = 0.5
+    jitter: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+    async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    on_retry: Callable[[int, BaseException, float], None] | None = None
+
+    def _kwargs(self) -> dict[str, Any]:
+        cap = max(0.0, float(self.retry_max_wait))
+        wait = _WaitRetryAfterOrBackoff(
+            cap=cap,
+            backoff=tenacity.wait_exponential_jitter(
+                initial=self.initial_wait, max=cap, jitter=self.jitter
+            ),
+        )
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if self.on_retry is not None and state.outcome is not None:
+                exc = state.outcome.exception()
+                delay = state.next_action.sleep if state.next_action else 0.0
+                if exc is not None:
+                    self.on_retry(state.attempt_number, exc, delay)
+
+        return {
+            "stop": tenacity.stop_after_attempt(max(0, int(self.max_retries)) + 1),
+            "wait": wait,
+            "retry": tenacity.retry_if_exception(lambda exc: is_retryable(exc, retry_max_wait=cap)),
+            "reraise": True,
+            "before_sleep": before_sleep,
+        }
+
+    def call(self, fn: Callable[[], T]) -> tuple[T, int]:
+        """Run ``fn`` under the policy; return its result and the number of attempts.
+
+        On failure the original exception propagates with ``__attempts__`` set on it.
+        """
+        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs())
+        attempt_number = 0
+        try:
+            for attempt in retrying:
+                attempt_number = attempt.retry_state.attempt_number
+                with attempt:
+                    return fn(), attempt_number
+        except BaseException as exc:
+            _remember_attempts(exc, attempt_number)
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call_async(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """Async twin of :meth:`call`."""
+        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._kwargs())
+        attempt_number = 0
+        try:
+            async for attempt in retrying:
+                attempt_number = attempt.retry_state.attempt_number
+                with attempt:
+                    return await fn(), attempt_number
+        except BaseException as exc:
+            _remember_attempts(exc, attempt_number)
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _remember_attempts(exc: BaseException, attempts: int) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions without __dict__
+        exc.__dict__["__attempts__"] = max(1, attempts)
+
+
+def _snippet(text: str | None, secret: str | None) -> str:
+    if not text:
+        return ""
+    text = " ".join(str(text).split())
+    if secret and len(secret) >= 8:
+        text = text.replace(secret, "…" + secret[-4:])
+    if len(text) > _BODY_SNIPPET:
+        text = text[:_BODY_SNIPPET] + "…"
+    return text
+
+
+def _plural(n: int) -> str:
+    return f"{n} attempt" + ("" if n == 1 else "s")
+
+
+def translate_error(
+    exc: BaseException,
+    *,
+    environment: str = "",
+    attempts: int | None = None,
+    retry_max_wait: float | None = None,
+    timeout: float | None = None,
+    key_source: str = "",
+    secret: str | None = None,
+) -> BaseException:
+    """Map an SDK/``httpx2`` exception to our tree; other exceptions are returned unchanged.
+
+    ``secret`` (the API key) is scrubbed from any server text quoted in the message; request
+    headers are never quoted.  Raise the result ``from exc``.
+    """
+    if isinstance(exc, MistralEnvError):
+        return exc
+    n = attempts if attempts is not None else int(exc.__dict__.get("__attempts__", 1))
+    env = f"environment '{environment}'" if environment else "this environment"
+
+    if _is_malformed_body(exc):
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return APIError(
+            f"The Mistral API ({env}) answered HTTP 200 with a body that is not a valid "
+            f"response ({_snippet(first_line, secret)}). Nothing was cached; check that "
+            "server_url points at a Mistral-compatible API.",
+            status_code=200,
+            attempts=n,
+            environment=environment,
+            body=_snippet(getattr(exc, "body", None), secret),
+        )
+
+    status = status_of(exc)
+    if status is not None:
+        body = _snippet(getattr(exc, "body", None), secret)
+        detail = f": {body}" if body else ""
+        if status == 401:
+            where = f" (from {key_source})" if key_source else ""
+            return APIError(
+                f"The Mistral API rejected the API key for {env} (HTTP 401 Unauthorized). "
+                f"Check the key configured for '{environment or '?'}'{where}; "
+                "`mistral-nbenv check` shows where each key comes from.",
+                status_code=401,
+                attempts=n,
+                environment=environment,
+                body=body,
+            )
+        if status == 429:
+            retry_after = retry_after_of(exc)
+            if (
+                retry_after is not None
+                and retry_max_wait is not None
+                and retry_after > retry_max_wait
+            ):
+                msg = (
+                    f"Rate limited by the Mistral API ({env}): the server asks to wait "
+                    f"{retry_after:.0f} s, more than retry_max_wait={retry_max_wait:g} s, "
+                    "so the call was not retried. Try again later or raise retry_max_wait."
+                )
+            else:
+                msg = (
+                    f"Rate limited by the Mistral API ({env}) after {_plural(n)} (HTTP 429)"
+                    f"{detail}. Lower rate_limits in the settings or try again later."
+                )
+            return RateLimitError(
+                msg, retry_after=retry_after, attempts=n, environment=environment, body=body
+            )
+        hint = ""
+        if status == 403:
+            hint = f" The key for {env} is not allowed to do this."
+        elif status == 404:
+            hint = " Check the model name and server_url."
+        elif status >= 500:
+            hint = " The server failed; retries were exhausted."
+        return APIError(
+            f"Mistral API error HTTP {status} ({env}) after {_plural(n)}{detail}.{hint}",
+            status_code=status,
+            attempts=n,
+            environment=environment,
+            body=body,
+        )
+
+    if _is_timeout(exc):
+        limit = f" of {timeout:g} s" if timeout is not None else ""
+        return APITimeoutError(
+            f"The Mistral API ({env}) did not answer within the timeout{limit} "
+            f"({_plural(n)}). Raise `timeout` in the settings or pass timeout_ms=.",
+            attempts=n,
+            environment=environment,
+        )
+    if _is_transport(exc):
+        return APIConnectionError(
+            f"Could not reach the Mistral API ({env}) after {_plural(n)}: "
+            f"{type(exc).__name__}: {_snippet(str(exc), secret)}. "
+            "Check server_url and the network.",
+            attempts=n,
+            environment=environment,
+        )
+    return exc
