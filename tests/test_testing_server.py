@@ -271,6 +271,19 @@ def test_responder_can_return_a_whole_body(sdk: Mistral, mistral_server: Mistral
     assert response.usage.prompt_tokens == 7
 
 
+def test_a_failing_responder_becomes_a_500_naming_the_error(
+    sdk: Mistral, mistral_server: MistralTestServer
+) -> None:
+    def responder(request: RecordedRequest) -> str:
+        raise KeyError("oops")
+
+    mistral_server.responder = responder
+    with pytest.raises(errors.SDKError) as info:
+        chat(sdk)
+    assert info.value.status_code == 500
+    assert "KeyError('oops')" in json.loads(info.value.body)["message"]
+
+
 def test_echo_answer_for_chat_and_fim_bodies() -> None:
     assert echo_answer({"messages": [{"role": "user", "content": "q"}]}) == "Echo: q"
     assert echo_answer({"prompt": "p", "suffix": "s"}) == "Echo: p"

@@ -705,7 +705,11 @@ class MistralTestServer:
                 for name in missing
             ]
             return _Reply(422, {"detail": detail})
-        scripted = self.responder(record) if self.responder is not None else None
+        try:
+            scripted = self.responder(record) if self.responder is not None else None
+        except Exception as exc:  # shown to the client instead of a dropped connection
+            message = f"testing server responder raised {exc!r}"
+            return _Reply(500, {"object": "error", "message": message, "type": "responder_error"})
         if isinstance(scripted, Mapping):
             data = dict(scripted)
             return _Reply(body=data, events=[data] if record.stream else None)
