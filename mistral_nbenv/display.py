@@ -153,6 +153,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
 
 def collect_check(env: str | None = None, *, all_environments: bool = False) -> list[CheckResult]:
     """Check ``env`` (or all): settings validate, a key resolves, no key shared."""
+    from ._names import normalize_name
     from .environments import current_environment
     from .keys import get_api_key
     from .settings import get_settings, list_environments
@@ -160,7 +161,7 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
     if all_environments:
         names = list_environments()
     else:
-        names = [get_settings(env).environment if env else current_environment()]
+        names = [normalize_name(env, list_environments()) if env else current_environment()]
     results: list[CheckResult] = []
     for name in names:
         problems: list[str] = []
@@ -267,7 +268,10 @@ def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
     """``[staging] cache: 3 entries, 4.1 KB in /path (on, ttl 300s)``."""
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
-    state = f"on, ttl {stats.get('ttl')}s" if stats.get("enabled") else "off"
+    ttl = stats.get("ttl_seconds", stats.get("ttl"))
+    state = f"on, ttl {ttl}s" if stats.get("enabled") else "off (per call: cache=True)"
+    if stats.get("offline"):
+        state += ", offline"
     where = stats.get("directory") or "?"
     return (
         f"{badge_text(environment)} cache: {entries} entr{'y' if entries == 1 else 'ies'}, "

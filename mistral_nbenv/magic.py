@@ -21,12 +21,13 @@ imported when a magic first needs it, so ``%load_ext`` stays instant.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils.text import dedent
 
@@ -152,7 +153,7 @@ class MistralMagics(Magics):
 
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)
-        self._parser = _build_parser()
+        self._parser: _Parser | None = None  # built on first use: keeps %load_ext instant
         self.switchers: list[Any] = []
 
     # ------------------------------------------------------------------ %mistral_env
@@ -161,9 +162,11 @@ class MistralMagics(Magics):
         """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
         from IPython.utils.process import arg_split
 
-        argv = arg_split(line)
+        argv = arg_split(line, posix=True)
         if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
             argv.insert(0, "use")
+        if self._parser is None:
+            self._parser = _build_parser()
         try:
             args = self._parser.parse_args(argv)
         except _HelpShown:
@@ -251,7 +254,10 @@ class MistralMagics(Magics):
     @cell_magic("mistral")
     def mistral(self, line: str, cell: str) -> ChatAnswer:
         """Send the cell as the user message; render the answer as Markdown; return it (``_``)."""
-        args = parse_argstring(self.mistral, line)
+        from IPython.utils.process import arg_split
+
+        # posix splitting, so -s 'Be brief.' loses its quotes (parse_argstring keeps them)
+        args = self.mistral.parser.parse_args(arg_split(line, posix=True))
         message = dedent(cell).strip()
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
@@ -291,21 +297,40 @@ class MistralMagics(Magics):
         )
 
 
+_remove_wait_listener: Any = None
+
+
+def _announce_wait(environment: str, seconds: float) -> None:
+    """Rate-limit listener: say once per call that a call is waiting for its budget."""
+    print(
+        f"mistral_nbenv: waiting {seconds:.1f} s for the {environment} rate limit "
+        "(requests/min, tokens/min; shared by every kernel using the same cache)",
+        file=sys.stderr,
+    )
+
+
 def load_ipython_extension(ip: Any) -> None:
-    """Register the magics with IPython (safe to call twice)."""
+    """Register the magics and the rate-limit wait note (safe to call twice)."""
+    global _remove_wait_listener
     ip.register_magics(MistralMagics)
+    if _remove_wait_listener is None:
+        from .ratelimit import add_wait_listener
+
+        _remove_wait_listener = add_wait_listener(_announce_wait)
 
 
 def unload_ipython_extension(ip: Any) -> None:
     """Remove the magics, close any switcher widgets and every client (safe to call twice)."""
+    global _remove_wait_listener
+    if _remove_wait_listener is not None:
+        _remove_wait_listener()
+        _remove_wait_listener = None
     manager = ip.magics_manager
     instance = manager.registry.pop("MistralMagics", None)
     for switcher in getattr(instance, "switchers", []):
         switcher.close()
     manager.magics["line"].pop("mistral_env", None)
     manager.magics["cell"].pop("mistral", None)
-    import sys
-
     client = sys.modules.get("mistral_nbenv.client")
     if client is not None:
         client.close_clients()
