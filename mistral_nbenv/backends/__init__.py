@@ -13,6 +13,7 @@ and raises :class:`~mistral_nbenv.errors.SecretBackendError` (never showing the 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from dataclasses import dataclass
 from types import ModuleType
@@ -27,8 +28,10 @@ __all__ = [
     "BackendOptions",
     "SecretReference",
     "backend_error",
+    "decode_utf8",
     "import_dependency",
     "is_reference",
+    "json_or_none",
     "load_backend",
     "parse_reference",
 ]
@@ -150,6 +153,22 @@ def backend_error(
         backend=ref.scheme,
         reference=ref.raw,
     )
+
+
+def decode_utf8(data: bytes) -> str | None:
+    """``data`` as UTF-8 text, or None; the decode error (holding the secret) never escapes."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def json_or_none(text: str) -> tuple[bool, object]:
+    """``(True, value)`` if ``text`` is JSON, else ``(False, None)``; the error never escapes."""
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
 
 
 def import_dependency(name: str, scheme: str) -> ModuleType:

@@ -7,7 +7,6 @@ profiles); credentials always come from boto3's usual chain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,9 @@ from mistral_nbenv.backends import (
     BackendOptions,
     SecretReference,
     backend_error,
+    decode_utf8,
     import_dependency,
+    json_or_none,
 )
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "MAX_ATTEMPTS", "READ_TIMEOUT_SECONDS", "fetch"]
@@ -26,6 +27,7 @@ READ_TIMEOUT_SECONDS = 10.0
 MAX_ATTEMPTS = 2
 _LABEL = "AWS Secrets Manager"
 _DENIED = {
+    "AccessDenied",
     "AccessDeniedException",
     "UnrecognizedClientException",
     "InvalidClientTokenId",
@@ -44,6 +46,7 @@ def fetch(
 ) -> str:
     """Return the secret string ``ref.path`` (or its JSON field ``ref.field``)."""
     boto3 = import_dependency("boto3", "aws-sm")
+    import_dependency("botocore", "aws-sm")
     botocore_config = import_dependency("botocore.config", "aws-sm")
     botocore_exceptions = import_dependency("botocore.exceptions", "aws-sm")
 
@@ -65,6 +68,7 @@ def fetch(
     except botocore_exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "")) or "Unknown"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code == "ResourceNotFoundException":
             raise backend_error(
                 ref,
@@ -72,7 +76,7 @@ def fetch(
                 f"no secret {ref.path!r} ({where})",
                 "Check the secret id and the region. " + _WHERE_HELP,
             ) from exc
-        if code in _DENIED or code == "DecryptionFailure":
+        if code in _DENIED or code == "DecryptionFailure" or status in (401, 403):
             raise backend_error(
                 ref,
                 _LABEL,
@@ -120,29 +124,25 @@ def fetch(
 def _value(ref: SecretReference, response: dict[str, Any]) -> str:
     secret = response.get("SecretString")
     if secret is None and response.get("SecretBinary") is not None:
-        try:
-            secret = bytes(response["SecretBinary"]).decode("utf-8")
-        except UnicodeDecodeError:
-            # Not chained: the decode error holds the secret's bytes.
+        # Decoded without raising inside an except block: the error would hold the secret.
+        secret = decode_utf8(bytes(response["SecretBinary"]))
+        if secret is None:
             raise backend_error(
                 ref, _LABEL, "the binary secret is not UTF-8 text", "Store the key as text."
-            ) from None
+            )
     if not isinstance(secret, str):
         raise backend_error(ref, _LABEL, "the secret has no value", "Store the API key in it.")
 
     parsed: object = None
     if secret.lstrip().startswith(("{", "[")) or ref.field is not None:
-        try:
-            parsed = json.loads(secret)
-        except ValueError:
-            # Not chained: a JSON decode error carries the whole secret text.
-            if ref.field is not None:
-                raise backend_error(
-                    ref,
-                    _LABEL,
-                    f"'#{ref.field}' was given but the secret is not JSON",
-                    "Drop '#FIELD' to use the whole secret string, or store a JSON object.",
-                ) from None
+        is_json, parsed = json_or_none(secret)
+        if not is_json and ref.field is not None:
+            raise backend_error(
+                ref,
+                _LABEL,
+                f"'#{ref.field}' was given but the secret is not JSON",
+                "Drop '#FIELD' to use the whole secret string, or store a JSON object.",
+            )
     if ref.field is None:
         if isinstance(parsed, dict):
             fields = ", ".join(sorted(map(str, parsed))) or "none"

@@ -15,6 +15,7 @@ from mistral_nbenv.backends import (
     BackendOptions,
     SecretReference,
     backend_error,
+    decode_utf8,
     import_dependency,
 )
 
@@ -89,7 +90,9 @@ def fetch(
             f"no such secret version ({where})",
             "Check the project, secret name and version in the reference.",
         ) from exc
-    except (exceptions.PermissionDenied, exceptions.Unauthenticated) as exc:
+    except (exceptions.Forbidden, exceptions.Unauthorized) as exc:
+        # REST answers map by HTTP status: 403 Forbidden (PermissionDenied is its gRPC
+        # subclass), 401 Unauthorized (likewise Unauthenticated).
         raise backend_error(
             ref,
             _LABEL,
@@ -126,17 +129,25 @@ def fetch(
             f"cannot reach the service ({where})",
             f"Check the network, or secrets.gcp_emulator_host / {EMULATOR_HOST_VARIABLE}.",
         ) from exc
+    except exceptions.GoogleAPICallError as exc:
+        raise backend_error(
+            ref,
+            _LABEL,
+            f"the request failed: {type(exc).__name__}: {exc.message} ({where})",
+            "Check the reference and that the secret version is enabled.",
+        ) from exc
     except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
         raise backend_error(
-            ref, _LABEL, f"the request failed: {type(exc).__name__} ({where})", "Retry later."
+            ref,
+            _LABEL,
+            f"the request failed: {type(exc).__name__} ({where})",
+            "Check the reference and the Google credentials.",
         ) from exc
-    try:
-        value = bytes(response.payload.data).decode("utf-8").strip()
-    except UnicodeDecodeError:
-        # Not chained: the decode error holds the secret's bytes.
-        raise backend_error(
-            ref, _LABEL, "the payload is not UTF-8 text", "Store the key as text."
-        ) from None
+    # Decoded without raising inside an except block: the error would hold the secret.
+    text = decode_utf8(bytes(response.payload.data))
+    if text is None:
+        raise backend_error(ref, _LABEL, "the payload is not UTF-8 text", "Store the key as text.")
+    value = text.strip()
     if not value:
         raise backend_error(ref, _LABEL, "the payload is empty", "Add a version holding the key.")
     return value

@@ -99,7 +99,8 @@ def fetch(
         raise backend_error(
             ref,
             _LABEL,
-            f"cannot reach Vault at {url} within {TIMEOUT_SECONDS:g} s",
+            f"cannot reach Vault at {url} (connection failed or no answer in "
+            f"{TIMEOUT_SECONDS:g} s)",
             "Check VAULT_ADDR / secrets.vault_url and that the server is running.",
         ) from exc
     except (hvac_exceptions.VaultError, requests_exceptions.RequestException) as exc:
