@@ -195,10 +195,10 @@ def _output_texts(output: Mapping[str, Any]) -> list[str]:
     if kind == "stream":
         return [_text(output.get("text"))]
     if kind == "error":
-        return [
-            "\n".join(_text(line) for line in output.get("traceback", [])),
-            f"{output.get('ename', '')}: {output.get('evalue', '')}",
-        ]
+        traceback = _ANSI_RE.sub("", "\n".join(_text(line) for line in output.get("traceback", [])))
+        evalue = _text(output.get("evalue"))
+        # The value usually ends the traceback too: scan it once.
+        return [traceback] if evalue in traceback else [traceback, evalue]
     texts = []
     for mime, data in (output.get("data") or {}).items():
         if mime.startswith("text/"):

@@ -118,6 +118,17 @@ def test_notebook_output_kinds(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("in_traceback", [True, False])
+def test_error_output_reported_once(tmp_path: Path, in_traceback: bool) -> None:
+    evalue = f"'mistral key {KEY}'"
+    traceback = ["\x1b[0;31mKeyError\x1b[0m" + (f": {evalue}" if in_traceback else "")]
+    output = {"output_type": "error", "ename": "KeyError", "evalue": evalue, "traceback": traceback}
+    cell = {"cell_type": "code", "source": "", "outputs": [output], "metadata": {}}
+    path = tmp_path / "e.ipynb"
+    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4}))
+    assert len(scan_paths([path])) == 1
+
+
 def test_notebook_source_and_metadata(tmp_path: Path) -> None:
     notebook = {
         "cells": [
