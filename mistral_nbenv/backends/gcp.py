@@ -19,7 +19,13 @@ from mistral_nbenv.backends import (
     import_dependency,
 )
 
-__all__ = ["EMULATOR_HOST_VARIABLE", "RETRY_DEADLINE_SECONDS", "TIMEOUT_SECONDS", "fetch"]
+__all__ = [
+    "EMULATOR_HOST_VARIABLE",
+    "RETRY_DEADLINE_SECONDS",
+    "TIMEOUT_SECONDS",
+    "emulator_endpoint",
+    "fetch",
+]
 
 EMULATOR_HOST_VARIABLE = "SECRET_MANAGER_EMULATOR_HOST"
 #: Seconds for one request.
