@@ -79,23 +79,23 @@ def _scan(args: argparse.Namespace, out: TextIO) -> int:
     return run_scan(args.paths, _configured_keys(), out)
 
 
-def _configured_keys() -> list[str]:
-    """Every key value that can be found without calling a secret store."""
+def _configured_keys() -> dict[str, str]:
+    """Every environment's key that can be found without calling a secret store."""
     from . import keys
     from .settings import get_settings, list_environments
 
-    found: list[str] = []
+    found: dict[str, str] = {}
     try:
         names = list_environments()
     except MistralEnvError:
-        return found
+        return found  # broken settings must not stop a scan
     for name in names:
         try:
             local = keys.local_key(get_settings(name))
         except MistralEnvError:
             continue
-        if local is not None:
-            found.append(local.value.get_secret_value())
+        if isinstance(local, keys.ResolvedKey):
+            found[name] = local.value.get_secret_value()
     return found
 
 

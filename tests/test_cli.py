@@ -180,3 +180,37 @@ def test_usage_and_version() -> None:
     assert version.returncode == 0
     assert version.stdout.startswith("mistral-nbenv ")
     assert run("check", "--env", "dev", "--all").returncode == 2  # mutually exclusive
+
+
+def _notebook_with_output(text: str) -> str:
+    import json
+
+    cell = {
+        "cell_type": "code",
+        "execution_count": 1,
+        "metadata": {},
+        "source": ["import os\n", "print(os.environ['SOME_VAR'])\n"],
+        "outputs": [{"output_type": "stream", "name": "stdout", "text": [text + "\n"]}],
+    }
+    return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def test_scan_finds_a_configured_key_in_a_notebook_output(project: ProjectFactory) -> None:
+    root = all_keys_project(project)
+    (root / "analysis.ipynb").write_text(_notebook_with_output(f"token is {PROD}"))
+    done = run("scan", str(root / "analysis.ipynb"), cwd=root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"analysis.ipynb:1:1: …{PROD[-4:]}" in done.stdout
+    assert "production" in done.stdout
+    assert_no_full_key(done.stdout + done.stderr)
+
+
+def test_scan_of_a_clean_tree_exits_0(project: ProjectFactory) -> None:
+    root = all_keys_project(project)
+    clean = root / "src"
+    clean.mkdir()
+    (clean / "app.py").write_text("from mistral_nbenv import get_client\nclient = get_client()\n")
+    (clean / "run.ipynb").write_text(_notebook_with_output("Echo: hello"))
+    done = run("scan", str(clean), cwd=root)
+    assert done.returncode == 0, done.stdout
+    assert "No Mistral API keys found" in done.stdout
