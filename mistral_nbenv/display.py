@@ -23,6 +23,7 @@ __all__ = [
     "answer_badge_text",
     "badge_html",
     "badge_text",
+    "cache_line_html",
     "cache_stats_html",
     "cache_stats_text",
     "check_html",
@@ -196,7 +197,7 @@ def _key_text(st: EnvironmentStatus) -> str:
 
 
 def _cache_text(st: EnvironmentStatus) -> str:
-    text = f"on, ttl {st.cache_ttl_seconds}s" if st.cache_enabled else "off"
+    text = f"on, ttl {st.cache_ttl_seconds:g}s" if st.cache_enabled else "off"
     if st.cache_entries is not None:
         text += f", {st.cache_entries} entr{'y' if st.cache_entries == 1 else 'ies'}"
     return text
@@ -269,13 +270,24 @@ def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
     ttl = stats.get("ttl_seconds", stats.get("ttl"))
-    state = f"on, ttl {ttl}s" if stats.get("enabled") else "off (per call: cache=True)"
+    state = f"on, ttl {ttl:g}s" if stats.get("enabled") else "off (per call: cache=True)"
     if stats.get("offline"):
         state += ", offline"
     where = stats.get("directory") or "?"
     return (
         f"{badge_text(environment)} cache: {entries} entr{'y' if entries == 1 else 'ies'}, "
         f"{size} in {where} ({state})"
+    )
+
+
+def cache_line_html(stats: Mapping[str, Any]) -> str:
+    """``cached: 3 responses, 4.1 KB`` with the directory as a tooltip (the widget's cache row)."""
+    entries = int(stats.get("entries", 0) or 0)
+    size = format_bytes(float(stats.get("bytes", 0) or 0))
+    where = str(stats.get("directory") or "")
+    return (
+        f'<span title="{_E(where)}" style="{_FONT}">cached: {entries} '
+        f"response{'' if entries == 1 else 's'}, {size}</span>"
     )
 
 
@@ -294,12 +306,16 @@ _FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13p
 def badge_html(environment: str, *, protected: bool = False, detail: str = "") -> str:
     """A coloured pill naming the environment (and optionally a detail in grey after it)."""
     bg, fg = COLOURS.get(environment, GREY)
-    lock = " 🔒" if protected else ""
     pill = (
         f'<span class="mistral-nbenv-badge" data-environment="{_E(environment)}" '
         f'style="background:{bg};color:{fg};padding:1px 8px;border-radius:9px;'
-        f'font-weight:600;{_FONT}">{_E(environment)}{lock}</span>'
+        f'font-weight:600;{_FONT}">{_E(environment)}</span>'
     )
+    if protected:  # a word, not an emoji: headless browsers often lack an emoji font
+        pill += (
+            f' <span class="mistral-nbenv-protected" style="border:1px solid {bg};color:{bg};'
+            f'padding:0 6px;border-radius:9px;font-size:11px;font-weight:600">protected</span>'
+        )
     if detail:
         pill += f' <span style="color:#6b7280;{_FONT}">{_E(detail)}</span>'
     return pill

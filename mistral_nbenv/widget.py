@@ -16,7 +16,7 @@ import ipywidgets as widgets
 
 from .display import (
     badge_html,
-    cache_stats_text,
+    cache_line_html,
     collect_status,
     colour_for,
     error_html,
@@ -68,7 +68,10 @@ class EnvironmentSwitcher(widgets.VBox):
                 self.badge,
                 self.confirm_box,
                 self.status,
-                widgets.HBox([self.cache_info, self.clear_button, self.refresh_button]),
+                widgets.HBox(
+                    [self.cache_info, self.clear_button, self.refresh_button],
+                    layout=widgets.Layout(align_items="center"),
+                ),
                 self.error,
             ],
             layout=widgets.Layout(padding="6px 10px", border="1px solid #e5e7eb"),
@@ -98,10 +101,9 @@ class EnvironmentSwitcher(widgets.VBox):
         from .cache import cache_stats
 
         try:
-            text = cache_stats_text(env, cache_stats(env)).split(" ", 1)[1]
+            self.cache_info.value = cache_line_html(cache_stats(env))
         except Exception as exc:  # an unreadable cache is shown, not raised
-            text = f"cache: unavailable ({_one_line(exc)})"
-        self.cache_info.value = message_html(text)
+            self.cache_info.value = message_html(f"cache unavailable: {_one_line(exc)}")
 
     def _set_picker(self, env: str) -> None:
         """Move the picker without triggering a switch."""

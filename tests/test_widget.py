@@ -64,7 +64,7 @@ def test_initial_state_shows_the_active_environment(switcher: EnvironmentSwitche
     assert "settings.toml" in switcher.status.value  # the key's source
     assert "mistral-medium-latest" in switcher.status.value
     assert "req/min" in switcher.status.value
-    assert "cache: 0 entries" in switcher.cache_info.value
+    assert "cached: 0 responses" in switcher.cache_info.value
     assert switcher.error.value == ""
     assert not _confirm_visible(switcher)
 
@@ -223,9 +223,9 @@ def test_cache_stats_and_clear_button(
     client.chat.complete(messages=[{"role": "user", "content": "cache me"}])
     client.chat.complete(messages=[{"role": "user", "content": "and me"}])
     switcher.refresh_button.click()
-    assert "cache: 2 entries" in switcher.cache_info.value
+    assert "cached: 2 responses" in switcher.cache_info.value
     switcher.clear_button.click()
-    assert "cache: 0 entries" in switcher.cache_info.value
+    assert "cached: 0 responses" in switcher.cache_info.value
     assert "removed 2 cached responses" in switcher.error.value
     client.chat.complete(messages=[{"role": "user", "content": "cache me"}])
     assert lproject.count("/v1/chat/completions") == 3  # really cleared
