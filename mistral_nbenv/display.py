@@ -29,6 +29,7 @@ __all__ = [
     "check_html",
     "check_text",
     "collect_check",
+    "collect_findings",
     "collect_status",
     "colour_for",
     "environments_html",
@@ -178,6 +179,20 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
     return results
 
 
+def collect_findings(results: Iterable[CheckResult]) -> list[Any]:
+    """Project hygiene findings (``checks.Finding``) for the environments just checked."""
+    from .checks import project_findings
+    from .settings import get_settings
+
+    checked = []
+    for result in results:
+        try:
+            checked.append(get_settings(result.environment))
+        except MistralEnvError:  # already reported by collect_check
+            continue
+    return list(project_findings(checked))
+
+
 # ---------------------------------------------------------------------------------------- text
 
 
@@ -245,14 +260,16 @@ def environments_text(statuses: Iterable[EnvironmentStatus], *, ansi: bool = Fal
     return "\n".join(lines)
 
 
-def check_text(results: Iterable[CheckResult]) -> str:
-    """``ok``/``FAIL`` per environment, with the problems found."""
+def check_text(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> str:
+    """``ok``/``FAIL`` per environment with its problems, then ``FAIL``/``warn`` findings."""
     lines = []
     for r in results:
         if r.ok:
             lines.append(f"ok    {r.environment}: {'; '.join(r.notes)}")
         else:
             lines.append(f"FAIL  {r.environment}: {'; '.join(r.problems)}")
+    for f in findings:
+        lines.append(f"{'FAIL ' if f.is_error else 'warn '} {f.message}")
     return "\n".join(lines)
 
 
@@ -366,8 +383,8 @@ def environments_html(statuses: Iterable[EnvironmentStatus]) -> str:
     return f'<div class="mistral-nbenv-list">{"".join(rows)}</div>'
 
 
-def check_html(results: Iterable[CheckResult]) -> str:
-    """A ✔/✘ line per environment with its problems."""
+def check_html(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> str:
+    """A ✔/✘ line per environment with its problems, then findings (✘ error, ⚠ warning)."""
     rows = []
     for r in results:
         mark = (
@@ -378,6 +395,12 @@ def check_html(results: Iterable[CheckResult]) -> str:
         text = "; ".join(r.notes if r.ok else r.problems)
         rows.append(
             f'<div style="margin:2px 0;{_FONT}">{mark} {badge_html(r.environment)} {_E(text)}</div>'
+        )
+    for f in findings:
+        colour, sign = ("#c62828", "✘") if f.is_error else ("#b45309", "⚠")
+        rows.append(
+            f'<div style="margin:2px 0;{_FONT}"><span style="color:{colour}">{sign}</span> '
+            f"{_E(f.message)}</div>"
         )
     return f'<div class="mistral-nbenv-check">{"".join(rows)}</div>'
 

@@ -218,10 +218,11 @@ class MistralMagics(Magics):
         _show(environments_text(statuses), environments_html(statuses))
 
     def _check(self, env: str | None, all_environments: bool) -> None:
-        from .display import check_html, check_text, collect_check
+        from .display import check_html, check_text, collect_check, collect_findings
 
         results = collect_check(env, all_environments=all_environments)
-        _show(check_text(results), check_html(results))
+        findings = collect_findings(results)
+        _show(check_text(results, findings), check_html(results, findings))
 
     def _use(self, env: str, confirm: bool) -> None:
         from .display import collect_status, status_html, status_text

@@ -204,7 +204,11 @@ def test_list_marks_the_active_environment(ip: ReRaisingShell, out: Outputs) -> 
 )
 def test_check(ip: ReRaisingShell, out: Outputs, line: str, expected: list[str]) -> None:
     ip.run_cell(f"%mistral_env {line}")
-    assert [r.split(":")[0] for r in out.text.splitlines()] == expected
+    lines = out.text.splitlines()
+    assert [r.split(":")[0] for r in lines if not r.startswith("warn")] == expected
+    # the same project hygiene findings as `mistral-nbenv check`: literal keys in settings.toml
+    assert any(r.startswith("warn") and "literal api_key" in r for r in lines)
+    assert "⚠" in out.html
 
 
 def test_check_reports_a_key_shared_by_two_environments(
