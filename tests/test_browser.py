@@ -47,7 +47,13 @@ def _require_browser() -> str:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, mistral_server: MistralTestServer) -> Iterator[Lab]:
+def chromium() -> str:
+    """The chromium executable (checked before JupyterLab is started)."""
+    return _require_browser()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, mistral_server: MistralTestServer, chromium: str) -> Iterator[Lab]:
     """JupyterLab serving a copy of the quickstart, its kernels pointed at the loopback server."""
     root = tmp_path / "lab"
     root.mkdir()
@@ -76,14 +82,15 @@ def _last_cell_output(page: Any) -> str:
     return str(page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-OutputArea").inner_text())
 
 
-def test_quickstart_in_jupyterlab(lab: Lab, mistral_server: MistralTestServer) -> None:
-    executable = _require_browser()
+def test_quickstart_in_jupyterlab(
+    chromium: str, lab: Lab, mistral_server: MistralTestServer
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     started = time.monotonic()
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(lab.page_url("tree/quickstart.ipynb"))
