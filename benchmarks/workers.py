@@ -1,0 +1,348 @@
+"""What runs inside the benchmark processes: ``python -m benchmarks.workers TASK JSON``.
+
+One-shot tasks print one ``RESULT <json>`` line.  Serving tasks (names ending in
+``_serve``) set up, print ``READY``, then answer one ``RESULT`` line per JSON command read
+from stdin until stdin closes.  The parent (:mod:`benchmarks.suite`) has already given the
+process a clean environment: fake keys, a settings file pointing at a loopback server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from benchmarks._support import FAKE_KEYS, MODEL, PROMPT, READY_LINE, RESULT_PREFIX
+
+perf = time.perf_counter
+Params = dict[str, Any]
+
+
+def _emit(result: Any) -> None:
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def _messages(tag: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"{tag} {PROMPT}"}]
+
+
+def _raw_sdk(server_url: str) -> Any:
+    """The plain SDK as a user would make it (no mistral_nbenv code in the process)."""
+    from mistralai.client import Mistral
+
+    return Mistral(api_key=FAKE_KEYS["development"], server_url=server_url, timeout_ms=30_000)
+
+
+def _commands() -> Iterator[Params]:
+    sys.stdout.write(READY_LINE + "\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        if line.strip():
+            yield json.loads(line)
+
+
+# --------------------------------------------------------------------------- 1. cache hit
+
+
+def cache_hit(params: Params) -> Any:
+    """Warm cache hits through ``client.chat.complete`` vs diskcache get + model_validate_json."""
+    from mistralai.client.models import ChatCompletionResponse
+
+    import mistral_nbenv
+    from mistral_nbenv.cache import cache_dir, open_diskcache
+
+    client = mistral_nbenv.get_client()
+    messages = _messages("hit")
+    first = client.chat.complete(model=MODEL, messages=messages)
+    db = open_diskcache(cache_dir(client.settings))
+    keys = list(db)
+    if len(keys) != 1:
+        raise RuntimeError(f"expected one cached response, found {len(keys)}")
+    key = keys[0]
+    stored = db.get(key)
+    if not isinstance(stored, str):
+        raise RuntimeError(f"cached value is {type(stored).__name__}, not JSON text")
+
+    def wrapper() -> Any:
+        return client.chat.complete(model=MODEL, messages=messages)
+
+    def floor() -> Any:
+        return ChatCompletionResponse.model_validate_json(db.get(key))
+
+    if wrapper() != first or floor() != first:
+        raise RuntimeError("cache hit does not rebuild the same response")
+    contenders: list[tuple[str, Callable[[], Any]]] = [("wrapper", wrapper), ("floor", floor)]
+    n, rounds = int(params["n"]), int(params["rounds"])
+    for _name, fn in contenders:  # warm-up
+        for _ in range(n):
+            fn()
+    samples: dict[str, list[float]] = {"wrapper": [], "floor": []}
+    for r in range(rounds):
+        for name, fn in contenders if r % 2 == 0 else contenders[::-1]:
+            started = perf()
+            for _ in range(n):
+                fn()
+            samples[name].append((perf() - started) / n * 1e3)  # ms per call
+    stats = client.stats
+    return {
+        "samples_ms": samples,
+        "response_bytes": len(stored.encode()),
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "http_requests": stats.requests,
+    }
+
+
+# --------------------------------------------------------------------------- 2. cache miss
+
+
+def miss_wrapper_serve(params: Params) -> None:
+    """Sequential cache misses through the wrapper (and through its own SDK object)."""
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    raw = client.raw  # the SDK object the wrapper calls (with mistral_nbenv's fast path)
+    for i in range(int(params["warmup"])):
+        client.chat.complete(model=MODEL, messages=_messages(f"warm-w{i}"))
+        raw.chat.complete(model=MODEL, messages=_messages(f"warm-s{i}"))
+    for cmd in _commands():
+        n, tag = int(cmd["n"]), str(cmd["tag"])
+        hits, misses = client.stats.hits, client.stats.misses
+        cpu, started = time.process_time(), perf()
+        if cmd["mode"] == "wrapper":
+            for i in range(n):  # a new request each time: hash, lookup, limiter, call, store
+                client.chat.complete(model=MODEL, messages=_messages(f"{tag}-{i}"))
+        else:
+            for i in range(n):
+                raw.chat.complete(model=MODEL, messages=_messages(f"{tag}-{i}"))
+        elapsed, cpu = perf() - started, time.process_time() - cpu
+        _emit(
+            {
+                "ms_per_call": elapsed / n * 1e3,
+                "cpu_ms_per_call": cpu / n * 1e3,
+                "misses": client.stats.misses - misses,
+                "hits": client.stats.hits - hits,
+            }
+        )
+
+
+def miss_raw_serve(params: Params) -> None:
+    """Sequential calls through the plain SDK, same server, same requests."""
+    raw = _raw_sdk(params["server_url"])
+    for i in range(int(params["warmup"])):
+        raw.chat.complete(model=MODEL, messages=_messages(f"warm-r{i}"))
+    if "mistral_nbenv" in sys.modules:
+        raise RuntimeError("the raw SDK process must not load mistral_nbenv")
+    for cmd in _commands():
+        n, tag = int(cmd["n"]), str(cmd["tag"])
+        cpu, started = time.process_time(), perf()
+        for i in range(n):
+            raw.chat.complete(model=MODEL, messages=_messages(f"{tag}-{i}"))
+        elapsed, cpu = perf() - started, time.process_time() - cpu
+        _emit({"ms_per_call": elapsed / n * 1e3, "cpu_ms_per_call": cpu / n * 1e3})
+
+
+# --------------------------------------------------------------------------- 6. async
+
+
+def _async_serve(run_batch: Callable[[int, str], Any], warmup: int) -> None:
+    # One loop for the whole process: the plain SDK's async client is bound to its first loop.
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(run_batch(warmup, "warm"))
+    for cmd in _commands():
+        n, tag = int(cmd["n"]), str(cmd["tag"])
+        cpu, started = time.process_time(), perf()
+        loop.run_until_complete(run_batch(n, tag))
+        elapsed, cpu = perf() - started, time.process_time() - cpu
+        _emit({"elapsed": elapsed, "rps": n / elapsed, "cpu_ms_per_req": cpu / n * 1e3})
+    loop.close()
+
+
+def async_wrapper_serve(params: Params) -> None:
+    """``n`` concurrent ``complete_async`` misses; the client's own limit (10) bounds them."""
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    # Built before the first async call: Client._raw_for_loop takes self._lock and then reads
+    # self.raw, which takes the same (non-reentrant) lock: a first call that is async hangs.
+    client.raw  # noqa: B018
+    limit = client.settings.features.max_concurrent_requests
+
+    async def batch(n: int, tag: str) -> None:
+        await asyncio.gather(
+            *(
+                client.chat.complete_async(model=MODEL, messages=_messages(f"{tag}-{i}"))
+                for i in range(n)
+            )
+        )
+
+    if limit != int(params["concurrency"]):
+        raise RuntimeError(f"max_concurrent_requests is {limit}")
+    _async_serve(batch, int(params["warmup"]))
+
+
+def async_raw_serve(params: Params) -> None:
+    """The plain SDK doing the same, bounded by an ``asyncio.Semaphore`` of the same size."""
+    raw = _raw_sdk(params["server_url"])
+    limit = int(params["concurrency"])
+
+    async def batch(n: int, tag: str) -> None:
+        gate = asyncio.Semaphore(limit)
+
+        async def one(i: int) -> Any:
+            async with gate:
+                return await raw.chat.complete_async(model=MODEL, messages=_messages(f"{tag}-{i}"))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    _async_serve(batch, int(params["warmup"]))
+
+
+# --------------------------------------------------------------------------- 4. switch
+
+
+def switch(params: Params) -> Any:
+    """First switch to staging + its first client, in a session already using development."""
+    started = perf()
+    from mistralai.client import Mistral  # excluded from the figure, as the issue asks
+
+    sdk_import = perf() - started
+    started = perf()
+    import mistral_nbenv
+
+    dev = mistral_nbenv.get_client()
+    dev.raw  # noqa: B018 - the session's first client, fully built
+    dev_first = perf() - started
+
+    t0 = perf()
+    mistral_nbenv.use_environment("staging")
+    t1 = perf()
+    client = mistral_nbenv.get_client()
+    t2 = perf()
+    client.raw  # noqa: B018 - the SDK object behind it, ready to send
+    t3 = perf()
+    if client.environment != "staging":
+        raise RuntimeError(f"switched to {client.environment}")
+
+    # Reference: what the same step costs with the SDK alone (constructing its client).
+    t4 = perf()
+    plain = Mistral(api_key=FAKE_KEYS["staging"], server_url=params["server_url"])
+    t5 = perf()
+    del plain
+    return {
+        "switch_ms": (t3 - t0) * 1e3,
+        "use_environment_ms": (t1 - t0) * 1e3,
+        "get_client_ms": (t2 - t1) * 1e3,
+        "raw_ms": (t3 - t2) * 1e3,
+        "sdk_client_ms": (t5 - t4) * 1e3,
+        "first_client_ms": dev_first * 1e3,
+        "sdk_import_ms": sdk_import * 1e3,
+    }
+
+
+# --------------------------------------------------------------------------- 7. memory
+
+
+def _rss_mb() -> dict[str, float]:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    current = 0.0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+    return {"peak_mb": peak, "current_mb": current}
+
+
+def memory(params: Params) -> Any:
+    """Peak RSS after ``%load_ext`` and ``calls`` cached calls (or the SDK-only reference)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    calls, distinct = int(params["calls"]), int(params["distinct"])
+    if params["mode"] == "reference":
+        raw = _raw_sdk(params["server_url"])
+        raw.chat.complete(model=MODEL, messages=_messages("mem-0"))
+        return {**_rss_mb(), "calls": 1}
+
+    shell.run_line_magic("load_ext", "mistral_nbenv")
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    for i in range(distinct):  # fill the cache
+        client.chat.complete(model=MODEL, messages=_messages(f"mem-{i}"))
+    hits_before = client.stats.hits
+    for i in range(calls):
+        client.chat.complete(model=MODEL, messages=_messages(f"mem-{i % distinct}"))
+    hits = client.stats.hits - hits_before
+    if hits != calls:
+        raise RuntimeError(f"{calls - hits} of the {calls} calls were not cache hits")
+    return {**_rss_mb(), "calls": calls, "hits": hits}
+
+
+# --------------------------------------------------------------------------- 5. rate limit
+
+
+def ratelimit_serve(params: Params) -> None:
+    """Call as fast as the shared budget allows from ``start_at`` to ``stop_at`` (epoch s)."""
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    client.raw  # noqa: B018 - build the SDK object before the window opens
+    # Warm the SDK's per-process caches through another environment (its own budget), so a
+    # slow first call cannot leave tokens unspent in the measured one.
+    warm = mistral_nbenv.get_client("staging")
+    for i in range(3):
+        warm.chat.complete(model=MODEL, messages=_messages(f"warm-{i}"), cache=False)
+    for cmd in _commands():
+        tag = str(cmd["tag"])
+        start_at, stop_at = float(cmd["start_at"]), float(cmd["stop_at"])
+        late = time.time() - start_at
+        time.sleep(max(0.0, -late))
+        done = 0
+        while time.time() < stop_at:
+            client.chat.complete(
+                model=MODEL, messages=[{"role": "user", "content": f"{tag}-{done}"}], cache=False
+            )
+            done += 1
+        stats = client.stats
+        _emit(
+            {
+                "completed": done,
+                "late_start_s": max(0.0, late),
+                "rate_limit_waits": stats.rate_limit_waits,
+                "wait_seconds": stats.rate_limit_wait_seconds,
+            }
+        )
+
+
+TASKS: dict[str, Callable[[Params], Any]] = {
+    "cache_hit": cache_hit,
+    "miss_wrapper_serve": miss_wrapper_serve,
+    "miss_raw_serve": miss_raw_serve,
+    "async_wrapper_serve": async_wrapper_serve,
+    "async_raw_serve": async_raw_serve,
+    "switch": switch,
+    "memory": memory,
+    "ratelimit_serve": ratelimit_serve,
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run one task: ``TASK JSON_PARAMS``."""
+    task, params = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
+    if os.environ.get("MISTRAL_API_KEY"):
+        raise SystemExit("refusing to run with MISTRAL_API_KEY set")
+    result = TASKS[task](params)
+    if not task.endswith("_serve"):
+        _emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
