@@ -8,7 +8,6 @@ found a problem, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -55,20 +54,11 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    from .checks import project_findings
-    from .display import check_text, collect_check
-    from .settings import get_settings
+    from .display import check_text, collect_check, collect_findings
 
     results = collect_check(args.env, all_environments=args.all)
-    print(check_text(results), file=out)
-    checked = []
-    for result in results:
-        with contextlib.suppress(MistralEnvError):  # already reported by collect_check
-            checked.append(get_settings(result.environment))
-    findings = project_findings(checked)
-    for finding in findings:
-        label = "FAIL " if finding.is_error else "warn "
-        print(f"{label} {finding.message}", file=out)
+    findings = collect_findings(results)
+    print(check_text(results, findings), file=out)
     failed = any(not r.ok for r in results) or any(f.is_error for f in findings)
     return 1 if failed else 0
 
