@@ -5,6 +5,9 @@ that never change:
 
 * ``utils/serializers.py`` calls pydantic ``create_model`` on every marshal/unmarshal (about
   8 times per chat call, ~2-3 ms each): memoised here by (model name, field type);
+* ``serializers._coerce_iterables_for_type`` walks the request's type tree on every call to
+  turn tuples/generators into lists: skipped when the data is already plain JSON (dicts,
+  lists, strings, numbers), where it would return an equal copy;
 * ``utils/queryparams.py``, ``url.py`` and ``forms.py`` call ``typing.get_type_hints`` on the
   request class on every call: memoised by class;
 * ``utils``, ``models`` and ``errors`` resolve names through a module ``__getattr__`` that
@@ -56,7 +59,7 @@ def check() -> list[str]:
         ser = importlib.import_module(_SERIALIZERS)
     except ImportError as exc:
         return [f"cannot import {_SERIALIZERS}: {exc}"]
-    for name in ("create_model", "unmarshal", "marshal_json"):
+    for name in ("create_model", "unmarshal", "marshal_json", "_coerce_iterables_for_type"):
         if not hasattr(ser, name):
             problems.append(f"{_SERIALIZERS}.{name} is missing")
     for fname in ("unmarshal", "marshal_json"):
@@ -109,6 +112,7 @@ def install() -> bool:
             log.debug("mistral_nbenv: SDK fast path disabled: %s", "; ".join(problems))
             return False
         _patch_create_model()
+        _patch_coerce_iterables()
         _patch_type_hints()
         _patch_lazy_getattr()
         _patch_run_sync_in_thread()
@@ -173,6 +177,35 @@ def _patch_create_model() -> None:
 
     create_model._mistral_nbenv = True  # type: ignore[attr-defined]
     _set(ser, "create_model", create_model)
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_json(data: Any, depth: int = 0) -> bool:
+    """Only dicts with str keys, lists and JSON scalars (so coercion would change nothing)."""
+    kind = type(data)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth > 32:
+        return False
+    if kind is list:
+        return all(_plain_json(item, depth + 1) for item in data)
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in data.items())
+    return False
+
+
+def _patch_coerce_iterables() -> None:
+    ser = importlib.import_module(_SERIALIZERS)
+    original: Callable[..., Any] = ser._coerce_iterables_for_type
+
+    def _coerce_iterables_for_type(data: Any, typ: Any) -> Any:
+        if _plain_json(data):
+            return data
+        return original(data, typ)
+
+    _set(ser, "_coerce_iterables_for_type", _coerce_iterables_for_type)
 
 
 def _patch_type_hints() -> None:

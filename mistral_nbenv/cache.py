@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Values up to this size stay inside SQLite (responses are typically ~1 KB).
 DISK_MIN_FILE_SIZE = 4 * 1024 * 1024
+#: Enforce ``size_limit`` (evict oldest entries) once every this many writes.
+CULL_EVERY = 64
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
@@ -135,6 +137,8 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
             "statistics": False,
             "tag_index": False,
             "eviction_policy": "least-recently-stored",
+            # culling on every write costs more than the write: ResponseCache culls in batches
+            "cull_limit": 0,
         }
         if size_limit is not None:
             kwargs["size_limit"] = size_limit
@@ -154,22 +158,31 @@ def close_all() -> None:
         _open.clear()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+def _json_default(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     if dump is not None:
-        return _plain(dump(mode="json", by_alias=True, exclude_none=True))
-    return value
+        return dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    return str(value)
+
+
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+).encode
 
 
 def canonical_json(params: Mapping[str, Any]) -> str:
-    """Canonical JSON text of request parameters: ``None`` dropped, keys sorted, models dumped."""
-    return json.dumps(
-        _plain(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
+    """Canonical JSON text of request parameters: top-level ``None`` dropped, keys sorted.
+
+    SDK (pydantic) objects are dumped by alias without ``None`` fields; callers that want
+    dicts and SDK objects to coincide normalise them first (the client does).
+    """
+    return _encode({k: v for k, v in params.items() if v is not None})
 
 
 def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str:
@@ -200,6 +213,7 @@ class ResponseCache:
         self.size_limit = size_limit_bytes
         self._cache: diskcache.Cache | None = None
         self._broken = False
+        self._writes = 0
 
     def __repr__(self) -> str:
         state = "off" if self._broken else "ok"
@@ -258,6 +272,9 @@ class ResponseCache:
         try:
             with private_umask():
                 cache.set(key, text, expire=self.ttl, retry=True)
+            self._writes += 1
+            if self._writes % CULL_EVERY == 1:
+                cache.cull(retry=True)
         except Exception as exc:
             self._fail(exc)
 

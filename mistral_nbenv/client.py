@@ -21,7 +21,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cache import ResponseCache, cache_dir
@@ -67,9 +67,7 @@ class ClientStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""
-        data = asdict(self)
-        data.pop("_lock", None)
-        return data
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
 
 
 # --------------------------------------------------------------------------- SDK access
@@ -267,7 +265,7 @@ class Client:
             on_retry=self._on_retry,
             **timing,
         )
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._raw: Any = None
         self._async_raw: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -344,6 +342,8 @@ class Client:
 
     def close(self) -> None:
         """Release HTTP connections; the client reopens lazily if used again."""
+        with contextlib.suppress(Exception):
+            self._limiter.flush()
         with self._lock:
             raw, self._raw = self._raw, None
             loops = list(self._async_raw.items())

@@ -110,6 +110,8 @@ class RateLimiter:
         self._memory: str | None = None
         self._mem_lock = threading.Lock()
         self._disk_failed = False
+        self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
+        self._adjust_lock = threading.Lock()
 
     def __repr__(self) -> str:
         where = str(self.directory) if self.directory else "memory"
@@ -165,7 +167,9 @@ class RateLimiter:
             req, tok, last = self._parse(read(), now)
             elapsed = max(0.0, now - last)
             req = min(self._req_cap, req + elapsed * self._req_rate)
-            tok = min(self._tok_cap, tok + elapsed * self._tok_rate)
+            with self._adjust_lock:
+                adjust, self._adjust = self._adjust, 0.0
+            tok = min(self._tok_cap, tok + elapsed * self._tok_rate - adjust)
             wait = 0.0
             if self.rpm > 0 and req < 1.0:
                 wait = (1.0 - req) / self._req_rate
@@ -174,6 +178,8 @@ class RateLimiter:
                 if tok < need:
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
+                if adjust:
+                    write(f"{req!r},{tok!r},{now!r}")
                 return wait
             if self.rpm > 0:
                 req -= 1.0
@@ -189,15 +195,16 @@ class RateLimiter:
         if not self.enabled:
             return 0.0
         started = self.clock()
-        announced = False
+        announced = slept = False
         while True:
             now = self.clock()
             wait = self._try(tokens, now)
             if wait <= 0:
-                return now - started
+                return now - started if slept else 0.0
             if not announced and (now - started) + wait > LONG_WAIT:
                 announced = True
                 _announce(self.environment, wait)
+            slept = True
             self.sleep(wait)
 
     async def acquire_async(self, tokens: float = 0) -> float:
@@ -205,26 +212,39 @@ class RateLimiter:
         if not self.enabled:
             return 0.0
         started = self.clock()
-        announced = False
+        announced = slept = False
         while True:
             now = self.clock()
             wait = self._try(tokens, now)
             if wait <= 0:
-                return now - started
+                return now - started if slept else 0.0
             if not announced and (now - started) + wait > LONG_WAIT:
                 announced = True
                 _announce(self.environment, wait)
+            slept = True
             await self.async_sleep(wait)
 
     def reconcile(self, estimated: float, actual: float) -> None:
-        """Correct the token bucket once the response's ``usage`` is known."""
+        """Correct the token bucket once the response's ``usage`` is known.
+
+        The correction is applied in this process's next :meth:`acquire` (one transaction per
+        request instead of two) or by :meth:`flush`.
+        """
         if self.tpm <= 0 or actual <= 0 or actual == estimated:
+            return
+        with self._adjust_lock:
+            self._adjust += actual - estimated
+
+    def flush(self) -> None:
+        """Write pending token corrections now."""
+        if not self._adjust:
             return
         now = self.clock()
         with self._state() as (read, write):
             req, tok, last = self._parse(read(), now)
-            tok = min(self._tok_cap, tok - (actual - estimated))
-            write(f"{req!r},{tok!r},{last!r}")
+            with self._adjust_lock:
+                adjust, self._adjust = self._adjust, 0.0
+            write(f"{req!r},{min(self._tok_cap, tok - adjust)!r},{last!r}")
 
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""

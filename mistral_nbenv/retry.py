@@ -163,12 +163,21 @@ class RetryPolicy:
     on_retry: Callable[[int, BaseException, float], None] | None = None
 
     def _kwargs(self) -> dict[str, Any]:
+        state = (self.max_retries, self.retry_max_wait, self.initial_wait, self.jitter)
+        cached = self.__dict__.get("_kwargs_cache")
+        if cached is not None and cached[0] == state:
+            return dict(cached[1])
+        kwargs = self._build_kwargs()
+        self.__dict__["_kwargs_cache"] = (state, kwargs)
+        return dict(kwargs)
+
+    def _build_kwargs(self) -> dict[str, Any]:
         cap = max(0.0, float(self.retry_max_wait))
         wait = _WaitRetryAfterOrBackoff(
             cap=cap,
-            backoff=tenacity.wait_exponential_jitter(
-                initial=self.initial_wait, max=cap, jitter=self.jitter
-            ),
+            # exponential backoff plus random jitter (as wait_exponential_jitter, any tenacity)
+            backoff=tenacity.wait_exponential(multiplier=self.initial_wait, max=cap)
+            + tenacity.wait_random(0, self.jitter),
         )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
