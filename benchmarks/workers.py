@@ -169,9 +169,6 @@ def async_wrapper_serve(params: Params) -> None:
     import mistral_nbenv
 
     client = mistral_nbenv.get_client()
-    # Built before the first async call: Client._raw_for_loop takes self._lock and then reads
-    # self.raw, which takes the same (non-reentrant) lock: a first call that is async hangs.
-    client.raw  # noqa: B018
     limit = client.settings.features.max_concurrent_requests
 
     async def batch(n: int, tag: str) -> None:
