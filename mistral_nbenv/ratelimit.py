@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LONG_WAIT = 1.0
 _TOKEN_BUCKET_SECONDS = 10.0
 _STATE_KEY = "bucket"
+_EPSILON = 1e-6
 
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
@@ -171,11 +172,12 @@ class RateLimiter:
                 adjust, self._adjust = self._adjust, 0.0
             tok = min(self._tok_cap, tok + elapsed * self._tok_rate - adjust)
             wait = 0.0
-            if self.rpm > 0 and req < 1.0:
+            # _EPSILON: float refills land a hair below the threshold after an exact wait
+            if self.rpm > 0 and req < 1.0 - _EPSILON:
                 wait = (1.0 - req) / self._req_rate
             if self.tpm > 0:
                 need = min(cost, self._tok_cap)
-                if tok < need:
+                if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
                 if adjust:

@@ -1,0 +1,133 @@
+"""The response cache on its own: keys, JSON values, privacy, degradation, stats/clear."""
+
+from __future__ import annotations
+
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mistral_nbenv import cache as cache_module
+from mistral_nbenv.cache import ResponseCache, canonical_json, request_key
+
+
+@pytest.fixture
+def rc(tmp_path: Path) -> ResponseCache:
+    return ResponseCache(tmp_path / "root" / "staging", namespace="staging\0", ttl_seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"model": "m", "temperature": None}, {"model": "m"}),
+        ({"b": 1, "a": {"y": 2, "x": 1}}, {"a": {"x": 1, "y": 2}, "b": 1}),
+        (
+            {"messages": [{"role": "user", "content": "é"}]},
+            {"messages": [{"content": "é", "role": "user"}]},
+        ),
+    ],
+)
+def test_canonical_json_normalises(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert canonical_json(a) == canonical_json(b)
+    assert request_key("ns", "chat.complete", a) == request_key("ns", "chat.complete", b)
+
+
+@pytest.mark.parametrize(
+    ("ns", "endpoint", "params"),
+    [
+        ("production\0", "chat.complete", {"model": "m"}),
+        ("staging\0http://other", "chat.complete", {"model": "m"}),
+        ("staging\0", "fim.complete", {"model": "m"}),
+        ("staging\0", "chat.complete", {"model": "m2"}),
+    ],
+)
+def test_key_changes_with_namespace_endpoint_and_params(
+    ns: str, endpoint: str, params: dict[str, Any]
+) -> None:
+    assert request_key(ns, endpoint, params) != request_key(
+        "staging\0", "chat.complete", {"model": "m"}
+    )
+
+
+def test_roundtrip_private_and_json(rc: ResponseCache) -> None:
+    key = rc.key("chat.complete", {"model": "m"})
+    assert rc.get(key) is None
+    rc.set(key, '{"id": "x"}')
+    assert rc.get(key) == '{"id": "x"}'
+    assert stat.S_IMODE(rc.directory.stat().st_mode) == 0o700
+    for path in rc.directory.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_big_values_also_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "DISK_MIN_FILE_SIZE", 16)
+    rc = ResponseCache(tmp_path / "big", namespace="n", ttl_seconds=None)
+    rc.set("k", "x" * 10_000)
+    assert rc.get("k") == "x" * 10_000
+    files = [p for p in rc.directory.rglob("*.val")]
+    assert files
+    for path in rc.directory.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+    cache_module.close_all()
+
+
+def test_non_text_values_are_ignored(rc: ResponseCache) -> None:
+    rc.get("warm")  # open
+    assert rc._cache is not None
+    rc._cache.set("k", ["pickled", "list"])
+    assert rc.get("k") is None  # never unpickled into a response
+
+
+def test_stats_and_clear(rc: ResponseCache) -> None:
+    for i in range(3):
+        rc.set(f"k{i}", "{}")
+    assert rc.stats()["entries"] == 3
+    assert rc.clear() == 3
+    assert rc.stats()["entries"] == 0
+
+
+def test_unusable_directory_warns_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    rc = ResponseCache(tmp_path / "file" / "staging", namespace="n", ttl_seconds=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            rc.set("k", "{}")
+            assert rc.get("k") is None
+        again = ResponseCache(tmp_path / "file" / "staging", namespace="n", ttl_seconds=1)
+        again.get("k")
+    assert len(caught) == 1
+    assert "unavailable" in str(caught[0].message)
+    assert not rc.available
+
+
+def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Path) -> None:
+    from mistral_nbenv import settings
+    from mistral_nbenv.cache import cache_dir, cache_stats, clear_cache
+
+    root = tmp_path / "shared-cache"
+    project(f'[default.cache]\ndirectory = "{root}"\n')
+    for env in ("staging", "production"):
+        s = settings.get_settings(env)
+        rc = ResponseCache(cache_dir(s), namespace=env, ttl_seconds=60)
+        rc.set("a", "{}")
+        rc.set("b", "{}")
+    stats = cache_stats("staging")
+    assert stats["entries"] == 2
+    assert stats["directory"] == str(root / "staging")
+    assert stats["environment"] == "staging"
+    assert clear_cache("staging") == 2
+    assert cache_stats("staging")["entries"] == 0
+    assert cache_stats("production")["entries"] == 2
+    assert clear_cache("development") == 0  # never created: nothing to do
+    cache_module.close_all()
+
+
+def test_default_root_is_user_cache_dir(project: Any) -> None:
+    from mistral_nbenv import settings
+    from mistral_nbenv.cache import cache_root
+
+    project("")
+    assert "mistral-nbenv" in str(cache_root(settings.get_settings("staging")))

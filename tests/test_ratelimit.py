@@ -1,0 +1,163 @@
+"""Rate-limit buckets (fake clock) and the cross-loop concurrency limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mistral_nbenv.ratelimit import ConcurrencyLimiter, RateLimiter, add_wait_listener
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def limiter(tmp_path: Path | None, clock: FakeClock, rpm: float = 0, tpm: float = 0) -> RateLimiter:
+    return RateLimiter(
+        tmp_path / "rl" if tmp_path else None,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        environment="staging",
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+@pytest.mark.parametrize(("rpm", "seconds"), [(120, 30), (60, 20), (600, 5)])
+def test_requests_per_minute_accuracy(
+    tmp_path: Path, on_disk: bool, rpm: int, seconds: int
+) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path if on_disk else None, clock, rpm=rpm)
+    start, admitted = clock.now, 0
+    while True:
+        rl.acquire()
+        if clock.now - start > seconds:
+            break
+        admitted += 1
+    expected = max(1, rpm / 60) + rpm / 60 * seconds  # burst + steady rate
+    assert abs(admitted - expected) <= 1
+
+
+def test_two_limiters_on_one_directory_share_the_budget(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a, b = limiter(tmp_path, clock, rpm=60), limiter(tmp_path, clock, rpm=60)
+    a.acquire()
+    b.acquire()  # the shared bucket (burst 1) is empty: b waits one second
+    assert clock.slept == [pytest.approx(1.0)]
+
+
+def test_tokens_per_minute_and_reconcile(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, tpm=600)  # 10 tokens/s, bucket 100
+    assert rl.acquire(100) == 0
+    rl.reconcile(estimated=100, actual=150)  # 50 more than estimated: debt
+    rl.acquire(10)
+    assert sum(clock.slept) == pytest.approx(6.0)  # 50 debt + 10 needed at 10/s
+    big = limiter(None, FakeClock(), tpm=60)
+    assert big.acquire(10_000) == 0  # larger than the bucket: admitted when full
+
+
+def test_long_wait_is_announced_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    seen: list[tuple[str, float]] = []
+    remove = add_wait_listener(lambda env, s: seen.append((env, s)))
+    try:
+        rl = limiter(tmp_path, clock, rpm=10)  # one request per 6 s
+        rl.acquire()
+        with caplog.at_level("INFO", logger="mistral_nbenv.ratelimit"):
+            rl.acquire()
+    finally:
+        remove()
+    assert len(seen) == 1
+    assert seen[0][0] == "staging"
+    assert seen[0][1] > 1
+    assert len([r for r in caplog.records if "waiting" in r.getMessage()]) == 1
+
+
+def test_disabled_limiter_never_waits(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock)
+    assert not rl.enabled
+    for _ in range(100):
+        rl.acquire(10**6)
+    assert clock.slept == []
+
+
+def test_concurrency_limiter_threads() -> None:
+    cap = ConcurrencyLimiter(3)
+    peak, current, lock = [0], [0], threading.Lock()
+
+    def work() -> None:
+        with cap.slot():
+            with lock:
+                current[0] += 1
+                peak[0] = max(peak[0], current[0])
+            time.sleep(0.02)
+            with lock:
+                current[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 3
+    assert cap.in_flight == 0
+
+
+def test_concurrency_limiter_across_loops_and_threads() -> None:
+    cap = ConcurrencyLimiter(2)
+    peak, current, lock = [0], [0], threading.Lock()
+
+    async def work() -> None:
+        async with cap.slot_async():
+            with lock:
+                current[0] += 1
+                peak[0] = max(peak[0], current[0])
+            await asyncio.sleep(0.02)
+            with lock:
+                current[0] -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(work() for _ in range(6)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(many(),)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2
+    assert cap.in_flight == 0
+
+
+def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    cap = ConcurrencyLimiter(1)
+
+    async def run() -> None:
+        await cap.acquire_async()
+        waiter = asyncio.ensure_future(cap.acquire_async())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        cap.release()
+
+    asyncio.run(run())
+    assert cap.in_flight == 0
+    cap.acquire()
+    cap.release()
