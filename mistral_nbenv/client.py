@@ -591,6 +591,9 @@ def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> N
     """Close an ``httpx2.AsyncClient`` from sync code, as well as its loop allows."""
     if async_client is None:
         return
+    state = getattr(async_client, "_state", None)
+    if getattr(state, "name", "") == "UNOPENED":
+        return  # never used: no connections to release (and no event loop to build)
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
