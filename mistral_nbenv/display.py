@@ -225,13 +225,7 @@ def _limits_text(st: EnvironmentStatus) -> str:
     )
 
 
-def status_text(st: EnvironmentStatus, *, ansi: bool = False) -> str:
-    """A few aligned lines describing one environment."""
-    head = badge_text(st.environment, protected=st.protected, ansi=ansi)
-    if st.active:
-        head += " active"
-    if st.problem:
-        return f"{head}\n  problem: {st.problem}"
+def _rows(st: EnvironmentStatus) -> list[tuple[str, str]]:
     rows = [
         ("model", st.model),
         ("key", _key_text(st)),
@@ -240,9 +234,20 @@ def status_text(st: EnvironmentStatus, *, ansi: bool = False) -> str:
         ("limits", _limits_text(st)),
     ]
     if st.offline:
-        rows.append(("offline", "yes — answers come from the cache only"))
+        rows.append(("offline", "answers come from the cache only"))
     if st.protected:
-        rows.append(("protected", "yes — switching here needs confirmation"))
+        rows.append(("protected", "switching here needs confirmation"))
+    return rows
+
+
+def status_text(st: EnvironmentStatus, *, ansi: bool = False) -> str:
+    """A few aligned lines describing one environment."""
+    head = badge_text(st.environment, protected=st.protected, ansi=ansi)
+    if st.active:
+        head += " active"
+    if st.problem:
+        return f"{head}\n  problem: {st.problem}"
+    rows = [(k, f"yes — {v}" if k in ("offline", "protected") else v) for k, v in _rows(st)]
     return "\n".join([head] + [f"  {k:<9} {v}" for k, v in rows])
 
 
@@ -355,18 +360,7 @@ def status_html(st: EnvironmentStatus, *, badge: bool = True) -> str:
         head = badge_html(st.environment, protected=st.protected, detail=detail)
     if st.problem:
         return f"<div>{head}{error_html(st.problem)}</div>"
-    rows = [
-        ("model", st.model),
-        ("key", _key_text(st)),
-        ("server", st.endpoint),
-        ("cache", _cache_text(st)),
-        ("limits", _limits_text(st)),
-    ]
-    if st.offline:
-        rows.append(("offline", "answers come from the cache only"))
-    if st.protected:
-        rows.append(("protected", "switching here needs confirmation"))
-    return f'<div class="mistral-nbenv-status">{head}{_table(rows)}</div>'
+    return f'<div class="mistral-nbenv-status">{head}{_table(_rows(st))}</div>'
 
 
 def environments_html(statuses: Iterable[EnvironmentStatus]) -> str:
