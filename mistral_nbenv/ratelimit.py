@@ -12,6 +12,13 @@
   full, so one request larger than the bucket still goes); the estimate is then debited,
   possibly into debt, which later requests wait out.  The estimate (prompt characters / 4
   plus ``max_tokens``) is corrected with the response's ``usage`` by :meth:`reconcile`.
+* batching: at high request rates one transaction takes up to
+  ``k = clamp(floor(rpm / 60 * 0.1), 1, 20)`` requests (about 0.1 s worth, and only what
+  the buckets hold) plus as many times this request's token estimate, and hands them out
+  from memory; unspent ones go back to the shared buckets on :meth:`flush` (``Client.close``)
+  or with the next transaction.  Up to 1,199 rpm ``k`` is 1 and every request is its own
+  transaction; above, a process holds at most 0.1 s of budget the others cannot use (and
+  loses it if it exits without closing its client).
 
 The state lives in a small diskcache at ``<cache_root>/<environment>/ratelimit`` so every
 process (several notebook kernels, scripts) using the same cache root shares one budget;
@@ -51,6 +58,9 @@ log = logging.getLogger(__name__)
 #: Waits longer than this many seconds are announced (once per call).
 LONG_WAIT = 1.0
 _TOKEN_BUCKET_SECONDS = 10.0
+#: At high rates one transaction takes this many seconds' worth of requests (see above).
+_BATCH_SECONDS = 0.1
+_MAX_BATCH = 20
 _STATE_KEY = "bucket"
 _EPSILON = 1e-6
 
@@ -107,6 +117,11 @@ class RateLimiter:
         self._req_cap = max(1.0, self._req_rate)
         self._tok_rate = self.tpm / 60.0
         self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
+        self._batch = min(_MAX_BATCH, max(1, int(self._req_rate * _BATCH_SECONDS)))
+        # requests and tokens taken from the shared buckets but not yet handed out
+        self._held_req = 0
+        self._held_tok = 0.0
+        self._held_lock = threading.Lock()
         self._db: diskcache.Cache | None = None
         self._memory: str | None = None
         self._mem_lock = threading.Lock()
@@ -162,15 +177,36 @@ class RateLimiter:
                 pass
         return self._req_cap, self._tok_cap, now
 
+    def _take_held(self, cost: float) -> bool:
+        """Admit one request from the budget this process already holds (batching)."""
+        if self._batch == 1:
+            return False
+        with self._held_lock:
+            if self._held_req < 1 or (self.tpm > 0 and self._held_tok < cost):
+                return False
+            self._held_req -= 1
+            if self.tpm > 0:
+                self._held_tok -= cost
+            return True
+
+    def _give_back(self) -> tuple[int, float]:
+        with self._held_lock:
+            held = self._held_req, self._held_tok
+            self._held_req, self._held_tok = 0, 0.0
+        return held
+
     def _try(self, cost: float, now: float) -> float:
         """Debit the buckets if possible; return 0 on success, else the seconds to wait."""
+        if self._take_held(cost):
+            return 0.0
         with self._state() as (read, write):
             req, tok, last = self._parse(read(), now)
             elapsed = max(0.0, now - last)
-            req = min(self._req_cap, req + elapsed * self._req_rate)
+            held_req, held_tok = self._give_back()
+            req = min(self._req_cap, req + elapsed * self._req_rate + held_req)
             with self._adjust_lock:
                 adjust, self._adjust = self._adjust, 0.0
-            tok = min(self._tok_cap, tok + elapsed * self._tok_rate - adjust)
+            tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok - adjust)
             wait = 0.0
             # _EPSILON: float refills land a hair below the threshold after an exact wait
             if self.rpm > 0 and req < 1.0 - _EPSILON:
@@ -180,13 +216,24 @@ class RateLimiter:
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
-                if adjust:
+                if adjust or held_req or held_tok:
                     write(f"{req!r},{tok!r},{now!r}")
                 return wait
             if self.rpm > 0:
                 req -= 1.0
             if self.tpm > 0:
                 tok -= cost
+            if self._batch > 1:
+                extra = min(self._batch - 1, int(req + _EPSILON))
+                if self.tpm > 0 and extra > 0:
+                    extra = min(extra, int((tok + _EPSILON) / cost) if cost > 0 else extra)
+                if extra > 0:
+                    req -= extra
+                    if self.tpm > 0:
+                        tok -= extra * cost
+                    with self._held_lock:
+                        self._held_req += extra
+                        self._held_tok += extra * cost if self.tpm > 0 else 0.0
             write(f"{req!r},{tok!r},{now!r}")
             return 0.0
 
@@ -238,18 +285,22 @@ class RateLimiter:
             self._adjust += actual - estimated
 
     def flush(self) -> None:
-        """Write pending token corrections now."""
-        if not self._adjust:
+        """Write pending token corrections and return held (batched) budget now."""
+        if not self._adjust and not self._held_req and not self._held_tok:
             return
         now = self.clock()
         with self._state() as (read, write):
             req, tok, last = self._parse(read(), now)
+            held_req, held_tok = self._give_back()
             with self._adjust_lock:
                 adjust, self._adjust = self._adjust, 0.0
-            write(f"{req!r},{min(self._tok_cap, tok - adjust)!r},{last!r}")
+            req = min(self._req_cap, req + held_req)
+            tok = min(self._tok_cap, tok + held_tok - adjust)
+            write(f"{req!r},{tok!r},{last!r}")
 
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""
+        self._give_back()
         with self._state() as (_read, write):
             now = self.clock()
             write(f"{self._req_cap!r},{self._tok_cap!r},{now!r}")

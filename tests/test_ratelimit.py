@@ -61,6 +61,63 @@ def test_two_limiters_on_one_directory_share_the_budget(tmp_path: Path) -> None:
     assert clock.slept == [pytest.approx(1.0)]
 
 
+def _shared_state(rl: RateLimiter) -> tuple[float, float]:
+    with rl._state() as (read, _write):
+        req, tok, _last = rl._parse(read(), 0.0)
+    return req, tok
+
+
+@pytest.mark.parametrize(
+    ("rpm", "batch"), [(120, 1), (1199, 1), (1200, 2), (6000, 10), (10**6, 20)]
+)
+def test_batch_size_follows_the_rate(rpm: int, batch: int) -> None:
+    assert limiter(None, FakeClock(), rpm=rpm)._batch == batch
+
+
+def test_batched_budget_is_held_in_memory_and_returned_on_flush(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)  # 1000/s: batches of 20
+    other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
+    req_cap, tok_cap = _shared_state(rl)
+    rl.acquire(50)
+    # one transaction took 20 requests (and 20 x 50 tokens); the other process sees that
+    assert _shared_state(other) == (pytest.approx(req_cap - 20), pytest.approx(tok_cap - 1000))
+    for _ in range(19):
+        rl.acquire(50)  # from memory: the shared state does not move
+    assert _shared_state(other) == (pytest.approx(req_cap - 20), pytest.approx(tok_cap - 1000))
+    rl.acquire(50)  # the 21st takes a new batch
+    assert _shared_state(other)[0] == pytest.approx(req_cap - 40)
+    rl.flush()  # 19 unspent requests and their tokens go back
+    assert _shared_state(other) == (pytest.approx(req_cap - 21), pytest.approx(tok_cap - 1050))
+    assert clock.slept == []
+
+
+def test_a_larger_request_returns_the_batch_and_goes_alone(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
+    req_cap, tok_cap = _shared_state(rl)
+    rl.acquire(10)  # holds 19 x 10 tokens
+    rl.acquire(500)  # more than held: back to the shared buckets, new batch of 500s
+    rl.flush()
+    assert _shared_state(rl) == (pytest.approx(req_cap - 2), pytest.approx(tok_cap - 510))
+
+
+@pytest.mark.parametrize("seconds", [3, 7])
+def test_batched_limiters_sharing_a_directory_stay_accurate(tmp_path: Path, seconds: int) -> None:
+    clock = FakeClock()
+    rpm = 12_000  # 200/s: batches of 20
+    a, b = limiter(tmp_path, clock, rpm=rpm), limiter(tmp_path, clock, rpm=rpm)
+    start, admitted, turn = clock.now, 0, 0
+    while True:
+        (a if turn % 3 else b).acquire()
+        turn += 1
+        if clock.now - start > seconds:
+            break
+        admitted += 1
+    expected = rpm / 60 + rpm / 60 * seconds  # burst + steady rate
+    assert abs(admitted - expected) <= 2 * a._batch
+
+
 def test_tokens_per_minute_and_reconcile(tmp_path: Path) -> None:
     clock = FakeClock()
     rl = limiter(tmp_path, clock, tpm=600)  # 10 tokens/s, bucket 100
