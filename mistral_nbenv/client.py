@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import weakref
@@ -216,6 +217,41 @@ def _usage(result: Any) -> tuple[int, int, int]:
     return int(prompt), int(completion), int(total)
 
 
+# --------------------------------------------------------------------------- raw bodies
+
+# The HTTP responses received by the current call (set around the SDK call; the HTTP
+# clients' response hook appends to it), so a successful body is cached as received
+# instead of re-serialising the SDK's model.
+_responses: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "mistral_nbenv_responses", default=None
+)
+
+
+def _note_response(response: Any) -> None:
+    seen = _responses.get()
+    if seen is not None:
+        seen.append(response)
+
+
+async def _note_response_async(response: Any) -> None:
+    _note_response(response)
+
+
+def _response_json(result: Any, seen: list[Any]) -> str:
+    """The JSON text to cache for ``result``: the body it was parsed from, when known.
+
+    The SDK parsed that body into ``result`` (so it is valid JSON of a 200 answer);
+    anything else falls back to dumping the model.
+    """
+    if seen:
+        response = seen[-1]
+        if response.status_code == 200 and getattr(response, "_content", None) is not None:
+            with contextlib.suppress(Exception):
+                text: str = response.text
+                return text
+    return result.model_dump_json(by_alias=True)
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -309,8 +345,14 @@ class Client:
         sdk = _SDK.load()
         ctx = sdk.ssl_context
         return (
-            sdk.httpx.Client(verify=ctx, follow_redirects=True),
-            sdk.httpx.AsyncClient(verify=ctx, follow_redirects=True),
+            sdk.httpx.Client(
+                verify=ctx, follow_redirects=True, event_hooks={"response": [_note_response]}
+            ),
+            sdk.httpx.AsyncClient(
+                verify=ctx,
+                follow_redirects=True,
+                event_hooks={"response": [_note_response_async]},
+            ),
         )
 
     @property
@@ -334,7 +376,9 @@ class Client:
                 if raw is None:
                     sdk = _SDK.load()
                     async_client = sdk.httpx.AsyncClient(
-                        verify=sdk.ssl_context, follow_redirects=True
+                        verify=sdk.ssl_context,
+                        follow_redirects=True,
+                        event_hooks={"response": [_note_response_async]},
                     )
                     sync_client = self.raw.sdk_configuration.client
                     raw = self._async_raw[loop] = self._new_sdk(sync_client, async_client)
@@ -450,9 +494,16 @@ class Client:
         method = getattr(getattr(self.raw, ep.group), ep.method)
         estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
 
+        seen: list[Any] = []
+
         def attempt() -> Any:
             self._waited(self._limiter.acquire(estimate))
-            return method(**kwargs)
+            seen.clear()
+            token = _responses.set(seen)
+            try:
+                return method(**kwargs)
+            finally:
+                _responses.reset(token)
 
         self._concurrency.acquire()
         try:
@@ -466,7 +517,7 @@ class Client:
             self._concurrency.release()
         self._account(result, estimate)
         if write and key is not None:
-            self._cache.set(key, result.model_dump_json(by_alias=True))
+            self._cache.set(key, _response_json(result, seen))
         return result
 
     async def _call_async(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Any:
@@ -479,9 +530,16 @@ class Client:
         method = getattr(getattr(self._raw_for_loop(), ep.group), ep.method + "_async")
         estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
 
+        seen: list[Any] = []
+
         async def attempt() -> Any:
             self._waited(await self._limiter.acquire_async(estimate))
-            return await method(**kwargs)
+            seen.clear()
+            token = _responses.set(seen)
+            try:
+                return await method(**kwargs)
+            finally:
+                _responses.reset(token)
 
         await self._concurrency.acquire_async()
         try:
@@ -495,7 +553,7 @@ class Client:
             self._concurrency.release()
         self._account(result, estimate)
         if write and key is not None:
-            self._cache.set(key, result.model_dump_json(by_alias=True))
+            self._cache.set(key, _response_json(result, seen))
         return result
 
     def _stream(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Stream:

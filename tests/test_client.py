@@ -476,6 +476,64 @@ def test_cache_files_are_private_and_hold_no_key(make: Any, tmp_path: Path) -> N
             assert KEY[:16].encode() not in data, path
 
 
+def _stored_values(tmp_path: Path) -> list[str]:
+    db = sqlite3.connect(tmp_path / "cache" / "staging" / "cache.db")
+    rows = db.execute("SELECT value FROM Cache").fetchall()
+    db.close()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_responses_are_stored_as_received(
+    make: Any, server: MistralTestServer, tmp_path: Path, use_async: bool
+) -> None:
+    server.enqueue(Fault.status(503))  # the failed attempt's body must not be the one stored
+    client = make()
+
+    async def run() -> list[Any]:
+        return [
+            await client.chat.complete_async(messages=hello("as received")),
+            await client.embeddings.create_async(inputs=["a", "b"]),
+            await client.fim.complete_async(prompt="def f():"),
+        ]
+
+    if use_async:
+        answers = asyncio.run(run())
+    else:
+        answers = [
+            client.chat.complete(messages=hello("as received")),
+            client.embeddings.create(inputs=["a", "b"]),
+            client.fim.complete(prompt="def f():"),
+        ]
+    stored = _stored_values(tmp_path)
+    assert len(stored) == 3
+    for answer in answers:
+        dumped = answer.model_dump_json(by_alias=True)
+        # the server's own JSON text (its spacing), not a re-dump of the SDK model...
+        text = next(v for v in stored if json.loads(v).get("id") == answer.id)
+        assert text != dumped
+        assert json.loads(text)["object"] == json.loads(dumped)["object"]
+        # ...that rebuilds the very same response
+        assert type(answer).model_validate_json(text) == answer
+    assert client.stats.retries == 1
+    repeated = client.chat.complete(messages=hello("as received"))
+    assert repeated == answers[0]
+    assert client.stats.hits == 1
+
+
+def test_stored_body_falls_back_to_the_model_dump() -> None:
+    from mistralai.client.models import ChatCompletionResponse
+
+    from mistral_nbenv.client import _response_json
+
+    answer = ChatCompletionResponse.model_validate_json(
+        '{"id": "x", "object": "chat.completion", "model": "m", "created": 1, "usage": {},'
+        ' "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},'
+        ' "finish_reason": "stop"}]}'
+    )
+    assert _response_json(answer, []) == answer.model_dump_json(by_alias=True)
+
+
 def test_values_are_json_not_pickle(make: Any, tmp_path: Path) -> None:
     client = make()
     client.chat.complete(messages=hello())
