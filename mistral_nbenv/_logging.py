@@ -1,0 +1,66 @@
+"""The ``debug`` setting: debug logging of ``mistral_nbenv`` to stderr, with keys redacted.
+
+Debug logging follows the environment a client is made for: a client of an environment with
+``debug = true`` turns it on for the process, one of an environment without turns it off
+again. It only ever touches the ``mistral_nbenv`` logger and a handler of its own, so an
+application's own logging configuration is left alone. Every record that handler writes goes
+through :class:`RedactSecrets` first: no key can reach a log line even by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+from .secrets import mask
+
+__all__ = ["HANDLER_NAME", "RedactSecrets", "apply_debug"]
+
+HANDLER_NAME = "mistral_nbenv.debug"
+LOGGER_NAME = "mistral_nbenv"
+# The shape of a Mistral key: 32 letters and digits, no prefix.
+_KEY_SHAPE = re.compile(r"\b[A-Za-z0-9]{32}\b")
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    return mask(match.group(0))
+
+
+class RedactSecrets(logging.Filter):
+    """Replace every resolved key, and anything shaped like a Mistral key, by its masked form."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Render the message once, redacted, so formatting cannot reintroduce a secret."""
+        from .keys import known_secret_values
+
+        message = record.getMessage()
+        for secret in known_secret_values():
+            if secret and secret in message:
+                message = message.replace(secret, mask(secret))
+        record.msg = _KEY_SHAPE.sub(_mask_match, message)
+        record.args = None
+        return True
+
+
+def _handler(logger: logging.Logger) -> logging.Handler | None:
+    for handler in logger.handlers:
+        if handler.get_name() == HANDLER_NAME:
+            return handler
+    return None
+
+
+def apply_debug(enabled: bool) -> None:
+    """Turn debug logging of ``mistral_nbenv`` to stderr on or off."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = _handler(logger)
+    if enabled and handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.addFilter(RedactSecrets())
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    elif not enabled and handler is not None:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
