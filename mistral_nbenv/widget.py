@@ -140,7 +140,7 @@ class EnvironmentSwitcher(widgets.VBox):
         if target == current_environment():
             return
         try:
-            use_environment(target)
+            use_environment(target)  # on success the switch listener refreshes
         except ProductionConfirmationRequired:
             self.pending = target
             self.confirm_message.value = (
@@ -153,8 +153,6 @@ class EnvironmentSwitcher(widgets.VBox):
         except Exception as exc:
             self._show_error(_one_line(exc))
             self._set_picker(current_environment())
-            return
-        self._guarded(self.refresh)
 
     def _on_confirm(self, _button: Any = None) -> None:
         target = self.pending
@@ -162,10 +160,10 @@ class EnvironmentSwitcher(widgets.VBox):
         if target is None:
             return
         try:
-            use_environment(target, confirm=True)
+            use_environment(target, confirm=True)  # on success the switch listener refreshes
         except Exception as exc:
             self._show_error(_one_line(exc))
-        self._guarded(self.refresh)
+            self._set_picker(current_environment())
 
     def _on_cancel(self, _button: Any = None) -> None:
         self._hide_confirm()

@@ -92,6 +92,26 @@ def test_protected_environment_waits_for_confirm(switcher: EnvironmentSwitcher) 
     assert "…0003" in switcher.status.value
 
 
+def test_a_switch_reads_the_status_once(
+    switcher: EnvironmentSwitcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mistral_nbenv import widget as widget_module
+
+    calls: list[str | None] = []
+    real = widget_module.collect_status
+
+    def counting(env: str | None = None, **kwargs: Any) -> Any:
+        calls.append(env)
+        return real(env, **kwargs)
+
+    monkeypatch.setattr(widget_module, "collect_status", counting)
+    switcher.picker.value = "staging"
+    assert calls == ["staging"]
+    switcher.picker.value = "production"
+    switcher.confirm_button.click()
+    assert calls == ["staging", "production"]
+
+
 def test_cancel_leaves_everything_as_it_was(switcher: EnvironmentSwitcher) -> None:
     switcher.picker.value = "staging"
     before = (switcher.badge.value, switcher.status.value)
