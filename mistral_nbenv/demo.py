@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
+from .display import ChatAnswer, ask, collect_status, one_line, status_text
 from .errors import (
     EnvironmentGuardError,
     MissingAPIKeyError,
@@ -74,7 +74,7 @@ def _usable_key() -> tuple[bool, str]:
     except MissingAPIKeyError:
         return False, ""
     except MistralEnvError as exc:  # e.g. a secret store that cannot be reached
-        return False, f"Your development key could not be read: {' '.join(str(exc).split())}"
+        return False, f"Your development key could not be read: {one_line(exc)}"
     return True, f"{resolved.masked} from {resolved.source}"
 
 
@@ -93,34 +93,12 @@ def _write_local_settings(directory: Path, server_url: str) -> Path:
     return path
 
 
-def _content(response: Any) -> str:
-    try:
-        content = response.choices[0].message.content
-    except (AttributeError, IndexError, TypeError):
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(getattr(c, "text", "") or "" for c in content or [])
-
-
-def _hits(client: Any) -> float:
-    stats = client.stats
-    value = stats.get("hits", 0) if isinstance(stats, dict) else getattr(stats, "hits", 0)
-    return float(value or 0)
-
-
-def _timed_call(client: Any, cache: bool | str) -> tuple[Any, float, bool]:
-    before = _hits(client)
-    started = time.perf_counter()
-    response = client.chat.complete(
-        messages=[{"role": "user", "content": PROMPT}], max_tokens=60, cache=cache
-    )
-    return response, (time.perf_counter() - started) * 1000, _hits(client) > before
+def _ask(client: Any, cache: bool | str) -> ChatAnswer:
+    return ask(client, messages=[{"role": "user", "content": PROMPT}], max_tokens=60, cache=cache)
 
 
 def _flow(say: Any) -> None:
     from .client import get_client
-    from .display import collect_status, status_text
     from .environments import current_environment, require_production, use_environment
     from .settings import get_settings
 
@@ -130,32 +108,32 @@ def _flow(say: Any) -> None:
     client = get_client(DEMO_ENV)
     _ = client.raw  # build the SDK now, so the timings below are the calls alone
     say("\n2. A chat call (sent to the server)")
-    response, first_ms, _ = _timed_call(client, "refresh")
+    first = _ask(client, "refresh")
     say(f"   > {PROMPT}")
-    say(f"   < {_content(response)}")
-    say(f"   model {getattr(response, 'model', '?')}, {first_ms:.1f} ms")
+    say(f"   < {first.content}")
+    say(f"   model {first.requested_model or '?'}, {first.elapsed_ms:.1f} ms")
 
     say("\n3. The same call again (served from the cache, not billed)")
     if not get_settings(DEMO_ENV).cache.enabled:
         say("   (development keeps the cache off by default; this call asks with cache=True)")
-    response, second_ms, cached = _timed_call(client, True)
-    origin = "from the cache" if cached else "from the server (the cache did not answer)"
-    say(f"   < {_content(response)}")
-    say(f"   {origin}, {second_ms:.1f} ms (first call {first_ms:.1f} ms)")
+    second = _ask(client, True)
+    origin = "from the cache" if second.cached else "from the server (the cache did not answer)"
+    say(f"   < {second.content}")
+    say(f"   {origin}, {second.elapsed_ms:.1f} ms (first call {first.elapsed_ms:.1f} ms)")
 
     say("\n4. A guard: code that must only run in production")
     try:
         require_production("publish the evaluation report")
         say("   allowed (this process is in production)")
     except EnvironmentGuardError as exc:
-        say(f"   refused: {' '.join(str(exc).split())}")
+        say(f"   refused: {one_line(exc)}")
 
     say("\n5. Switching to production needs an explicit confirmation")
     try:
         use_environment("production")
         say("   switched (production is not protected in these settings)")
     except ProductionConfirmationRequired as exc:
-        say(f"   refused: {' '.join(str(exc).split())}")
+        say(f"   refused: {one_line(exc)}")
         say("   in a notebook: %mistral_env use production --confirm")
     say(f"   still in: {current_environment()}")
 
@@ -212,7 +190,7 @@ def run_demo(out: TextIO | None = None) -> int:
             use_environment(DEMO_ENV)
             _flow(say)
         except MistralEnvError as exc:
-            say(f"\nerror: {' '.join(str(exc).split())}")
+            say(f"\nerror: {one_line(exc)}")
             return 1
         finally:
             with suppress(MistralEnvError):

@@ -9,6 +9,7 @@ here imports IPython or ipywidgets, and the cache module is imported only when a
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 from .errors import MistralEnvError
 
 __all__ = [
+    "ChatAnswer",
     "CheckResult",
     "EnvironmentStatus",
     "Rich",
     "answer_badge_html",
     "answer_badge_text",
+    "ask",
     "badge_html",
     "badge_text",
     "cache_line_html",
@@ -28,6 +31,7 @@ __all__ = [
     "cache_stats_text",
     "check_html",
     "check_text",
+    "cleared_text",
     "collect_check",
     "collect_findings",
     "collect_status",
@@ -37,6 +41,7 @@ __all__ = [
     "error_html",
     "format_bytes",
     "message_html",
+    "one_line",
     "status_html",
     "status_text",
 ]
@@ -99,9 +104,71 @@ class CheckResult:
         return not self.problems
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (its type name if the message is empty)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class ChatAnswer:
+    """A chat answer plus where it came from (what ``%%mistral`` returns, so ``_`` holds it).
+
+    ``.response`` is the SDK's ``ChatCompletionResponse``; any other attribute (``.choices``,
+    ``.usage``, ``.model``, ...) is read from it.  ``.content`` is the answer text,
+    ``.environment``/``.cached``/``.elapsed_ms`` describe the call.
+    """
+
+    def __init__(
+        self, response: Any, *, environment: str, model: str, cached: bool, elapsed_ms: float
+    ) -> None:
+        self.response = response
+        self.environment = environment
+        self.requested_model = model
+        self.cached = cached
+        self.elapsed_ms = elapsed_ms
+
+    @property
+    def content(self) -> str:
+        """The text of the first choice."""
+        try:
+            content = self.response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            return ""
+        if isinstance(content, str):
+            return content
+        # structured content: join the text chunks
+        return "".join(getattr(c, "text", "") or "" for c in content or [])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "response":
+            raise AttributeError(name)
+        return getattr(self.response, name)
+
+    def _repr_markdown_(self) -> str:
+        return self.content
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.content)
+
+    def __repr__(self) -> str:
+        return (
+            f"ChatAnswer(environment={self.environment!r}, model={self.requested_model!r}, "
+            f"cached={self.cached}, content={self.content[:60]!r})"
+        )
+
+
+def ask(client: Any, **kwargs: Any) -> ChatAnswer:
+    """``client.chat.complete(**kwargs)``, timed, noting whether the cache answered it."""
+    hits_before = client.stats.hits
+    started = time.perf_counter()
+    response = client.chat.complete(**kwargs)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    return ChatAnswer(
+        response,
+        environment=client.environment,
+        model=getattr(response, "model", None) or kwargs.get("model") or "",
+        cached=client.stats.hits > hits_before,
+        elapsed_ms=elapsed_ms,
+    )
 
 
 def collect_status(env: str | None = None, *, with_cache: bool = False) -> EnvironmentStatus:
@@ -116,7 +183,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
     try:
         s = get_settings(name)
     except MistralEnvError as exc:  # broken settings are shown, not raised
-        return EnvironmentStatus(environment=name, active=name == active, problem=_one_line(exc))
+        return EnvironmentStatus(environment=name, active=name == active, problem=one_line(exc))
     key_masked: str | None = None
     key_source = ""
     key_problem: str | None = None
@@ -125,7 +192,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         key_masked = resolved.value.masked
         key_source = resolved.source
     except MistralEnvError as exc:
-        key_problem = _one_line(exc)
+        key_problem = one_line(exc)
     entries: int | None = None
     if with_cache:
         try:
@@ -174,7 +241,7 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
             resolved = get_api_key(name)
             notes.append(f"key {resolved.value.masked} from {resolved.source}")
         except MistralEnvError as exc:
-            problems.append(_one_line(exc))
+            problems.append(one_line(exc))
         results.append(CheckResult(name, tuple(problems), tuple(notes)))
     return results
 
@@ -278,6 +345,11 @@ def check_text(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
     return "\n".join(lines)
 
 
+def cleared_text(removed: int) -> str:
+    """``removed 3 cached responses`` — the outcome of clearing a cache."""
+    return f"removed {removed} cached response{'' if removed == 1 else 's'}"
+
+
 def format_bytes(n: float) -> str:
     """1536 -> ``1.5 KB``."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -313,10 +385,14 @@ def cache_line_html(stats: Mapping[str, Any]) -> str:
     )
 
 
-def answer_badge_text(environment: str, model: str, *, cached: bool, elapsed_ms: float) -> str:
+def _answer_detail(answer: ChatAnswer) -> str:
+    origin = "from cache" if answer.cached else "from API"
+    return f"{answer.requested_model} · {origin} · {answer.elapsed_ms:.0f} ms"
+
+
+def answer_badge_text(answer: ChatAnswer) -> str:
     """The line printed above a ``%%mistral`` answer in a terminal."""
-    origin = "from cache" if cached else "from API"
-    return f"{badge_text(environment)} {model} · {origin} · {elapsed_ms:.0f} ms"
+    return f"{badge_text(answer.environment)} {_answer_detail(answer)}"
 
 
 # ---------------------------------------------------------------------------------------- html
@@ -408,12 +484,9 @@ def cache_stats_html(environment: str, stats: Mapping[str, Any]) -> str:
     )
 
 
-def answer_badge_html(environment: str, model: str, *, cached: bool, elapsed_ms: float) -> str:
+def answer_badge_html(answer: ChatAnswer) -> str:
     """The badge above a ``%%mistral`` answer: environment, model, cache or API, time."""
-    origin = "from cache" if cached else "from API"
-    return (
-        f"<div>{badge_html(environment, detail=f'{model} · {origin} · {elapsed_ms:.0f} ms')}</div>"
-    )
+    return f"<div>{badge_html(answer.environment, detail=_answer_detail(answer))}</div>"
 
 
 def error_html(message: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -31,6 +30,28 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils.text import dedent
 
+from .display import (
+    ChatAnswer,
+    Rich,
+    answer_badge_html,
+    answer_badge_text,
+    ask,
+    badge_text,
+    cache_stats_html,
+    cache_stats_text,
+    check_html,
+    check_text,
+    cleared_text,
+    collect_check,
+    collect_findings,
+    collect_status,
+    environments_html,
+    environments_text,
+    message_html,
+    one_line,
+    status_html,
+    status_text,
+)
 from .errors import MistralEnvError, ProductionConfirmationRequired
 
 __all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -73,78 +94,13 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _show(text: str, html_text: str) -> None:
-    from .display import Rich
-
     display(Rich(text, html_text))
 
 
 def _widgets_can_render(shell: Any) -> bool:
     """True inside a Jupyter kernel (a front end that can show widgets)."""
     return getattr(shell, "kernel", None) is not None
-
-
-def _stat(stats: Any, name: str) -> float:
-    """Read a counter from ``client.stats`` whether it is a mapping or an object."""
-    if stats is None:
-        return 0.0
-    value = stats.get(name, 0) if isinstance(stats, dict) else getattr(stats, name, 0)
-    try:
-        return float(value or 0)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-class ChatAnswer:
-    """What ``%%mistral`` returns (so ``_`` holds it): the SDK response plus where it came from.
-
-    ``.response`` is the SDK's ``ChatCompletionResponse``; any other attribute (``.choices``,
-    ``.usage``, ``.model``, ...) is read from it.  ``.content`` is the answer text,
-    ``.environment``/``.cached``/``.elapsed_ms`` describe the call.
-    """
-
-    def __init__(
-        self, response: Any, *, environment: str, model: str, cached: bool, elapsed_ms: float
-    ) -> None:
-        self.response = response
-        self.environment = environment
-        self.requested_model = model
-        self.cached = cached
-        self.elapsed_ms = elapsed_ms
-
-    @property
-    def content(self) -> str:
-        """The text of the first choice."""
-        try:
-            content = self.response.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            return ""
-        if isinstance(content, str):
-            return content
-        # structured content: join the text chunks
-        parts = [getattr(c, "text", "") or "" for c in content or []]
-        return "".join(parts)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "response":
-            raise AttributeError(name)
-        return getattr(self.response, name)
-
-    def _repr_markdown_(self) -> str:
-        return self.content
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(self.content)
-
-    def __repr__(self) -> str:
-        return (
-            f"ChatAnswer(environment={self.environment!r}, model={self.requested_model!r}, "
-            f"cached={self.cached}, content={self.content[:60]!r})"
-        )
 
 
 @magics_class
@@ -191,7 +147,7 @@ class MistralMagics(Magics):
                 f"To switch anyway run: %mistral_env use {env} --confirm"
             ) from None
         except MistralEnvError as exc:
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
         return None
 
     def _show_switcher(self) -> None:
@@ -205,27 +161,21 @@ class MistralMagics(Magics):
         display(switcher)
 
     def _status(self, env: str | None) -> None:
-        from .display import collect_status, status_html, status_text
-
         st = collect_status(env, with_cache=True)
         _show(status_text(st), status_html(st))
 
     def _list(self) -> None:
-        from .display import collect_status, environments_html, environments_text
         from .settings import list_environments
 
         statuses = [collect_status(name) for name in list_environments()]
         _show(environments_text(statuses), environments_html(statuses))
 
     def _check(self, env: str | None, all_environments: bool) -> None:
-        from .display import check_html, check_text, collect_check, collect_findings
-
         results = collect_check(env, all_environments=all_environments)
         findings = collect_findings(results)
         _show(check_text(results, findings), check_html(results, findings))
 
     def _use(self, env: str, confirm: bool) -> None:
-        from .display import collect_status, status_html, status_text
         from .environments import use_environment
 
         use_environment(env, confirm=confirm)
@@ -234,7 +184,6 @@ class MistralMagics(Magics):
 
     def _cache(self, action: str, env: str | None) -> None:
         from .cache import cache_stats, clear_cache
-        from .display import badge_text, cache_stats_html, cache_stats_text, message_html
         from .settings import get_settings
 
         name = get_settings(env).environment
@@ -243,7 +192,7 @@ class MistralMagics(Magics):
             _show(cache_stats_text(name, stats), cache_stats_html(name, stats))
         else:
             removed = clear_cache(name)
-            msg = f"removed {removed} cached response{'' if removed == 1 else 's'}"
+            msg = cleared_text(removed)
             _show(f"{badge_text(name)} {msg}", message_html(msg, name))
 
     # ------------------------------------------------------------------ %%mistral
@@ -263,7 +212,6 @@ class MistralMagics(Magics):
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
         from .client import get_client
-        from .display import Rich, answer_badge_html, answer_badge_text
 
         messages: list[dict[str, str]] = []
         if args.system:
@@ -277,25 +225,11 @@ class MistralMagics(Magics):
         if args.no_cache:
             kwargs["cache"] = False
         try:
-            client = get_client()
-            hits_before = _stat(client.stats, "hits")
-            started = time.perf_counter()
-            response = client.chat.complete(**kwargs)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            cached = _stat(client.stats, "hits") > hits_before
-            environment = client.environment
+            answer = ask(get_client(), **kwargs)
         except MistralEnvError as exc:
-            raise UsageError(_one_line(exc)) from None
-        model = getattr(response, "model", None) or args.model or ""
-        display(
-            Rich(
-                answer_badge_text(environment, model, cached=cached, elapsed_ms=elapsed_ms),
-                answer_badge_html(environment, model, cached=cached, elapsed_ms=elapsed_ms),
-            )
-        )
-        return ChatAnswer(
-            response, environment=environment, model=model, cached=cached, elapsed_ms=elapsed_ms
-        )
+            raise UsageError(one_line(exc)) from None
+        _show(answer_badge_text(answer), answer_badge_html(answer))
+        return answer
 
 
 _remove_wait_listener: Any = None

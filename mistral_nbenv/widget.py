@@ -17,10 +17,12 @@ import ipywidgets as widgets
 from .display import (
     badge_html,
     cache_line_html,
+    cleared_text,
     collect_status,
     colour_for,
     error_html,
     message_html,
+    one_line,
     status_html,
 )
 from .environments import add_switch_listener, current_environment, use_environment
@@ -31,7 +33,8 @@ __all__ = ["EnvironmentSwitcher"]
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """Our own errors as their message; anything else prefixed with its type."""
+    text = one_line(exc)
     return text if isinstance(exc, MistralEnvError) else f"{type(exc).__name__}: {text}"
 
 
@@ -176,9 +179,7 @@ class EnvironmentSwitcher(widgets.VBox):
             env = current_environment()
             removed = clear_cache(env)
             self._refresh_cache(env)
-            self.error.value = message_html(
-                f"removed {removed} cached response{'' if removed == 1 else 's'}", env
-            )
+            self.error.value = message_html(cleared_text(removed), env)
 
         self._guarded(clear)
 
