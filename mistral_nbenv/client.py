@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .cache import ResponseCache, cache_dir
 from .errors import CacheMissError, ConfigurationError
@@ -322,12 +322,11 @@ class Client:
 
     def _new_sdk(self, sync_client: Any, async_client: Any) -> Any:
         sdk = _SDK.load()
+        fast = False
         if self._fast_sdk:
             from . import _fastsdk
 
             fast = _fastsdk.install()
-        else:
-            fast = False
         raw = sdk.Mistral(
             api_key=self._key.value.get_secret_value(),
             server_url=self.settings.server_url or None,
@@ -336,23 +335,16 @@ class Client:
             timeout_ms=self._timeout_ms,
         )
         if fast:
-            from . import _fastsdk
-
             _fastsdk.inline_hooks(raw)
         return raw
 
-    def _http_clients(self) -> tuple[Any, Any]:
+    @staticmethod
+    def _async_http_client() -> Any:
         sdk = _SDK.load()
-        ctx = sdk.ssl_context
-        return (
-            sdk.httpx.Client(
-                verify=ctx, follow_redirects=True, event_hooks={"response": [_note_response]}
-            ),
-            sdk.httpx.AsyncClient(
-                verify=ctx,
-                follow_redirects=True,
-                event_hooks={"response": [_note_response_async]},
-            ),
+        return sdk.httpx.AsyncClient(
+            verify=sdk.ssl_context,
+            follow_redirects=True,
+            event_hooks={"response": [_note_response_async]},
         )
 
     @property
@@ -363,7 +355,13 @@ class Client:
             with self._lock:
                 raw = self._raw
                 if raw is None:
-                    raw = self._raw = self._new_sdk(*self._http_clients())
+                    sdk = _SDK.load()
+                    sync_client = sdk.httpx.Client(
+                        verify=sdk.ssl_context,
+                        follow_redirects=True,
+                        event_hooks={"response": [_note_response]},
+                    )
+                    raw = self._raw = self._new_sdk(sync_client, self._async_http_client())
         return raw
 
     def _raw_for_loop(self) -> Any:
@@ -374,14 +372,10 @@ class Client:
             with self._lock:
                 raw = self._async_raw.get(loop)
                 if raw is None:
-                    sdk = _SDK.load()
-                    async_client = sdk.httpx.AsyncClient(
-                        verify=sdk.ssl_context,
-                        follow_redirects=True,
-                        event_hooks={"response": [_note_response_async]},
-                    )
                     sync_client = self.raw.sdk_configuration.client
-                    raw = self._async_raw[loop] = self._new_sdk(sync_client, async_client)
+                    raw = self._async_raw[loop] = self._new_sdk(
+                        sync_client, self._async_http_client()
+                    )
         return raw
 
     def close(self) -> None:
@@ -417,8 +411,11 @@ class Client:
             delay,
         )
 
-    def _prepare(self, ep: _Endpoint, kwargs: dict[str, Any]) -> tuple[str | None, bool, bool]:
-        """Fill defaults; return (cache key, read cache?, write cache?)."""
+    def _lookup(self, ep: _Endpoint, kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Fill defaults and read the cache: (cached JSON text or None, key to store under).
+
+        On a miss the call's ``timeout_ms`` is filled in; offline, a miss raises.
+        """
         option = kwargs.pop("cache", None)
         if "retries" in kwargs:
             raise TypeError(
@@ -439,17 +436,15 @@ class Client:
             read, write = False, True
         else:
             raise ValueError(f"cache= must be True, False or 'refresh', not {option!r}")
-        if not (read or write):
-            return None, False, False
-        _SDK.load()
-        return self._cache.key(ep.name, _canonical(kwargs)), read, write
-
-    def _cached(self, ep: _Endpoint, key: str | None, read: bool) -> Any:
+        key = None
+        if read or write:
+            _SDK.load()  # _canonical needs the SDK's types
+            key = self._cache.key(ep.name, _canonical(kwargs))
         if read and key is not None:
             text = self._cache.get(key)
             if text is not None:
                 self.stats.add(hits=1)
-                return text
+                return text, None
         if self._offline:
             raise CacheMissError(
                 f"Offline mode is on for environment '{self.environment}' and this "
@@ -458,12 +453,17 @@ class Client:
             )
         if read:
             self.stats.add(misses=1)
-        return None
+        kwargs.setdefault("timeout_ms", self._timeout_ms)
+        return None, key if write else None
 
-    def _fail(self, exc: BaseException, kwargs: Mapping[str, Any]) -> BaseException:
+    def _estimate(self, kwargs: Mapping[str, Any]) -> int:
+        return _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
+
+    def _raise_mapped(self, exc: Exception, kwargs: Mapping[str, Any]) -> NoReturn:
+        """Count the failure and raise it as our error, ``from`` the SDK's."""
         self.stats.add(errors=1)
         timeout_ms = kwargs.get("timeout_ms") or self._timeout_ms
-        return translate_error(
+        mapped = translate_error(
             exc,
             environment=self.environment,
             retry_max_wait=float(self.settings.retry_max_wait),
@@ -471,6 +471,9 @@ class Client:
             key_source=self._key.source,
             secret=self._key.value.get_secret_value(),
         )
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
 
     def _account(self, result: Any, estimate: int) -> None:
         prompt, completion, total = _usage(result)
@@ -480,20 +483,22 @@ class Client:
         if total:
             self._limiter.reconcile(estimate, total)
 
+    def _finish_call(self, result: Any, estimate: int, key: str | None, seen: list[Any]) -> Any:
+        self._account(result, estimate)
+        if key is not None:
+            self._cache.set(key, _response_json(result, seen))
+        return result
+
     def _waited(self, seconds: float) -> None:
         if seconds > 0:
             self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
 
     def _call(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Any:
-        key, read, write = self._prepare(ep, kwargs)
-        text = self._cached(ep, key, read)
-        models = _SDK.load().models
+        text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return getattr(models, ep.response).model_validate_json(text)
-        kwargs.setdefault("timeout_ms", self._timeout_ms)
+            return getattr(_SDK.models, ep.response).model_validate_json(text)
         method = getattr(getattr(self.raw, ep.group), ep.method)
-        estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
-
+        estimate = self._estimate(kwargs)
         seen: list[Any] = []
 
         def attempt() -> Any:
@@ -509,27 +514,17 @@ class Client:
         try:
             result, _attempts = self._policy.call(attempt)
         except Exception as exc:
-            mapped = self._fail(exc, kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc, kwargs)
         finally:
             self._concurrency.release()
-        self._account(result, estimate)
-        if write and key is not None:
-            self._cache.set(key, _response_json(result, seen))
-        return result
+        return self._finish_call(result, estimate, key, seen)
 
     async def _call_async(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Any:
-        key, read, write = self._prepare(ep, kwargs)
-        text = self._cached(ep, key, read)
-        models = _SDK.load().models
+        text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return getattr(models, ep.response).model_validate_json(text)
-        kwargs.setdefault("timeout_ms", self._timeout_ms)
+            return getattr(_SDK.models, ep.response).model_validate_json(text)
         method = getattr(getattr(self._raw_for_loop(), ep.group), ep.method + "_async")
-        estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
-
+        estimate = self._estimate(kwargs)
         seen: list[Any] = []
 
         async def attempt() -> Any:
@@ -545,28 +540,21 @@ class Client:
         try:
             result, _attempts = await self._policy.call_async(attempt)
         except Exception as exc:
-            mapped = self._fail(exc, kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc, kwargs)
         finally:
             self._concurrency.release()
-        self._account(result, estimate)
-        if write and key is not None:
-            self._cache.set(key, _response_json(result, seen))
-        return result
+        return self._finish_call(result, estimate, key, seen)
+
+    def _replay(self, ep: _Endpoint, text: str) -> list[Any]:
+        event_type = getattr(_SDK.models, ep.response)
+        return [event_type.model_validate_json(line) for line in text.splitlines()]
 
     def _stream(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Stream:
-        key, read, write = self._prepare(ep, kwargs)
-        text = self._cached(ep, key, read)
-        event_type = getattr(_SDK.load().models, ep.response)
+        text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return Stream(
-                self, replay=[event_type.model_validate_json(c) for c in text.splitlines()]
-            )
-        kwargs.setdefault("timeout_ms", self._timeout_ms)
+            return Stream(self, replay=self._replay(ep, text))
         method = getattr(getattr(self.raw, ep.group), ep.method)
-        estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
+        estimate = self._estimate(kwargs)
 
         def attempt() -> tuple[Any, list[Any]]:
             self._waited(self._limiter.acquire(estimate))
@@ -579,38 +567,22 @@ class Client:
                 events.close()
                 raise
 
-        self._concurrency.acquire()
+        self._concurrency.acquire()  # released by the Stream when it ends
         try:
             (events, first), _attempts = self._policy.call(attempt)
-        except Exception as exc:
+        except BaseException as exc:
             self._concurrency.release()
-            mapped = self._fail(exc, kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        except BaseException:
-            self._concurrency.release()
+            if isinstance(exc, Exception):
+                self._raise_mapped(exc, kwargs)
             raise
-        return Stream(
-            self,
-            source=events,
-            first=first,
-            key=key if write else None,
-            estimate=estimate,
-            kwargs=kwargs,
-        )
+        return Stream(self, source=events, first=first, key=key, estimate=estimate, kwargs=kwargs)
 
     async def _stream_async(self, ep: _Endpoint, kwargs: dict[str, Any]) -> AsyncStream:
-        key, read, write = self._prepare(ep, kwargs)
-        text = self._cached(ep, key, read)
-        event_type = getattr(_SDK.load().models, ep.response)
+        text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return AsyncStream(
-                self, replay=[event_type.model_validate_json(c) for c in text.splitlines()]
-            )
-        kwargs.setdefault("timeout_ms", self._timeout_ms)
+            return AsyncStream(self, replay=self._replay(ep, text))
         method = getattr(getattr(self._raw_for_loop(), ep.group), ep.method + "_async")
-        estimate = _estimate_tokens(kwargs) if self._limiter.tpm > 0 else 0
+        estimate = self._estimate(kwargs)
 
         async def attempt() -> tuple[Any, list[Any]]:
             self._waited(await self._limiter.acquire_async(estimate))
@@ -623,25 +595,16 @@ class Client:
                 await events.close()
                 raise
 
-        await self._concurrency.acquire_async()
+        await self._concurrency.acquire_async()  # released by the stream when it ends
         try:
             (events, first), _attempts = await self._policy.call_async(attempt)
-        except Exception as exc:
+        except BaseException as exc:
             self._concurrency.release()
-            mapped = self._fail(exc, kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        except BaseException:
-            self._concurrency.release()
+            if isinstance(exc, Exception):
+                self._raise_mapped(exc, kwargs)
             raise
         return AsyncStream(
-            self,
-            source=events,
-            first=first,
-            key=key if write else None,
-            estimate=estimate,
-            kwargs=kwargs,
+            self, source=events, first=first, key=key, estimate=estimate, kwargs=kwargs
         )
 
 
@@ -743,10 +706,7 @@ class Stream(_StreamBase):
             raise
         except Exception as exc:
             self.close()
-            mapped = self._client._fail(exc, self._kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._client._raise_mapped(exc, self._kwargs)
         return self._note(event)
 
     def close(self) -> None:
@@ -787,10 +747,7 @@ class AsyncStream(_StreamBase):
             raise
         except Exception as exc:
             await self.aclose()
-            mapped = self._client._fail(exc, self._kwargs)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+            self._client._raise_mapped(exc, self._kwargs)
         return self._note(event)
 
     async def aclose(self) -> None:
