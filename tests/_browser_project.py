@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mistral_nbenv.testing import MistralTestServer
 
 #: Fake keys shaped like real ones (32 mixed-case alphanumerics); never sent anywhere but loopback.
 KEYS: dict[str, str] = {
@@ -75,6 +81,32 @@ def reset_core() -> None:
     environments._reset()
     settings.reload_settings()
     forget_keys()
+
+
+def use_project(
+    directory: Path, server_url: str, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+) -> Path:
+    """Write a project into ``directory`` (``write_project``'s options) and make it current."""
+    directory.mkdir(exist_ok=True)
+    path = write_project(directory, server_url, **kwargs)
+    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
+    reset_core()
+    return path
+
+
+@contextmanager
+def loopback_project(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MistralTestServer]:
+    """A loopback server and a project in ``directory`` pointing at it; clean global state."""
+    for name in set(os.environ) - set(scrubbed_environ()):
+        monkeypatch.delenv(name)
+    with MistralTestServer() as server:
+        use_project(directory, server.url, monkeypatch)
+        try:
+            yield server
+        finally:
+            reset_core()
 
 
 def assert_no_key(*texts: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,14 @@ from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 
 from mistral_nbenv import current_environment, use_environment
 from mistral_nbenv.testing import Fault, MistralTestServer
-from tests._browser_project import KEYS, assert_no_key, reset_core, scrubbed_environ, write_project
+from tests._browser_project import (
+    KEYS,
+    assert_no_key,
+    loopback_project,
+    reset_core,
+    scrubbed_environ,
+    use_project,
+)
 
 
 class ReRaisingShell(InteractiveShell):
@@ -53,13 +59,8 @@ class Outputs:
 @pytest.fixture
 def lproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MistralTestServer]:
     """A loopback server and a project whose environments point at it; clean global state."""
-    for name in set(os.environ) - set(scrubbed_environ()):
-        monkeypatch.delenv(name)
-    with MistralTestServer() as server:
-        monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(write_project(tmp_path, server.url)))
-        reset_core()
+    with loopback_project(tmp_path, monkeypatch) as server:
         yield server
-        reset_core()
 
 
 @pytest.fixture
@@ -215,10 +216,7 @@ def test_check_reports_a_key_shared_by_two_environments(
     tmp_path: Path, lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch, out: Outputs
 ) -> None:
     shared = dict(KEYS, staging=KEYS["production"])
-    (tmp_path / "shared").mkdir()
-    path = write_project(tmp_path / "shared", lproject.url, keys=shared)
-    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
-    reset_core()
+    use_project(tmp_path / "shared", lproject.url, monkeypatch, keys=shared)
     out.shell.run_cell("%mistral_env check --all")
     assert "FAIL" in out.text
     assert "✘" in out.html
@@ -301,10 +299,7 @@ def test_broken_settings_are_a_usage_error(
 def test_missing_key_is_shown_not_raised_by_status(
     tmp_path: Path, lproject: MistralTestServer, out: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "nokeys").mkdir()
-    path = write_project(tmp_path / "nokeys", lproject.url, keys={})
-    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
-    reset_core()
+    use_project(tmp_path / "nokeys", lproject.url, monkeypatch, keys={})
     out.shell.run_cell("%mistral_env status")
     assert "key       not available" in out.text
     assert "MISTRAL_API_KEY_DEV" in out.text
@@ -391,10 +386,7 @@ def test_cell_magic_empty_cell(ip: ReRaisingShell, out: Outputs) -> None:
 def test_cell_magic_without_key_names_the_environment(
     tmp_path: Path, lproject: MistralTestServer, out: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "nokeys").mkdir()
-    path = write_project(tmp_path / "nokeys", lproject.url, keys={})
-    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
-    reset_core()
+    use_project(tmp_path / "nokeys", lproject.url, monkeypatch, keys={})
     with pytest.raises(UsageError, match="development") as info:
         out.shell.run_cell("%%mistral\nhi")
     assert "\n" not in str(info.value)

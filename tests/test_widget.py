@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,19 @@ import pytest
 from mistral_nbenv import current_environment, environments, get_client, use_environment
 from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.widget import EnvironmentSwitcher
-from tests._browser_project import KEYS, assert_no_key, reset_core, scrubbed_environ, write_project
+from tests._browser_project import (
+    KEYS,
+    assert_no_key,
+    loopback_project,
+    use_project,
+)
 
 
 @pytest.fixture
 def lproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MistralTestServer]:
     """A loopback server and a project whose environments point at it; clean global state."""
-    for name in set(os.environ) - set(scrubbed_environ()):
-        monkeypatch.delenv(name)
-    with MistralTestServer() as server:
-        monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(write_project(tmp_path, server.url)))
-        reset_core()
+    with loopback_project(tmp_path, monkeypatch) as server:
         yield server
-        reset_core()
 
 
 @pytest.fixture
@@ -197,12 +196,12 @@ def test_close_removes_the_listener(lproject: MistralTestServer) -> None:
 def test_errors_show_one_line_and_the_picker_snaps_back(
     tmp_path: Path, lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "broken").mkdir()
-    path = write_project(
-        tmp_path / "broken", lproject.url, extra='[qa.features]\nmax_concurrent_requests = "many"\n'
+    use_project(
+        tmp_path / "broken",
+        lproject.url,
+        monkeypatch,
+        extra='[qa.features]\nmax_concurrent_requests = "many"\n',
     )
-    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
-    reset_core()
     widget = EnvironmentSwitcher()
     try:
         widget.picker.value = "qa"
@@ -219,12 +218,9 @@ def test_errors_show_one_line_and_the_picker_snaps_back(
 def test_missing_key_is_shown_in_the_status(
     tmp_path: Path, lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "nokeys").mkdir()
-    path = write_project(
-        tmp_path / "nokeys", lproject.url, keys={"development": KEYS["development"]}
+    use_project(
+        tmp_path / "nokeys", lproject.url, monkeypatch, keys={"development": KEYS["development"]}
     )
-    monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(path))
-    reset_core()
     widget = EnvironmentSwitcher()
     try:
         widget.picker.value = "staging"
