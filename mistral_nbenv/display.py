@@ -359,8 +359,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
-    """``[staging] cache: 3 entries, 4.1 KB in /path (on, ttl 300s)``."""
+def _cache_summary(stats: Mapping[str, Any]) -> str:
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
     ttl = stats.get("ttl_seconds", stats.get("ttl"))
@@ -368,10 +367,12 @@ def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
     if stats.get("offline"):
         state += ", offline"
     where = stats.get("directory") or "?"
-    return (
-        f"{badge_text(environment)} cache: {entries} entr{'y' if entries == 1 else 'ies'}, "
-        f"{size} in {where} ({state})"
-    )
+    return f"cache: {entries} entr{'y' if entries == 1 else 'ies'}, {size} in {where} ({state})"
+
+
+def cache_stats_text(environment: str, stats: Mapping[str, Any]) -> str:
+    """``[staging] cache: 3 entries, 4.1 KB in /path (on, ttl 300s)``."""
+    return f"{badge_text(environment)} {_cache_summary(stats)}"
 
 
 def cache_line_html(stats: Mapping[str, Any]) -> str:
@@ -478,9 +479,8 @@ def check_html(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
 def cache_stats_html(environment: str, stats: Mapping[str, Any]) -> str:
     """The cache statistics of one environment next to its badge."""
     return (
-        f"<div>{badge_html(environment)} <span style='{_FONT}'>"
-        + _E(cache_stats_text(environment, stats).split(" ", 1)[1])
-        + "</span></div>"
+        f"<div>{badge_html(environment)} "
+        f"<span style='{_FONT}'>{_E(_cache_summary(stats))}</span></div>"
     )
 
 

@@ -346,6 +346,9 @@ def test_cell_magic_second_run_comes_from_the_cache(
     out.bundles.clear()
     ip.run_cell("%mistral_env cache stats")
     assert "[staging] cache: 1 entry" in out.text
+    assert 'data-environment="staging"' in out.html
+    assert "cache: 1 entry" in out.html
+    assert "[staging]" not in out.html  # the HTML shows the badge, not the text one
     ip.run_cell("%mistral_env cache clear")
     assert "removed 1 cached response" in out.text
     ip.run_cell("%mistral_env cache stats --env staging")
