@@ -16,6 +16,7 @@ This is the only module that imports ``mistralai``, and only on first use.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -635,6 +636,8 @@ def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> N
 
 
 class _StreamBase:
+    """What both stream kinds share: pending events, recording, the end of the call."""
+
     def __init__(
         self,
         client: Client,
@@ -647,17 +650,25 @@ class _StreamBase:
         kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self._client = client
-        self._pending: list[Any] = list(replay if replay is not None else first or [])
+        self._pending = collections.deque(replay if replay is not None else first or ())
         self._source = source
         self._key = key
         self._estimate = estimate
         self._kwargs = kwargs or {}
         self._recorded: list[str] | None = [] if key is not None else None
+        self._last_usage: Any = None
+        # A live stream holds a concurrency slot until _finish (a replay holds none).
         self._done = source is None
-        self._released = source is None
         self.replayed = replay is not None
 
-    def _record(self, event: Any) -> Any:
+    def _next_pending(self) -> Any:
+        event = self._pending.popleft()
+        return event if self.replayed else self._note(event)
+
+    def _note(self, event: Any) -> Any:
+        data = getattr(event, "data", None)
+        if getattr(data, "usage", None) is not None:
+            self._last_usage = data
         if self._recorded is not None:
             self._recorded.append(event.model_dump_json(by_alias=True))
         return event
@@ -668,24 +679,11 @@ class _StreamBase:
         self._done = True
         client = self._client
         if complete:
-            last = self._last_usage
-            client._account(last, self._estimate) if last is not None else client.stats.add(
-                requests=1
-            )
-            if self._recorded is not None and self._key is not None:
+            client._account(self._last_usage, self._estimate)
+            if self._key is not None and self._recorded is not None:
                 client._cache.set(self._key, "\n".join(self._recorded))
         self._recorded = None
-        if not self._released:
-            self._released = True
-            client._concurrency.release()
-
-    _last_usage: Any = None
-
-    def _note(self, event: Any) -> Any:
-        data = getattr(event, "data", None)
-        if getattr(data, "usage", None) is not None:
-            self._last_usage = data
-        return self._record(event)
+        client._concurrency.release()
 
 
 class Stream(_StreamBase):
@@ -696,8 +694,8 @@ class Stream(_StreamBase):
 
     def __next__(self) -> Any:
         if self._pending:
-            return self._note(self._pending.pop(0)) if not self.replayed else self._pending.pop(0)
-        if self._done or self._source is None:
+            return self._next_pending()
+        if self._done:
             raise StopIteration
         try:
             event = next(self._source)
@@ -724,7 +722,7 @@ class Stream(_StreamBase):
         self.close()
 
     def __del__(self) -> None:
-        if not self._released:
+        if not self._done:
             with contextlib.suppress(Exception):
                 self.close()
 
@@ -737,8 +735,8 @@ class AsyncStream(_StreamBase):
 
     async def __anext__(self) -> Any:
         if self._pending:
-            return self._note(self._pending.pop(0)) if not self.replayed else self._pending.pop(0)
-        if self._done or self._source is None:
+            return self._next_pending()
+        if self._done:
             raise StopAsyncIteration
         try:
             event = await self._source.__anext__()
@@ -765,6 +763,12 @@ class AsyncStream(_StreamBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def __del__(self) -> None:
+        # Abandoned unclosed: give the concurrency slot back (the source cannot be awaited here).
+        if not self._done:
+            with contextlib.suppress(Exception):
+                self._finish(complete=False)
 
 
 # --------------------------------------------------------------------------- namespaces

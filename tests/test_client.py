@@ -458,6 +458,24 @@ def test_partial_stream_is_not_cached(make: Any, server: MistralTestServer) -> N
     assert client._concurrency.in_flight == 0
 
 
+def test_abandoned_async_stream_gives_its_slot_back(make: Any, server: MistralTestServer) -> None:
+    import gc
+
+    client = make(features={"max_concurrent_requests": 1})
+
+    async def read_one_then_drop() -> None:
+        stream = await client.chat.stream_async(messages=hello("a b c d"))
+        await stream.__anext__()
+        assert client._concurrency.in_flight == 1
+
+    asyncio.run(read_one_then_drop())
+    gc.collect()
+    assert client._concurrency.in_flight == 0
+    # with the only slot back, the next call goes through (it would block forever otherwise)
+    assert client.chat.complete(messages=hello()).choices
+    assert server.count(CHAT) == 2
+
+
 def test_cache_files_are_private_and_hold_no_key(make: Any, tmp_path: Path) -> None:
     client = make()
     client.chat.complete(messages=hello("secret-free"))
