@@ -90,8 +90,14 @@ def test_every_method_sync(make: Any, server: MistralTestServer) -> None:
     assert fim.choices[0].message.content.startswith("Echo: def f(")
     assert last(server).body["model"] == "codestral-latest"
 
+    fim_events = list(client.fim.stream(prompt="x = "))
+    assert type(fim_events[0]).__name__ == "CompletionEvent"
+    assert text_of(fim_events) == "Echo: x = "
+    assert last(server).body["model"] == "codestral-latest"
+    assert last(server).body["stream"] is True
+
     assert "mistral-embed" in [m.id for m in client.models.list().data]
-    assert client.stats.misses == 5
+    assert client.stats.misses == 6
     assert client.stats.hits == 0
     assert client.stats.total_tokens > 0
 
@@ -105,10 +111,13 @@ def test_every_method_async(make: Any) -> None:
         events = [e async for e in stream]
         emb = await client.embeddings.create_async(inputs="x")
         fim = await client.fim.complete_async(prompt="x = ")
+        fim_stream = await client.fim.stream_async(prompt="y = ")
+        fim_events = [e async for e in fim_stream]
         models = await client.models.list_async()
-        return chat, events, emb, fim, models
+        return chat, events, emb, fim, fim_events, models
 
-    chat, events, emb, fim, models = asyncio.run(run())
+    chat, events, emb, fim, fim_events, models = asyncio.run(run())
+    assert text_of(fim_events) == "Echo: y = "
     assert chat.choices[0].message.content == "Echo: async"
     assert text_of(events) == "Echo: async stream"
     assert len(emb.data) == 1
