@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
@@ -32,6 +33,8 @@ __all__ = [
     "import_dependency",
     "is_reference",
     "json_or_none",
+    "key_field",
+    "key_text",
     "load_backend",
     "parse_reference",
 ]
@@ -153,6 +156,37 @@ def backend_error(
         backend=ref.scheme,
         reference=ref.raw,
     )
+
+
+def key_text(ref: SecretReference, label: str, value: object, what: str) -> str:
+    """``value`` stripped, as the API key; ``SecretBackendError`` if not a non-empty string."""
+    if not isinstance(value, str):
+        raise backend_error(
+            ref,
+            label,
+            f"{what} is a {type(value).__name__}, not a string",
+            "Store the key as a string.",
+        )
+    text = value.strip()
+    if not text:
+        raise backend_error(ref, label, f"{what} is empty", "Store the API key in it.")
+    return text
+
+
+def key_field(
+    ref: SecretReference, label: str, data: Mapping[str, object], noun: str = "field"
+) -> str:
+    """``data[ref.field]`` through :func:`key_text`; an error listing the fields if absent."""
+    field = ref.field or ""
+    if field not in data:
+        available = ", ".join(sorted(map(str, data))) or "none"
+        raise backend_error(
+            ref,
+            label,
+            f"the secret has no {noun} {field!r} (fields: {available})",
+            "Fix the '#FIELD' part of the reference.",
+        )
+    return key_text(ref, label, data[field], f"{noun} {field!r}")
 
 
 def decode_utf8(data: bytes) -> str | None:

@@ -17,6 +17,8 @@ from mistral_nbenv.backends import (
     decode_utf8,
     import_dependency,
     json_or_none,
+    key_field,
+    key_text,
 )
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "MAX_ATTEMPTS", "READ_TIMEOUT_SECONDS", "fetch"]
@@ -152,33 +154,12 @@ def _value(ref: SecretReference, response: dict[str, Any]) -> str:
                 f"the secret is a JSON object (fields: {fields})",
                 f"Name the field holding the key: aws-sm:{ref.path}#FIELD.",
             )
-        value = secret
-    else:
-        if not isinstance(parsed, dict):
-            raise backend_error(
-                ref,
-                _LABEL,
-                f"'#{ref.field}' was given but the secret is not a JSON object",
-                "Drop '#FIELD' to use the whole secret string, or store a JSON object.",
-            )
-        if ref.field not in parsed:
-            fields = ", ".join(sorted(map(str, parsed))) or "none"
-            raise backend_error(
-                ref,
-                _LABEL,
-                f"the secret has no JSON field {ref.field!r} (fields: {fields})",
-                "Fix the '#FIELD' part of the reference.",
-            )
-        field_value = parsed[ref.field]
-        if not isinstance(field_value, str):
-            raise backend_error(
-                ref,
-                _LABEL,
-                f"JSON field {ref.field!r} is a {type(field_value).__name__}, not a string",
-                "Store the key as a string.",
-            )
-        value = field_value
-    value = value.strip()
-    if not value:
-        raise backend_error(ref, _LABEL, "the value is empty", "Store the API key in the secret.")
-    return value
+        return key_text(ref, _LABEL, secret, "the secret")
+    if not isinstance(parsed, dict):
+        raise backend_error(
+            ref,
+            _LABEL,
+            f"'#{ref.field}' was given but the secret is not a JSON object",
+            "Drop '#FIELD' to use the whole secret string, or store a JSON object.",
+        )
+    return key_field(ref, _LABEL, parsed, "JSON field")

@@ -17,6 +17,7 @@ from mistral_nbenv.backends import (
     backend_error,
     decode_utf8,
     import_dependency,
+    key_text,
 )
 
 __all__ = [
@@ -153,7 +154,4 @@ def fetch(
     text = decode_utf8(bytes(response.payload.data))
     if text is None:
         raise backend_error(ref, _LABEL, "the payload is not UTF-8 text", "Store the key as text.")
-    value = text.strip()
-    if not value:
-        raise backend_error(ref, _LABEL, "the payload is empty", "Add a version holding the key.")
-    return value
+    return key_text(ref, _LABEL, text, "the payload")

@@ -16,6 +16,7 @@ from mistral_nbenv.backends import (
     SecretReference,
     backend_error,
     import_dependency,
+    key_field,
 )
 
 __all__ = ["TIMEOUT_SECONDS", "fetch"]
@@ -119,26 +120,4 @@ def _field(ref: SecretReference, response: Any, where: str) -> str:
         raise backend_error(
             ref, _LABEL, f"the answer holds no KV v2 data ({where})", "Is the mount KV version 2?"
         )
-    field = ref.field or ""
-    if field not in data:
-        available = ", ".join(sorted(map(str, data))) or "none"
-        raise backend_error(
-            ref,
-            _LABEL,
-            f"the secret has no field {field!r} (fields: {available})",
-            "Fix the '#FIELD' part of the reference.",
-        )
-    value = data[field]
-    if not isinstance(value, str):
-        raise backend_error(
-            ref,
-            _LABEL,
-            f"field {field!r} is a {type(value).__name__}, not a string",
-            "Store the key as a string.",
-        )
-    value = value.strip()
-    if not value:
-        raise backend_error(
-            ref, _LABEL, f"field {field!r} is empty", "Store the API key in that field."
-        )
-    return value
+    return key_field(ref, _LABEL, data)
