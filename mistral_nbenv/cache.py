@@ -215,6 +215,16 @@ class ResponseCache:
         self._broken = False
         self._writes = 0
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ResponseCache:
+        """The cache of ``settings``' environment, keys namespaced by environment + server URL."""
+        return cls(
+            cache_dir(settings),
+            namespace=f"{settings.environment}\0{settings.server_url}",
+            ttl_seconds=settings.cache.ttl_seconds,
+            size_limit_bytes=int(float(settings.cache.size_limit_mb) * 1024 * 1024),
+        )
+
     def __repr__(self) -> str:
         state = "off" if self._broken else "ok"
         return f"ResponseCache({str(self.directory)!r}, ttl={self.ttl}, {state})"
@@ -278,16 +288,6 @@ class ResponseCache:
         except Exception as exc:
             self._fail(exc)
 
-    def delete(self, key: str) -> None:
-        """Forget one entry."""
-        cache = self._db()
-        if cache is None:
-            return
-        try:
-            cache.delete(key, retry=True)
-        except Exception as exc:
-            self._fail(exc)
-
     def stats(self) -> dict[str, Any]:
         """Entry count and bytes on disk."""
         cache = self._db()
@@ -312,15 +312,6 @@ class ResponseCache:
             return 0
 
 
-def _for_settings(settings: Settings) -> ResponseCache:
-    return ResponseCache(
-        cache_dir(settings),
-        namespace=f"{settings.environment}\0{settings.server_url}",
-        ttl_seconds=settings.cache.ttl_seconds,
-        size_limit_bytes=int(settings.cache.size_limit_mb * 1024 * 1024),
-    )
-
-
 def cache_stats(env: str | None = None) -> dict[str, Any]:
     """Entries, bytes, directory, enabled flag and TTL of one environment's cache."""
     from .settings import get_settings
@@ -339,7 +330,7 @@ def cache_stats(env: str | None = None) -> dict[str, Any]:
         "available": True,
     }
     if directory.is_dir():
-        info.update(_for_settings(settings).stats())
+        info.update(ResponseCache.for_settings(settings).stats())
     return info
 
 
@@ -350,4 +341,4 @@ def clear_cache(env: str | None = None) -> int:
     settings = get_settings(env)
     if not cache_dir(settings).is_dir():
         return 0
-    return _for_settings(settings).clear()
+    return ResponseCache.for_settings(settings).clear()

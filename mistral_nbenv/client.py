@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from .cache import ResponseCache, cache_dir
+from .cache import ResponseCache
 from .errors import CacheMissError, ConfigurationError
 from .ratelimit import ConcurrencyLimiter, RateLimiter
 from .retry import RetryPolicy, translate_error
@@ -259,15 +259,7 @@ def _response_json(result: Any, seen: list[Any]) -> str:
 class Client:
     """A Mistral client bound to one environment; same methods as the SDK's ``Mistral``."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        api_key: ResolvedKey,
-        *,
-        sleep: Callable[[float], None] | None = None,
-        async_sleep: Callable[[float], Any] | None = None,
-        fast_sdk: bool = True,
-    ) -> None:
+    def __init__(self, settings: Settings, api_key: ResolvedKey, *, fast_sdk: bool = True) -> None:
         self.settings = settings
         self.environment = settings.environment
         self._key = api_key
@@ -276,31 +268,18 @@ class Client:
         self._timeout_ms = max(1, int(float(settings.timeout) * 1000))
         self._cache_enabled = bool(settings.cache.enabled)
         self._offline = bool(settings.offline)
-        directory = cache_dir(settings)
-        self._cache = ResponseCache(
-            directory,
-            namespace=f"{settings.environment}\0{settings.server_url}",
-            ttl_seconds=settings.cache.ttl_seconds,
-            size_limit_bytes=int(float(settings.cache.size_limit_mb) * 1024 * 1024),
-        )
-        timing: dict[str, Any] = {}
-        if sleep is not None:
-            timing["sleep"] = sleep
-        if async_sleep is not None:
-            timing["async_sleep"] = async_sleep
+        self._cache = ResponseCache.for_settings(settings)
         self._limiter = RateLimiter(
-            directory / "ratelimit",
+            self._cache.directory / "ratelimit",
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
-            **timing,
         )
         self._concurrency = ConcurrencyLimiter(settings.features.max_concurrent_requests)
         self._policy = RetryPolicy(
             max_retries=int(settings.max_retries),
             retry_max_wait=float(settings.retry_max_wait),
             on_retry=self._on_retry,
-            **timing,
         )
         self._lock = threading.RLock()
         self._raw: Any = None
