@@ -293,34 +293,21 @@ class _CountingApp:
         return self.app(environ, start_response)
 
 
-class MotoServer:
-    """moto's AWS server on 127.0.0.1 in a thread, with request counting."""
-
-    region = "us-east-1"
-    access_key = "testing"
-    secret_key = "testing"
+class _ThreadedServer:
+    """A server object (``serve_forever``/``shutdown``/``server_close``) run in a thread."""
 
     def __init__(self) -> None:
-        self.url = ""
         self.startup_seconds = 0.0
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._app: _CountingApp | None = None
-        self._clients: dict[tuple[str, str, str], Any] = {}
 
-    def start(self) -> None:
-        """Start serving (the same app ``moto_server`` runs, behind a counter)."""
-        began = time.monotonic()
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-        from werkzeug.serving import make_server
-
-        self._app = _CountingApp(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def _serve(self, server: Any, name: str, began: float) -> None:
+        """Serve ``server`` in a daemon thread; record the start-up time under ``name``."""
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
         self.startup_seconds = time.monotonic() - began
-        STARTUP_SECONDS.setdefault("moto", self.startup_seconds)
+        STARTUP_SECONDS.setdefault(name, self.startup_seconds)
 
     def stop(self) -> None:
         """Stop serving."""
@@ -331,6 +318,31 @@ class MotoServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+
+
+class MotoServer(_ThreadedServer):
+    """moto's AWS server on 127.0.0.1 in a thread, with request counting."""
+
+    region = "us-east-1"
+    access_key = "testing"
+    secret_key = "testing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = ""
+        self._app: _CountingApp | None = None
+        self._clients: dict[tuple[str, str, str], Any] = {}
+
+    def start(self) -> None:
+        """Start serving (the same app ``moto_server`` runs, behind a counter)."""
+        began = time.monotonic()
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        self._app = _CountingApp(DomainDispatcherApplication(create_backend_app))
+        server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._serve(server, "moto", began)
 
     def _post(self, path: str, body: bytes = b"") -> None:
         request = urllib.request.Request(
@@ -421,20 +433,18 @@ def crc32c(data: bytes) -> int:
 _ACCESS_RE = re.compile(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$")
 
 
-class GcpSecretServer:
+class GcpSecretServer(_ThreadedServer):
     """A loopback stand-in for Secret Manager's REST ``AccessSecretVersion``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.host = ""
-        self.startup_seconds = 0.0
         self.access_count = 0
         self.requests: list[str] = []
         self._versions: dict[tuple[str, str, str], bytes] = {}
         self._denied: set[tuple[str, str]] = set()
         self._failures: list[int] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start serving on a free port."""
@@ -457,23 +467,10 @@ class GcpSecretServer:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.host = f"127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.startup_seconds = time.monotonic() - began
-        STARTUP_SECONDS.setdefault("gcp stand-in", self.startup_seconds)
-
-    def stop(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self.host = f"127.0.0.1:{server.server_address[1]}"
+        self._serve(server, "gcp stand-in", began)
 
     @property
     def url(self) -> str:
