@@ -121,13 +121,12 @@ class RateLimiter:
         # requests and tokens taken from the shared buckets but not yet handed out
         self._held_req = 0
         self._held_tok = 0.0
-        self._held_lock = threading.Lock()
+        self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
+        self._local_lock = threading.Lock()  # guards _held_req, _held_tok and _adjust
         self._db: diskcache.Cache | None = None
         self._memory: str | None = None
         self._mem_lock = threading.Lock()
         self._disk_failed = False
-        self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
-        self._adjust_lock = threading.Lock()
 
     def __repr__(self) -> str:
         where = str(self.directory) if self.directory else "memory"
@@ -181,7 +180,7 @@ class RateLimiter:
         """Admit one request from the budget this process already holds (batching)."""
         if self._batch == 1:
             return False
-        with self._held_lock:
+        with self._local_lock:
             if self._held_req < 1 or (self.tpm > 0 and self._held_tok < cost):
                 return False
             self._held_req -= 1
@@ -190,10 +189,11 @@ class RateLimiter:
             return True
 
     def _give_back(self) -> tuple[int, float]:
-        with self._held_lock:
-            held = self._held_req, self._held_tok
-            self._held_req, self._held_tok = 0, 0.0
-        return held
+        """Take what this process holds: (requests, tokens net of pending corrections)."""
+        with self._local_lock:
+            req, tok = self._held_req, self._held_tok - self._adjust
+            self._held_req, self._held_tok, self._adjust = 0, 0.0, 0.0
+        return req, tok
 
     def _try(self, cost: float, now: float) -> float:
         """Debit the buckets if possible; return 0 on success, else the seconds to wait."""
@@ -204,9 +204,7 @@ class RateLimiter:
             elapsed = max(0.0, now - last)
             held_req, held_tok = self._give_back()
             req = min(self._req_cap, req + elapsed * self._req_rate + held_req)
-            with self._adjust_lock:
-                adjust, self._adjust = self._adjust, 0.0
-            tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok - adjust)
+            tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok)
             wait = 0.0
             # _EPSILON: float refills land a hair below the threshold after an exact wait
             if self.rpm > 0 and req < 1.0 - _EPSILON:
@@ -216,7 +214,7 @@ class RateLimiter:
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
-                if adjust or held_req or held_tok:
+                if held_req or held_tok:
                     write(f"{req!r},{tok!r},{now!r}")
                 return wait
             if self.rpm > 0:
@@ -231,7 +229,7 @@ class RateLimiter:
                     req -= extra
                     if self.tpm > 0:
                         tok -= extra * cost
-                    with self._held_lock:
+                    with self._local_lock:
                         self._held_req += extra
                         self._held_tok += extra * cost if self.tpm > 0 else 0.0
             write(f"{req!r},{tok!r},{now!r}")
@@ -239,39 +237,36 @@ class RateLimiter:
 
     # -- public ----------------------------------------------------------------------------
 
+    def _waits(self, tokens: float, started: float) -> Iterator[float]:
+        """The waits before a request of ``tokens`` fits; the first long one is announced."""
+        announced = False
+        while (wait := self._try(tokens, now := self.clock())) > 0:
+            if not announced and (now - started) + wait > LONG_WAIT:
+                announced = True
+                _announce(self.environment, wait)
+            yield wait
+
     def acquire(self, tokens: float = 0) -> float:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
         if not self.enabled:
             return 0.0
         started = self.clock()
-        announced = slept = False
-        while True:
-            now = self.clock()
-            wait = self._try(tokens, now)
-            if wait <= 0:
-                return now - started if slept else 0.0
-            if not announced and (now - started) + wait > LONG_WAIT:
-                announced = True
-                _announce(self.environment, wait)
+        slept = False
+        for wait in self._waits(tokens, started):
             slept = True
             self.sleep(wait)
+        return self.clock() - started if slept else 0.0
 
     async def acquire_async(self, tokens: float = 0) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
         if not self.enabled:
             return 0.0
         started = self.clock()
-        announced = slept = False
-        while True:
-            now = self.clock()
-            wait = self._try(tokens, now)
-            if wait <= 0:
-                return now - started if slept else 0.0
-            if not announced and (now - started) + wait > LONG_WAIT:
-                announced = True
-                _announce(self.environment, wait)
+        slept = False
+        for wait in self._waits(tokens, started):
             slept = True
             await self.async_sleep(wait)
+        return self.clock() - started if slept else 0.0
 
     def reconcile(self, estimated: float, actual: float) -> None:
         """Correct the token bucket once the response's ``usage`` is known.
@@ -281,7 +276,7 @@ class RateLimiter:
         """
         if self.tpm <= 0 or actual <= 0 or actual == estimated:
             return
-        with self._adjust_lock:
+        with self._local_lock:
             self._adjust += actual - estimated
 
     def flush(self) -> None:
@@ -292,10 +287,8 @@ class RateLimiter:
         with self._state() as (read, write):
             req, tok, last = self._parse(read(), now)
             held_req, held_tok = self._give_back()
-            with self._adjust_lock:
-                adjust, self._adjust = self._adjust, 0.0
             req = min(self._req_cap, req + held_req)
-            tok = min(self._tok_cap, tok + held_tok - adjust)
+            tok = min(self._tok_cap, tok + held_tok)
             write(f"{req!r},{tok!r},{last!r}")
 
     def reset(self) -> None:

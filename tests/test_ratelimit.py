@@ -218,3 +218,33 @@ def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     assert cap.in_flight == 0
     cap.acquire()
     cap.release()
+
+
+def test_async_acquire_waits_like_acquire(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+
+    rl = RateLimiter(
+        None,
+        requests_per_minute=30,  # one request per 2 s, burst 1
+        tokens_per_minute=0,
+        environment="staging",
+        clock=clock,
+        sleep=lambda s: pytest.fail("the blocking sleep was used"),
+        async_sleep=sleep,
+    )
+    with caplog.at_level("INFO", logger="mistral_nbenv.ratelimit"):
+        assert asyncio.run(rl.acquire_async()) == 0.0
+        assert asyncio.run(rl.acquire_async()) == pytest.approx(2.0)
+    assert clock.slept == [pytest.approx(2.0)]
+    assert len([r for r in caplog.records if "waiting" in r.getMessage()]) == 1
+
+
+def test_acquire_returns_the_seconds_waited(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=60)
+    assert rl.acquire() == 0.0
+    assert rl.acquire() == pytest.approx(1.0)
+    assert rl.acquire() == pytest.approx(1.0)
