@@ -534,6 +534,14 @@ def test_max_in_flight_counts_concurrent_requests(
     sdk: Mistral, mistral_server: MistralTestServer
 ) -> None:
     mistral_server.latency = 0.4
+
+    def all_eight_in_flight(request: RecordedRequest) -> None:
+        # hold every answer until all 8 requests arrived, so the peak is exactly 8 however
+        # slowly a loaded machine starts the threads
+        if not mistral_server.wait_for_requests(8, timeout=10):
+            raise RuntimeError("the requests were not served concurrently")
+
+    mistral_server.responder = all_eight_in_flight
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: chat(sdk, str(i)), range(8)))
