@@ -38,6 +38,7 @@ __all__ = [
     "is_retryable",
     "parse_retry_after",
     "retry_after_of",
+    "scrub_secret",
     "status_of",
     "translate_error",
 ]
@@ -232,12 +233,31 @@ def _remember_attempts(exc: BaseException, attempts: int) -> None:
         exc.__dict__["__attempts__"] = max(1, attempts)
 
 
+def _scrub(text: str, secret: str | None) -> str:
+    if secret and len(secret) >= 8 and secret in text:
+        return text.replace(secret, "…" + secret[-4:])
+    return text
+
+
+def scrub_secret(exc: BaseException, secret: str | None) -> None:
+    """Mask ``secret`` in what ``exc`` shows in a traceback (args, the SDK's message and body).
+
+    A server may echo the key in an error body, which the SDK copies into its message.
+    """
+    if not secret or len(secret) < 8:
+        return
+    with contextlib.suppress(AttributeError, TypeError):
+        for name in ("message", "body"):
+            value = getattr(exc, name, None)
+            if isinstance(value, str) and secret in value:
+                object.__setattr__(exc, name, _scrub(value, secret))  # the SDK's are frozen
+        exc.args = tuple(_scrub(a, secret) if isinstance(a, str) else a for a in exc.args)
+
+
 def _snippet(text: str | None, secret: str | None) -> str:
     if not text:
         return ""
-    text = " ".join(str(text).split())
-    if secret and len(secret) >= 8:
-        text = text.replace(secret, "…" + secret[-4:])
+    text = _scrub(" ".join(str(text).split()), secret)
     if len(text) > _BODY_SNIPPET:
         text = text[:_BODY_SNIPPET] + "…"
     return text
@@ -259,11 +279,13 @@ def translate_error(
 ) -> BaseException:
     """Map an SDK/``httpx2`` exception to our tree; other exceptions are returned unchanged.
 
-    ``secret`` (the API key) is scrubbed from any server text quoted in the message; request
-    headers are never quoted.  Raise the result ``from exc``.
+    ``secret`` (the API key) is masked in any server text quoted in the message and in
+    ``exc`` itself (:func:`scrub_secret`); request headers are never quoted.  Raise the
+    result ``from exc``.
     """
     if isinstance(exc, MistralEnvError):
         return exc
+    scrub_secret(exc, secret)
     n = attempts if attempts is not None else int(exc.__dict__.get("__attempts__", 1))
     env = f"environment '{environment}'" if environment else "this environment"
 

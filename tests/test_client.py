@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,24 @@ def test_401_names_environment_and_key_source(make: Any, server: MistralTestServ
     assert OTHER_KEY not in message
     assert OTHER_KEY not in repr(info.value.__cause__)
     assert server.count(CHAT) == 1
+
+
+def test_a_key_echoed_by_the_server_never_reaches_a_traceback_or_log(
+    make: Any, server: MistralTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    echo = {"message": f"Invalid API key: {KEY}"}
+    server.enqueue(Fault.status(503, body=echo), Fault.status(401, body=echo))
+    client = make(cache={"enabled": False})
+    client._policy.sleep = lambda s: None
+    with caplog.at_level("DEBUG"), pytest.raises(APIError) as info:
+        client.chat.complete(messages=hello())
+    shown = "".join(traceback.format_exception(info.value))
+    assert info.value.status_code == 401
+    assert f"…{KEY[-4:]}" in shown  # the server's text is kept, masked
+    assert KEY not in shown
+    assert KEY not in repr(info.value.__cause__)
+    assert KEY not in caplog.text
+    assert server.count(CHAT) == 2
 
 
 def test_timeout_is_retried_then_reported(make: Any, server: MistralTestServer) -> None:
