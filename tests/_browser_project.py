@@ -8,7 +8,6 @@ temporary cache directory and generous rate limits; and a clean process environm
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from mistral_nbenv.testing import MistralTestServer
+from tests.conftest import reset_state as reset_core
 
 #: Fake keys shaped like real ones (32 mixed-case alphanumerics); never sent anywhere but loopback.
 KEYS: dict[str, str] = {
@@ -68,19 +68,6 @@ def write_project(
     path = directory / "settings.toml"
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
-
-
-def reset_core() -> None:
-    """Forget the active environment, loaded settings, resolved keys and clients."""
-    from mistral_nbenv import environments, settings
-    from mistral_nbenv.keys import forget_keys
-
-    client = sys.modules.get("mistral_nbenv.client")
-    if client is not None:
-        client.close_clients()
-    environments._reset()
-    settings.reload_settings()
-    forget_keys()
 
 
 def use_project(

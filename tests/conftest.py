@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     reset_state()
     yield
     reset_state()
+
+
+@pytest.fixture
+def lproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A loopback Mistral server and a project whose environments point at it."""
+    from tests._browser_project import loopback_project
+
+    with loopback_project(tmp_path, monkeypatch) as server:
+        yield server
 
 
 ProjectFactory = Callable[..., Path]

@@ -15,7 +15,6 @@ from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import (
     KEYS,
     assert_no_key,
-    loopback_project,
     reset_core,
     scrubbed_environ,
     use_project,
@@ -54,13 +53,6 @@ class Outputs:
 
     def all(self) -> str:
         return "\n".join(str(v) for b in self.bundles for v in b.values())
-
-
-@pytest.fixture
-def lproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MistralTestServer]:
-    """A loopback server and a project whose environments point at it; clean global state."""
-    with loopback_project(tmp_path, monkeypatch) as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,16 +15,8 @@ from mistral_nbenv.widget import EnvironmentSwitcher
 from tests._browser_project import (
     KEYS,
     assert_no_key,
-    loopback_project,
     use_project,
 )
-
-
-@pytest.fixture
-def lproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MistralTestServer]:
-    """A loopback server and a project whose environments point at it; clean global state."""
-    with loopback_project(tmp_path, monkeypatch) as server:
-        yield server
 
 
 @pytest.fixture
