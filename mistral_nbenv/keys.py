@@ -32,6 +32,7 @@ __all__ = [
     "ResolvedKey",
     "forget_keys",
     "get_api_key",
+    "known_secret_values",
     "local_key",
     "project_getenv",
     "resolve_api_key",
@@ -109,6 +110,14 @@ def project_getenv(project_dir: Path | None) -> Callable[[str], str | None]:
 _lock = threading.RLock()
 _remote: dict[tuple[object, ...], tuple[float, SecretStr]] = {}
 _resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
+
+
+def known_secret_values() -> list[str]:
+    """Every key this process has resolved or fetched (for redaction, never for display)."""
+    with _lock:
+        values = [key.value.get_secret_value() for _, key in _resolved.values()]
+        values += [secret.get_secret_value() for _, secret in _remote.values()]
+    return values
 
 
 def forget_keys() -> None:
