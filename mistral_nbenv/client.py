@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
+from ._logging import apply_debug
 from .cache import ResponseCache
 from .errors import CacheMissError, ConfigurationError
 from .ratelimit import ConcurrencyLimiter, RateLimiter
@@ -839,13 +840,17 @@ def _on_switch(old: str, new: str) -> None:
 
 
 def get_client(env: str | None = None) -> Client:
-    """The client of ``env`` (default: the active environment), created once and reused."""
+    """The client of ``env`` (default: the active environment), created once and reused.
+
+    Debug logging follows the ``debug`` setting of the environment asked for.
+    """
     global _listener_remover
     from .keys import get_api_key
     from .settings import get_settings
 
     settings = get_settings(env)
     name = settings.environment
+    apply_debug(bool(settings.debug))
     with _registry_lock:
         client = _clients.get(name)
         if client is not None and client.settings is settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -747,6 +748,48 @@ def test_get_client_reuse_switch_and_reload(
     settings.reload_settings()
     assert client_module.get_client("staging") is not client
     client_module.close_clients()
+
+
+def test_get_client_follows_the_debug_setting_and_logs_no_key(
+    project: Any,
+    server: MistralTestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mistral_nbenv import client as client_module
+    from mistral_nbenv._logging import HANDLER_NAME, apply_debug
+
+    def debug_on() -> bool:
+        handlers = logging.getLogger("mistral_nbenv").handlers
+        return any(h.get_name() == HANDLER_NAME for h in handlers)
+
+    project(
+        f"""
+        [default]
+        server_url = "{server.url}"
+        [default.cache]
+        directory = "{tmp_path / "debug-cache"}"
+        [development.rate_limits]
+        requests_per_minute = 6000
+        """
+    )
+    monkeypatch.setenv("MISTRAL_API_KEY_DEV", KEY)  # the one the server accepts
+    monkeypatch.setenv("MISTRAL_API_KEY_STAGING", OTHER_KEY)
+    try:
+        dev = client_module.get_client("development")  # packaged defaults: debug on
+        assert debug_on()
+        dev._policy.sleep = lambda s: None
+        server.enqueue(Fault.status(503, body={"message": f"not for {KEY}"}))
+        dev.chat.complete(messages=hello())
+        err = capsys.readouterr().err
+        assert "retrying" in err
+        assert KEY not in err
+        client_module.get_client("staging")  # debug off there
+        assert not debug_on()
+    finally:
+        apply_debug(False)
+        client_module.close_clients()
 
 
 def test_import_is_light() -> None:
