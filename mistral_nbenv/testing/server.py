@@ -403,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
         if bad_json:
             return self._send_json(400, {"object": "error", "message": "Invalid JSON body"})
-        reply = self.server.app._route(record)
+        reply = app._route(record)
         if fault is not None and fault.kind == "malformed":
             reply = _Reply(
                 body=fault.body, events=[fault.body] if reply.events is not None else None
@@ -513,6 +513,12 @@ class MistralTestServer:
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._routes: dict[str, tuple[str, Callable[[RecordedRequest], _Reply]]] = {
+            CHAT_PATH: ("POST", self._completion),
+            FIM_PATH: ("POST", self._completion),
+            EMBEDDINGS_PATH: ("POST", self._embeddings),
+            MODELS_PATH: ("GET", self._list_models),
+        }
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -678,17 +684,12 @@ class MistralTestServer:
 
     def _route(self, record: RecordedRequest) -> _Reply:
         path, method = record.path.rstrip("/") or "/", record.method
-        routes: dict[str, tuple[str, Callable[[RecordedRequest], _Reply]]] = {
-            CHAT_PATH: ("POST", self._completion),
-            FIM_PATH: ("POST", self._completion),
-            EMBEDDINGS_PATH: ("POST", self._embeddings),
-            MODELS_PATH: ("GET", self._list_models),
-        }
         if path.startswith(MODELS_PATH + "/") and method == "GET":
             return self._retrieve_model(path[len(MODELS_PATH) + 1 :])
-        if path not in routes:
+        route = self._routes.get(path)
+        if route is None:
             return _Reply(404, {"detail": "Not Found"})
-        wanted, handler = routes[path]
+        wanted, handler = route
         if method != wanted:
             return _Reply(405, {"detail": "Method Not Allowed"})
         if wanted == "POST" and not isinstance(record.body, dict):
