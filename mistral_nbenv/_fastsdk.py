@@ -73,14 +73,11 @@ def check() -> list[str]:
         except ImportError as exc:
             problems.append(f"cannot import {modname}: {exc}")
             continue
-        if getattr(mod, "get_type_hints", None) is not typing.get_type_hints and not getattr(
-            getattr(mod, "get_type_hints", None), "_mistral_nbenv", False
-        ):
+        hints = getattr(mod, "get_type_hints", None)
+        if hints is not typing.get_type_hints and not getattr(hints, "_mistral_nbenv", False):
             problems.append(f"{modname}.get_type_hints is not typing.get_type_hints")
     for pkg in _LAZY_PACKAGES:
-        mod = importlib.import_module(pkg)
-        getattr_fn = mod.__dict__.get("__getattr__")
-        if getattr_fn is None:
+        if "__getattr__" not in vars(importlib.import_module(pkg)):
             problems.append(f"{pkg} has no module __getattr__")
     try:
         basesdk = importlib.import_module(_BASESDK)
@@ -89,10 +86,9 @@ def check() -> list[str]:
     else:
         if not callable(getattr(basesdk, "run_sync_in_thread", None)):
             problems.append(f"{_BASESDK}.run_sync_in_thread is missing")
-        for meth in ("do_request_async",):
-            code = getattr(getattr(basesdk.BaseSDK, meth, None), "__code__", None)
-            if code is None or "run_sync_in_thread" not in code.co_names:
-                problems.append(f"{_BASESDK}.BaseSDK.{meth} no longer uses run_sync_in_thread")
+        code = getattr(getattr(basesdk.BaseSDK, "do_request_async", None), "__code__", None)
+        if code is None or "run_sync_in_thread" not in code.co_names:
+            problems.append(f"{_BASESDK}.BaseSDK.do_request_async no longer runs hooks in a thread")
     return problems
 
 
