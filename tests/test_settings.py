@@ -101,7 +101,7 @@ def test_packaged_defaults_alone_carry_the_seed_values() -> None:
             "production",
             "model",
             "mistral-large-latest",
-            "settings.toml [prod]".replace("[prod]", "[production]"),
+            "settings.toml [production]",
         ),
     ],
 )
