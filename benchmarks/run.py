@@ -50,7 +50,7 @@ def machine_info() -> dict[str, Any]:
         "pydantic": _version("pydantic"),
         "diskcache": _version("diskcache"),
         "ipython": _version("ipython"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 

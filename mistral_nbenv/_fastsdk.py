@@ -18,14 +18,23 @@ that never change:
   edits since the key is always passed explicitly) they run inline.
 
 All of it is transparent: the same functions are called with the same arguments, only
-their results are reused.  :func:`check` verifies the internals this relies on; when they
-change, :func:`install` does nothing and returns False, and the plain SDK path is used.
-Tested against mistralai >=3.7,<3.8 (see ``tests/test_client.py::test_fastsdk_internals``).
+their results are reused.
+
+**Confined to the wrapper's own calls.** The patches are module-wide (that is where the SDK
+looks the functions up), but each patched function serves from its memo only while the
+context variable :data:`SCOPE` is set, which the wrapper does around its own SDK calls and
+stream reads (:func:`enter` / :func:`leave`). Everywhere else, a plain ``Mistral(...)`` that
+a user builds in the same process included, the original SDK function runs unchanged.
+
+**Self-checking, any SDK version.** :func:`check` verifies the internals this relies on;
+where they differ (another SDK release), :func:`install` changes nothing, logs one debug
+line, returns False, and the plain SDK path is used. The ``fast_sdk`` setting turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import logging
 import threading
@@ -33,7 +42,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check", "inline_hooks", "install", "installed", "uninstall"]
+__all__ = ["SCOPE", "check", "enter", "inline_hooks", "install", "installed", "leave", "uninstall"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,20 @@ _INLINE_MARK = "_mistral_nbenv_inline_hooks"
 _lock = threading.Lock()
 _saved: list[tuple[object, str, object]] = []
 _installed = False
+_refused: list[str] | None = None  # the problems found by the last failed check
+
+#: Set (True) while the wrapper runs its own SDK call; the patches act only then.
+SCOPE: contextvars.ContextVar[bool] = contextvars.ContextVar("mistral_nbenv_fastsdk", default=False)
+
+
+def enter() -> contextvars.Token[bool]:
+    """Mark the current context as the wrapper's own SDK call; pass the token to :func:`leave`."""
+    return SCOPE.set(True)
+
+
+def leave(token: contextvars.Token[bool]) -> None:
+    """End the scope opened by :func:`enter`."""
+    SCOPE.reset(token)
 
 
 def check() -> list[str]:
@@ -99,13 +122,19 @@ def installed() -> bool:
 
 def install() -> bool:
     """Apply the speed-ups once per process; False (and nothing changed) if the SDK differs."""
-    global _installed
+    global _installed, _refused
     with _lock:
         if _installed:
             return True
+        if _refused is not None:
+            return False  # checked once already: the SDK does not change within a process
         problems = check()
         if problems:
-            log.debug("mistral_nbenv: SDK fast path disabled: %s", "; ".join(problems))
+            _refused = problems
+            log.debug(
+                "mistral_nbenv: SDK fast path off for this SDK version, using the plain path: %s",
+                "; ".join(problems),
+            )
             return False
         _patch_create_model()
         _patch_coerce_iterables()
@@ -118,8 +147,9 @@ def install() -> bool:
 
 def uninstall() -> None:
     """Restore every patched SDK attribute (for benchmarks comparing with the raw SDK)."""
-    global _installed
+    global _installed, _refused
     with _lock:
+        _refused = None
         while _saved:
             owner, name, value = _saved.pop()
             if value is _MISSING:
@@ -153,6 +183,8 @@ def _patch_create_model() -> None:
     known_config: dict[str, Any] = {"populate_by_name": True, "arbitrary_types_allowed": True}
 
     def create_model(__model_name: str, **kwargs: Any) -> Any:
+        if not SCOPE.get():
+            return original(__model_name, **kwargs)
         body = kwargs.get("body")
         config = kwargs.get("__config__")
         if (
@@ -197,7 +229,7 @@ def _patch_coerce_iterables() -> None:
     original: Callable[..., Any] = ser._coerce_iterables_for_type
 
     def _coerce_iterables_for_type(data: Any, typ: Any) -> Any:
-        if _plain_json(data):
+        if SCOPE.get() and _plain_json(data):
             return data
         return original(data, typ)
 
@@ -208,7 +240,7 @@ def _patch_type_hints() -> None:
     cache: dict[Any, Any] = {}
 
     def get_type_hints(obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs or not isinstance(obj, type):
+        if args or kwargs or not isinstance(obj, type) or not SCOPE.get():
             return typing.get_type_hints(obj, *args, **kwargs)
         try:
             return cache[obj]
@@ -226,11 +258,16 @@ def _patch_lazy_getattr() -> None:
         mod = importlib.import_module(pkg)
         original = mod.__dict__["__getattr__"]
 
-        def __getattr__(name: str, _mod: Any = mod, _orig: Any = original) -> Any:
-            value = _orig(name)
-            if not name.startswith("__"):
-                setattr(_mod, name, value)
-            return value
+        resolved: dict[str, Any] = {}
+
+        def __getattr__(name: str, _orig: Any = original, _seen: dict[str, Any] = resolved) -> Any:
+            if not SCOPE.get() or name.startswith("__"):
+                return _orig(name)
+            try:
+                return _seen[name]
+            except KeyError:
+                value = _seen[name] = _orig(name)
+                return value
 
         _set(mod, "__getattr__", __getattr__)
 

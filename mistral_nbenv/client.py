@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
+from . import _fastsdk
 from ._logging import apply_debug
 from .cache import ResponseCache
 from .errors import CacheMissError, ConfigurationError
@@ -85,6 +86,7 @@ class _SDK:
     httpx: Any
     ssl_context: Any
     adapters: dict[str, Any]
+    model_types: dict[str, Any]
     _lock = threading.Lock()
 
     @classmethod
@@ -103,8 +105,17 @@ class _SDK:
             # One SSL context for every HTTP client: building one costs ~60 ms.
             cls.ssl_context = httpx2.create_ssl_context()
             cls.adapters = {}
+            cls.model_types = {}
             cls.loaded = True
         return cls
+
+    @classmethod
+    def model(cls, name: str) -> Any:
+        """An SDK response model by name, looked up once (the SDK resolves names lazily)."""
+        found = cls.model_types.get(name)
+        if found is None:
+            found = cls.model_types[name] = getattr(cls.models, name)
+        return found
 
     @classmethod
     def adapter(cls, name: str) -> Any:
@@ -260,11 +271,13 @@ def _response_json(result: Any, seen: list[Any]) -> str:
 class Client:
     """A Mistral client bound to one environment; same methods as the SDK's ``Mistral``."""
 
-    def __init__(self, settings: Settings, api_key: ResolvedKey, *, fast_sdk: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, api_key: ResolvedKey, *, fast_sdk: bool | None = None
+    ) -> None:
         self.settings = settings
         self.environment = settings.environment
         self._key = api_key
-        self._fast_sdk = fast_sdk
+        self._fast_sdk = settings.fast_sdk if fast_sdk is None else fast_sdk
         self.stats = ClientStats()
         self._timeout_ms = max(1, int(float(settings.timeout) * 1000))
         self._cache_enabled = bool(settings.cache.enabled)
@@ -305,8 +318,6 @@ class Client:
         sdk = _SDK.load()
         fast = False
         if self._fast_sdk:
-            from . import _fastsdk
-
             fast = _fastsdk.install()
         raw = sdk.Mistral(
             api_key=self._key.value.get_secret_value(),
@@ -477,7 +488,7 @@ class Client:
     def _call(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Any:
         text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return getattr(_SDK.models, ep.response).model_validate_json(text)
+            return _SDK.model(ep.response).model_validate_json(text)
         method = getattr(getattr(self.raw, ep.group), ep.method)
         estimate = self._estimate(kwargs)
         seen: list[Any] = []
@@ -485,10 +496,11 @@ class Client:
         def attempt() -> Any:
             self._waited(self._limiter.acquire(estimate))
             seen.clear()
-            token = _responses.set(seen)
+            token, scope = _responses.set(seen), _fastsdk.enter()
             try:
                 return method(**kwargs)
             finally:
+                _fastsdk.leave(scope)
                 _responses.reset(token)
 
         self._concurrency.acquire()
@@ -503,7 +515,7 @@ class Client:
     async def _call_async(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Any:
         text, key = self._lookup(ep, kwargs)
         if text is not None:
-            return getattr(_SDK.models, ep.response).model_validate_json(text)
+            return _SDK.model(ep.response).model_validate_json(text)
         method = getattr(getattr(self._raw_for_loop(), ep.group), ep.method + "_async")
         estimate = self._estimate(kwargs)
         seen: list[Any] = []
@@ -511,10 +523,11 @@ class Client:
         async def attempt() -> Any:
             self._waited(await self._limiter.acquire_async(estimate))
             seen.clear()
-            token = _responses.set(seen)
+            token, scope = _responses.set(seen), _fastsdk.enter()
             try:
                 return await method(**kwargs)
             finally:
+                _fastsdk.leave(scope)
                 _responses.reset(token)
 
         await self._concurrency.acquire_async()
@@ -527,7 +540,7 @@ class Client:
         return self._finish_call(result, estimate, key, seen)
 
     def _replay(self, ep: _Endpoint, text: str) -> list[Any]:
-        event_type = getattr(_SDK.models, ep.response)
+        event_type = _SDK.model(ep.response)
         return [event_type.model_validate_json(line) for line in text.splitlines()]
 
     def _stream(self, ep: _Endpoint, kwargs: dict[str, Any]) -> Stream:
@@ -539,14 +552,18 @@ class Client:
 
         def attempt() -> tuple[Any, list[Any]]:
             self._waited(self._limiter.acquire(estimate))
-            events = method(**kwargs)
-            try:  # a stream is retried only until its first event arrives
-                return events, [next(events)]
-            except StopIteration:
-                return events, []
-            except BaseException:
-                events.close()
-                raise
+            scope = _fastsdk.enter()
+            try:
+                events = method(**kwargs)
+                try:  # a stream is retried only until its first event arrives
+                    return events, [next(events)]
+                except StopIteration:
+                    return events, []
+                except BaseException:
+                    events.close()
+                    raise
+            finally:
+                _fastsdk.leave(scope)
 
         self._concurrency.acquire()  # released by the Stream when it ends
         try:
@@ -567,14 +584,18 @@ class Client:
 
         async def attempt() -> tuple[Any, list[Any]]:
             self._waited(await self._limiter.acquire_async(estimate))
-            events = await method(**kwargs)
+            scope = _fastsdk.enter()
             try:
-                return events, [await events.__anext__()]
-            except StopAsyncIteration:
-                return events, []
-            except BaseException:
-                await events.close()
-                raise
+                events = await method(**kwargs)
+                try:
+                    return events, [await events.__anext__()]
+                except StopAsyncIteration:
+                    return events, []
+                except BaseException:
+                    await events.close()
+                    raise
+            finally:
+                _fastsdk.leave(scope)
 
         await self._concurrency.acquire_async()  # released by the stream when it ends
         try:
@@ -677,6 +698,7 @@ class Stream(_StreamBase):
             return self._next_pending()
         if self._done:
             raise StopIteration
+        scope = _fastsdk.enter()
         try:
             event = next(self._source)
         except StopIteration:
@@ -685,6 +707,8 @@ class Stream(_StreamBase):
         except Exception as exc:
             self.close()
             self._client._raise_mapped(exc, self._kwargs)
+        finally:
+            _fastsdk.leave(scope)
         return self._note(event)
 
     def close(self) -> None:
@@ -718,6 +742,7 @@ class AsyncStream(_StreamBase):
             return self._next_pending()
         if self._done:
             raise StopAsyncIteration
+        scope = _fastsdk.enter()
         try:
             event = await self._source.__anext__()
         except StopAsyncIteration:
@@ -726,6 +751,8 @@ class AsyncStream(_StreamBase):
         except Exception as exc:
             await self.aclose()
             self._client._raise_mapped(exc, self._kwargs)
+        finally:
+            _fastsdk.leave(scope)
         return self._note(event)
 
     async def aclose(self) -> None:

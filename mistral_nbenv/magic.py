@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -57,6 +58,23 @@ from .errors import MistralEnvError, ProductionConfirmationRequired
 __all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
 
 SUBCOMMANDS = ("status", "list", "check", "use", "cache")
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _named_line_magic(name: str) -> Callable[[_Method], _Method]:
+    """IPython's ``line_magic(name)``, typed as the decorator it is.
+
+    IPython 9 annotates the marker as returning ``_F | Callable[[_F], _F]`` for both the
+    bare and the named form, which mypy cannot apply to a method (it reads ``_F`` as
+    ``Never``). Called with a name, it always returns the decorator.
+    """
+    return cast("Callable[[_Method], _Method]", line_magic(name))
+
+
+def _named_cell_magic(name: str) -> Callable[[_Method], _Method]:
+    """IPython's ``cell_magic(name)``, typed as the decorator it is (see above)."""
+    return cast("Callable[[_Method], _Method]", cell_magic(name))
 
 
 class _HelpShown(Exception):
@@ -113,7 +131,7 @@ class MistralMagics(Magics):
         self.switchers: list[Any] = []
 
     # ------------------------------------------------------------------ %mistral_env
-    @line_magic("mistral_env")
+    @_named_line_magic("mistral_env")
     def mistral_env(self, line: str = "") -> None:
         """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
         from IPython.utils.process import arg_split
@@ -201,7 +219,7 @@ class MistralMagics(Magics):
     @argument("-s", "--system", help="system prompt")
     @argument("--no-cache", action="store_true", help="skip the response cache for this call")
     @argument("-t", "--temperature", type=float, help="sampling temperature")
-    @cell_magic("mistral")
+    @_named_cell_magic("mistral")
     def mistral(self, line: str, cell: str) -> ChatAnswer:
         """Send the cell as the user message; render the answer as Markdown; return it (``_``)."""
         from IPython.utils.process import arg_split

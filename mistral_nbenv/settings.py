@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,10 +48,8 @@ ENV_VARS_LABEL = "environment variable"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    import tomllib
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -96,6 +93,7 @@ SCHEMA: dict[str, _Rule] = {
     "retry_max_wait": _NONNEG,
     "debug": _BOOL,
     "protected": _BOOL,
+    "fast_sdk": _BOOL,
     "api_key": _STR,
     "cache.enabled": _BOOL,
     "cache.ttl_seconds": _NONNEG,
@@ -183,6 +181,7 @@ class Settings:
     rate_limits: RateLimitSettings
     features: FeatureFlags
     secrets: SecretsSettings
+    fast_sdk: bool = True
     project_dir: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -538,6 +537,7 @@ def _build(project: _Project, env: str) -> Settings:
         retry_max_wait=float(v["retry_max_wait"]),
         debug=v["debug"],
         protected=v["protected"],
+        fast_sdk=v["fast_sdk"],
         api_key=secret("api_key"),
         cache=CacheSettings(
             enabled=v["cache.enabled"],

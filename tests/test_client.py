@@ -809,7 +809,7 @@ def test_import_is_light() -> None:
 
 
 def test_fastsdk_internals() -> None:
-    """Fails loudly when the SDK internals that _fastsdk patches change (pin: mistralai 3.7.x)."""
+    """Fails loudly when the SDK internals that _fastsdk patches change (tested: mistralai 3.7)."""
     from mistral_nbenv import _fastsdk
 
     assert _fastsdk.check() == []
@@ -836,3 +836,115 @@ def test_fastsdk_is_transparent(tmp_path: Path, server: MistralTestServer) -> No
     assert got.usage == expected.usage
     plain.close()
     fast.close()
+
+
+@pytest.fixture
+def fastsdk_reset() -> Any:
+    """Each test starts from the SDK unpatched and leaves it installed as the suite expects."""
+    from mistral_nbenv import _fastsdk
+
+    _fastsdk.uninstall()
+    yield _fastsdk
+    _fastsdk.uninstall()
+    _fastsdk.install()
+
+
+def test_fastsdk_falls_back_on_a_different_sdk(
+    fastsdk_reset: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    server: MistralTestServer,
+) -> None:
+    """An SDK whose internals differ (simulated): no patch, one debug line, calls still work."""
+    import importlib
+
+    ser = importlib.import_module("mistralai.client.utils.serializers")
+
+    def unmarshal(val: Any, typ: Any, **_options: Any) -> Any:  # a "release" with no create_model
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(typ).validate_python(val)
+
+    monkeypatch.setattr(ser, "unmarshal", unmarshal)
+    original_create_model = ser.create_model
+    caplog.set_level(logging.DEBUG, logger="mistral_nbenv._fastsdk")
+    settings = make_settings(tmp_path, server.url, cache={"enabled": False})
+    clients = [Client(settings, resolved()) for _ in range(2)]
+    try:
+        for client in clients:
+            answer = client.chat.complete(messages=hello("fallback"))
+            assert answer.choices[0].message.content == "Echo: fallback"
+    finally:
+        for client in clients:
+            client.close()
+    assert fastsdk_reset.installed() is False
+    assert ser.create_model is original_create_model  # nothing was patched
+    lines = [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "unmarshal no longer calls create_model" in lines[0]
+
+
+def test_fastsdk_never_changes_a_users_own_sdk_client(
+    fastsdk_reset: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, server: MistralTestServer
+) -> None:
+    """The patches act only inside the wrapper's calls; a plain Mistral() gets the SDK as is."""
+    import importlib
+
+    from mistralai.client import Mistral
+
+    assert fastsdk_reset.install() is True
+    ser = importlib.import_module("mistralai.client.utils.serializers")
+    config = {"populate_by_name": True, "arbitrary_types_allowed": True}
+
+    def build() -> Any:
+        return ser.create_model("Probe", body=(int, ...), __config__=config)
+
+    assert build() is not build()  # outside the scope: pydantic's create_model, a new class
+    token = fastsdk_reset.enter()
+    try:
+        assert build() is build()  # inside: memoised
+    finally:
+        fastsdk_reset.leave(token)
+
+    scopes: list[bool] = []
+    patched = ser.create_model
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        scopes.append(fastsdk_reset.SCOPE.get())
+        return patched(*args, **kwargs)
+
+    monkeypatch.setattr(ser, "create_model", spy)
+    user = Mistral(api_key=KEY, server_url=server.url)
+    try:
+        assert user.chat.complete(model="m", messages=hello("mine")).choices[0].message.content
+        assert scopes and not any(scopes)  # every model build of the user's call: plain SDK
+        hooks = user.sdk_configuration.__dict__["_hooks"]
+        assert not getattr(hooks, "_mistral_nbenv_inline_hooks", False)
+    finally:
+        user.sdk_configuration.client.close()
+    scopes.clear()
+    ours = Client(make_settings(tmp_path, server.url, cache={"enabled": False}), resolved())
+    try:
+        ours.chat.complete(messages=hello("ours"))
+    finally:
+        ours.close()
+    assert scopes and all(scopes)
+
+
+def test_fast_sdk_setting_off(
+    fastsdk_reset: Any, tmp_path: Path, server: MistralTestServer, project: Any
+) -> None:
+    """``fast_sdk = false`` keeps the SDK unpatched; the wrapper still works."""
+    from mistral_nbenv.settings import get_settings
+
+    project("[staging]\nfast_sdk = false\n")
+    assert get_settings("staging").fast_sdk is False
+    assert get_settings("production").fast_sdk is True
+    settings = make_settings(tmp_path, server.url, cache={"enabled": False}, fast_sdk=False)
+    client = Client(settings, resolved())
+    try:
+        assert client.chat.complete(messages=hello("slow")).choices[0].message.content
+        assert fastsdk_reset.installed() is False
+    finally:
+        client.close()

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
@@ -350,7 +350,7 @@ def test_rate_limit_sends_retry_after_seconds(
 def test_rate_limit_sends_retry_after_as_http_date(
     sdk: Mistral, mistral_server: MistralTestServer
 ) -> None:
-    fixed = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    fixed = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     mistral_server.enqueue(Fault.rate_limit(3, http_date=True), Fault.rate_limit(fixed))
     before = time.time()
     with pytest.raises(errors.SDKError) as info:
