@@ -12,18 +12,8 @@ secret-store libraries are imported only when first needed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .environments import (
-    current_environment,
-    detect_environment,
-    environment,
-    feature_flags,
-    require_environment,
-    require_production,
-    requires_environment,
-    use_environment,
-)
 from .errors import (
     APIConnectionError,
     APIError,
@@ -37,10 +27,19 @@ from .errors import (
     RateLimitError,
     SecretBackendError,
 )
-from .settings import get_settings, list_environments
-
-if TYPE_CHECKING:
-    from .client import Client
+from .workspace import (
+    current_environment,
+    detect_environment,
+    environment,
+    feature_flags,
+    get_client,
+    get_settings,
+    list_environments,
+    require_environment,
+    require_production,
+    requires_environment,
+    use_environment,
+)
 
 __version__ = "0.1.0"
 
@@ -71,13 +70,6 @@ __all__ = [
     "unload_ipython_extension",
     "use_environment",
 ]
-
-
-def get_client(env: str | None = None) -> Client:
-    """A Mistral client bound to ``env`` (default: the active environment)."""
-    from .client import get_client as _get_client
-
-    return _get_client(env)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterable
 
 from .secrets import mask
 
@@ -27,15 +28,27 @@ def _mask_match(match: re.Match[str]) -> str:
     return mask(match.group(0))
 
 
+KnownSecrets = Callable[[], Iterable[str]]
+
+
+def _none() -> Iterable[str]:
+    return ()
+
+
 class RedactSecrets(logging.Filter):
-    """Replace every resolved key, and anything shaped like a Mistral key, by its masked form."""
+    """Replace every known secret, and anything shaped like a Mistral key, by its masked form.
+
+    ``known`` returns the secrets to look for (the workspace's resolved keys).
+    """
+
+    def __init__(self, known: KnownSecrets = _none) -> None:
+        super().__init__()
+        self.known = known
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Render the message once, redacted, so formatting cannot reintroduce a secret."""
-        from .keys import known_secret_values
-
         message = record.getMessage()
-        for secret in known_secret_values():
+        for secret in self.known():
             if secret and secret in message:
                 message = message.replace(secret, mask(secret))
         record.msg = _KEY_SHAPE.sub(_mask_match, message)
@@ -50,15 +63,22 @@ def _handler(logger: logging.Logger) -> logging.Handler | None:
     return None
 
 
-def apply_debug(enabled: bool) -> None:
-    """Turn debug logging of ``mistral_nbenv`` to stderr on or off."""
+def apply_debug(enabled: bool, known: KnownSecrets = _none) -> None:
+    """Turn debug logging of ``mistral_nbenv`` to stderr on or off.
+
+    ``known`` returns the secrets the handler's filter redacts besides key-shaped tokens.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     handler = _handler(logger)
+    if enabled and handler is not None:
+        for existing in handler.filters:
+            if isinstance(existing, RedactSecrets):
+                existing.known = known
     if enabled and handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        handler.addFilter(RedactSecrets())
+        handler.addFilter(RedactSecrets(known))
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     elif not enabled and handler is not None:

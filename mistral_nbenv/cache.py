@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import diskcache
 
-    from .settings import Settings
+    from .config import Settings
 
 __all__ = [
     "CacheUnavailableWarning",
     "ResponseCache",
     "cache_dir",
     "cache_root",
-    "cache_stats",
     "canonical_json",
-    "clear_cache",
+    "clear_for",
     "private_umask",
     "request_key",
+    "stats_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -312,11 +312,8 @@ class ResponseCache:
             return 0
 
 
-def cache_stats(env: str | None = None) -> dict[str, Any]:
+def stats_for(settings: Settings) -> dict[str, Any]:
     """Entries, bytes, directory, enabled flag and TTL of one environment's cache."""
-    from .settings import get_settings
-
-    settings = get_settings(env)
     directory = cache_dir(settings)
     info: dict[str, Any] = {
         "environment": settings.environment,
@@ -334,11 +331,8 @@ def cache_stats(env: str | None = None) -> dict[str, Any]:
     return info
 
 
-def clear_cache(env: str | None = None) -> int:
+def clear_for(settings: Settings) -> int:
     """Remove every cached response of one environment (never another's); return how many."""
-    from .settings import get_settings
-
-    settings = get_settings(env)
     if not cache_dir(settings).is_dir():
         return 0
     return ResponseCache.for_settings(settings).clear()

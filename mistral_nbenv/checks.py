@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import is_reference
-from .settings import SCHEMA, Settings, ignored_variables, project_files
+from .config import SCHEMA, Project, Settings
 
 __all__ = ["Finding", "project_findings"]
 
@@ -107,11 +107,10 @@ def _settings_findings(settings: Settings) -> list[Finding]:
     return findings
 
 
-def project_findings(settings_list: list[Settings]) -> list[Finding]:
+def project_findings(project: Project, settings_list: list[Settings]) -> list[Finding]:
     """Findings about the project's files and the given environments' settings."""
-    _, _, secrets_file = project_files()
-    findings = _file_findings(secrets_file)
-    for variable in ignored_variables():
+    findings = _file_findings(project.secrets_file)
+    for variable in project.ignored_variables:
         findings.append(
             Finding(
                 f"{variable} is ignored: keys are per environment. Use MISTRAL_API_KEY_DEV / "

@@ -23,11 +23,12 @@ def _ansi(out: TextIO) -> bool:
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import collect_status, status_text
-    from .environments import current_environment, detection_reason
-    from .settings import get_settings, project_files
+    from .display import status_text
+    from .status import collect_status
+    from .workspace import current_environment, detection_reason, get_settings, project
 
-    _, settings_file, secrets_file = project_files()
+    loaded = project()
+    settings_file, secrets_file = loaded.settings_file, loaded.secrets_file
     active = current_environment()
     print(f"active environment: {active} (from {detection_reason()})", file=out)
     files = [str(p) for p in (settings_file, secrets_file) if p is not None]
@@ -45,8 +46,9 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _list(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import collect_status, environments_text
-    from .settings import list_environments
+    from .display import environments_text
+    from .status import collect_status
+    from .workspace import list_environments
 
     statuses = [collect_status(name) for name in list_environments()]
     print(environments_text(statuses, ansi=_ansi(out)), file=out)
@@ -54,7 +56,8 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import check_text, collect_check, collect_findings
+    from .display import check_text
+    from .status import collect_check, collect_findings
 
     results = collect_check(args.env, all_environments=args.all)
     findings = collect_findings(results)
@@ -72,7 +75,7 @@ def _scan(args: argparse.Namespace, out: TextIO) -> int:
 def _configured_keys() -> dict[str, str]:
     """Every environment's key that can be found without calling a secret store."""
     from . import keys
-    from .settings import get_settings, list_environments
+    from .workspace import get_settings, list_environments
 
     found: dict[str, str] = {}
     try:
@@ -90,10 +93,8 @@ def _configured_keys() -> dict[str, str]:
 
 
 def _cache(args: argparse.Namespace, out: TextIO) -> int:
-    from .cache import cache_stats, clear_cache
     from .display import cache_stats_text
-    from .environments import current_environment
-    from .settings import get_settings
+    from .workspace import cache_stats, clear_cache, current_environment, get_settings
 
     env = get_settings(args.env).environment if args.env else current_environment()
     if args.action == "clear":

@@ -1,6 +1,7 @@
 """The Mistral client wrapper: one environment, cache, retries, rate limits, concurrency.
 
-``get_client(env)`` returns a :class:`Client` bound to one environment for its whole life.
+A :class:`Client` is bound to one environment for its whole life (the workspace makes one
+per environment: ``mistral_nbenv.get_client``).
 It mirrors the official SDK (``from mistralai.client import Mistral``): ``chat.complete``,
 ``chat.stream``, ``embeddings.create``, ``fim.complete``, ``fim.stream``, ``models.list``,
 each with an ``_async`` twin, same keyword arguments, the SDK's own response objects, plus
@@ -22,22 +23,21 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from . import _fastsdk
-from ._logging import apply_debug
 from .cache import ResponseCache
-from .errors import CacheMissError, ConfigurationError
+from .errors import CacheMissError
 from .ratelimit import ConcurrencyLimiter, RateLimiter
 from .retry import RetryPolicy, translate_error
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .keys import ResolvedKey
-    from .settings import Settings
 
-__all__ = ["Client", "ClientStats", "close_clients", "get_client"]
+__all__ = ["AsyncStream", "Client", "ClientStats", "Stream"]
 
 log = logging.getLogger(__name__)
 
@@ -851,59 +851,3 @@ class _Models(_Namespace):
     async def list_async(self, **kwargs: Any) -> Any:
         """Async ``models.list``."""
         return await self._client._call_async(_MODELS_LIST, kwargs)
-
-
-# --------------------------------------------------------------------------- registry
-
-_clients: dict[str, Client] = {}
-_registry_lock = threading.Lock()
-_listener_remover: Callable[[], None] | None = None
-
-
-def _on_switch(old: str, new: str) -> None:
-    client = _clients.get(old)
-    if client is not None:
-        client.close()
-
-
-def get_client(env: str | None = None) -> Client:
-    """The client of ``env`` (default: the active environment), created once and reused.
-
-    Debug logging follows the ``debug`` setting of the environment asked for.
-    """
-    global _listener_remover
-    from .keys import get_api_key
-    from .settings import get_settings
-
-    settings = get_settings(env)
-    name = settings.environment
-    apply_debug(bool(settings.debug))
-    with _registry_lock:
-        client = _clients.get(name)
-        if client is not None and client.settings is settings:
-            return client
-        if _listener_remover is None:
-            from .environments import add_switch_listener
-
-            _listener_remover = add_switch_listener(_on_switch)
-    key = get_api_key(name)
-    if key.environment and key.environment != name:  # pragma: no cover - defensive
-        raise ConfigurationError(f"API key resolved for '{key.environment}', not '{name}'")
-    new = Client(settings, key)
-    with _registry_lock:
-        old = _clients.get(name)
-        if old is not None and old.settings is settings:
-            return old
-        _clients[name] = new
-    if old is not None:
-        old.close()
-    return new
-
-
-def close_clients() -> None:
-    """Close every client made by :func:`get_client` (they reopen lazily if used again)."""
-    with _registry_lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for client in clients:
-        client.close()

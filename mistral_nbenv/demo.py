@@ -17,13 +17,14 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-from .display import ChatAnswer, ask, collect_status, one_line, status_text
+from .display import status_text
 from .errors import (
     EnvironmentGuardError,
     MissingAPIKeyError,
     MistralEnvError,
     ProductionConfirmationRequired,
 )
+from .status import ChatAnswer, ask, collect_status, one_line
 
 __all__ = ["run_demo"]
 
@@ -55,19 +56,14 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 def _reset_core() -> None:
     """Forget settings, resolved keys and clients so the next call sees the current setup."""
-    from .keys import forget_keys
-    from .settings import reload_settings
+    from .workspace import reset
 
-    reload_settings()
-    forget_keys()
-    client = sys.modules.get("mistral_nbenv.client")
-    if client is not None:
-        client.close_clients()
+    reset()
 
 
 def _usable_key() -> tuple[bool, str]:
     """Whether development has a key; the key's source, or why there is none (if unusual)."""
-    from .keys import get_api_key
+    from .workspace import get_api_key
 
     try:
         resolved = get_api_key(DEMO_ENV)
@@ -98,9 +94,13 @@ def _ask(client: Any, cache: bool | str) -> ChatAnswer:
 
 
 def _flow(say: Any) -> None:
-    from .client import get_client
-    from .environments import current_environment, require_production, use_environment
-    from .settings import get_settings
+    from .workspace import (
+        current_environment,
+        get_client,
+        get_settings,
+        require_production,
+        use_environment,
+    )
 
     say("1. The active environment")
     say(_indent(status_text(collect_status(DEMO_ENV, with_cache=True))))
@@ -149,12 +149,12 @@ def run_demo(out: TextIO | None = None) -> int:
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
 
-    from .environments import current_environment, use_environment
+    from .workspace import current_environment, use_environment
 
     with ExitStack() as stack:
         has_key, detail = _usable_key()
         if has_key:
-            from .settings import get_settings
+            from .workspace import get_settings
 
             endpoint = get_settings(DEMO_ENV).server_url or "the Mistral API (api.mistral.ai)"
             say(f"Using {endpoint} with your development key {detail}.")

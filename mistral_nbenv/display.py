@@ -1,29 +1,22 @@
 """Plain-text and HTML rendering of environment status, shared by the magic, widget and CLI.
 
-``collect_status`` / ``collect_check`` gather what the core knows about an environment into
-small frozen records (never holding a key, only its masked form); the ``*_text`` and
-``*_html`` functions turn those records into a terminal line or a notebook badge.  Nothing
-here imports IPython or ipywidgets, and the cache module is imported only when asked for.
+The ``*_text`` and ``*_html`` functions turn the records of :mod:`mistral_nbenv.status`
+(which never hold a key, only its masked form) into a terminal line or a notebook badge.
+Nothing here imports IPython or ipywidgets.
 """
 
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MistralEnvError
+from .status import ChatAnswer, CheckResult, EnvironmentStatus
 
 __all__ = [
-    "ChatAnswer",
-    "CheckResult",
-    "EnvironmentStatus",
     "Rich",
     "answer_badge_html",
     "answer_badge_text",
-    "ask",
     "badge_html",
     "badge_text",
     "cache_line_html",
@@ -32,16 +25,12 @@ __all__ = [
     "check_html",
     "check_text",
     "cleared_text",
-    "collect_check",
-    "collect_findings",
-    "collect_status",
     "colour_for",
     "environments_html",
     "environments_text",
     "error_html",
     "format_bytes",
     "message_html",
-    "one_line",
     "status_html",
     "status_text",
 ]
@@ -61,203 +50,6 @@ _ANSI: dict[str, str] = {"production": "31", "staging": "33", "development": "32
 def colour_for(environment: str) -> str:
     """The badge background colour of an environment (production red, staging amber, ...)."""
     return COLOURS.get(environment, GREY)[0]
-
-
-@dataclass(frozen=True)
-class EnvironmentStatus:
-    """What one environment looks like right now; holds no secret, only the masked key."""
-
-    environment: str
-    active: bool = False
-    protected: bool = False
-    model: str = ""
-    server_url: str = ""
-    offline: bool = False
-    key_masked: str | None = None
-    key_source: str = ""
-    key_problem: str | None = None
-    cache_enabled: bool = False
-    cache_ttl_seconds: int = 0
-    cache_entries: int | None = None
-    requests_per_minute: int = 0
-    tokens_per_minute: int = 0
-    max_concurrent_requests: int = 0
-    problem: str | None = None
-
-    @property
-    def endpoint(self) -> str:
-        """The server URL, or the SDK default spelled out."""
-        return self.server_url or "api.mistral.ai (SDK default)"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of checking one environment: settings valid, key found and isolated."""
-
-    environment: str
-    problems: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing is wrong."""
-        return not self.problems
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (its type name if the message is empty)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-class ChatAnswer:
-    """A chat answer plus where it came from (what ``%%mistral`` returns, so ``_`` holds it).
-
-    ``.response`` is the SDK's ``ChatCompletionResponse``; any other attribute (``.choices``,
-    ``.usage``, ``.model``, ...) is read from it.  ``.content`` is the answer text,
-    ``.environment``/``.cached``/``.elapsed_ms`` describe the call.
-    """
-
-    def __init__(
-        self, response: Any, *, environment: str, model: str, cached: bool, elapsed_ms: float
-    ) -> None:
-        self.response = response
-        self.environment = environment
-        self.requested_model = model
-        self.cached = cached
-        self.elapsed_ms = elapsed_ms
-
-    @property
-    def content(self) -> str:
-        """The text of the first choice."""
-        try:
-            content = self.response.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            return ""
-        if isinstance(content, str):
-            return content
-        # structured content: join the text chunks
-        return "".join(getattr(c, "text", "") or "" for c in content or [])
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "response":
-            raise AttributeError(name)
-        return getattr(self.response, name)
-
-    def _repr_markdown_(self) -> str:
-        return self.content
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(self.content)
-
-    def __repr__(self) -> str:
-        return (
-            f"ChatAnswer(environment={self.environment!r}, model={self.requested_model!r}, "
-            f"cached={self.cached}, content={self.content[:60]!r})"
-        )
-
-
-def ask(client: Any, **kwargs: Any) -> ChatAnswer:
-    """``client.chat.complete(**kwargs)``, timed, noting whether the cache answered it."""
-    hits_before = client.stats.hits
-    started = time.perf_counter()
-    response = client.chat.complete(**kwargs)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    return ChatAnswer(
-        response,
-        environment=client.environment,
-        model=getattr(response, "model", None) or kwargs.get("model") or "",
-        cached=client.stats.hits > hits_before,
-        elapsed_ms=elapsed_ms,
-    )
-
-
-def collect_status(env: str | None = None, *, with_cache: bool = False) -> EnvironmentStatus:
-    """Gather the status of ``env`` (None = active); an unknown name raises ConfigurationError."""
-    from ._names import normalize_name
-    from .environments import current_environment
-    from .keys import get_api_key
-    from .settings import get_settings, list_environments
-
-    active = current_environment()
-    name = active if env is None else normalize_name(env, list_environments())
-    try:
-        s = get_settings(name)
-    except MistralEnvError as exc:  # broken settings are shown, not raised
-        return EnvironmentStatus(environment=name, active=name == active, problem=one_line(exc))
-    key_masked: str | None = None
-    key_source = ""
-    key_problem: str | None = None
-    try:
-        resolved = get_api_key(s.environment)
-        key_masked = resolved.value.masked
-        key_source = resolved.source
-    except MistralEnvError as exc:
-        key_problem = one_line(exc)
-    entries: int | None = None
-    if with_cache:
-        try:
-            from .cache import cache_stats
-
-            entries = int(cache_stats(s.environment).get("entries", 0))
-        except Exception:  # status display must never fail because the cache is unreadable
-            entries = None
-    return EnvironmentStatus(
-        environment=s.environment,
-        active=s.environment == active,
-        protected=s.protected,
-        model=s.chat_model,
-        server_url=s.server_url,
-        offline=s.offline,
-        key_masked=key_masked,
-        key_source=key_source,
-        key_problem=key_problem,
-        cache_enabled=s.cache.enabled,
-        cache_ttl_seconds=int(s.cache.ttl_seconds),
-        cache_entries=entries,
-        requests_per_minute=int(s.rate_limits.requests_per_minute),
-        tokens_per_minute=int(s.rate_limits.tokens_per_minute),
-        max_concurrent_requests=int(s.features.max_concurrent_requests),
-    )
-
-
-def collect_check(env: str | None = None, *, all_environments: bool = False) -> list[CheckResult]:
-    """Check ``env`` (or all): settings validate, a key resolves, no key shared."""
-    from ._names import normalize_name
-    from .environments import current_environment
-    from .keys import get_api_key
-    from .settings import get_settings, list_environments
-
-    if all_environments:
-        names = list_environments()
-    else:
-        names = [normalize_name(env, list_environments()) if env else current_environment()]
-    results: list[CheckResult] = []
-    for name in names:
-        problems: list[str] = []
-        notes: list[str] = []
-        try:
-            s = get_settings(name)
-            notes.append(f"model {s.chat_model}")
-            resolved = get_api_key(name)
-            notes.append(f"key {resolved.value.masked} from {resolved.source}")
-        except MistralEnvError as exc:
-            problems.append(one_line(exc))
-        results.append(CheckResult(name, tuple(problems), tuple(notes)))
-    return results
-
-
-def collect_findings(results: Iterable[CheckResult]) -> list[Any]:
-    """Project hygiene findings (``checks.Finding``) for the environments just checked."""
-    from .checks import project_findings
-    from .settings import get_settings
-
-    checked = []
-    for result in results:
-        try:
-            checked.append(get_settings(result.environment))
-        except MistralEnvError:  # already reported by collect_check
-            continue
-    return list(project_findings(checked))
 
 
 # ---------------------------------------------------------------------------------------- text

@@ -10,6 +10,10 @@ Resolution for environment E (first hit wins):
 
 Variables are looked up in the process environment, then the project's ``.env.local``,
 then its ``.env`` (python-dotenv parsing; the process environment is never overridden).
+
+Everything here takes :class:`~mistral_nbenv.config.Settings`, never a name, and holds no
+process state: the keys already resolved and the secrets fetched from stores
+(:class:`SecretCache`) belong to :class:`mistral_nbenv.workspace.Workspace`.
 """
 
 from __future__ import annotations
@@ -17,25 +21,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ._names import key_variable
 from .backends import is_reference, load_backend, parse_reference
+from .config import Settings
 from .errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
 from .secrets import SecretStr
-from .settings import Settings, get_settings, list_environments
 
 __all__ = [
     "ResolvedKey",
-    "forget_keys",
-    "get_api_key",
-    "known_secret_values",
+    "SecretCache",
+    "check_isolation",
     "local_key",
     "project_getenv",
-    "resolve_api_key",
+    "resolve",
 ]
 
 GENERIC_VARIABLE = "MISTRAL_API_KEY"
@@ -107,24 +110,34 @@ def project_getenv(project_dir: Path | None) -> Callable[[str], str | None]:
 
 # --------------------------------------------------------------------------- resolution
 
-_lock = threading.RLock()
-_remote: dict[tuple[object, ...], tuple[float, SecretStr]] = {}
-_resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
 
+class SecretCache:
+    """Keys fetched from secret stores, kept in memory for ``secrets.cache_seconds``."""
 
-def known_secret_values() -> list[str]:
-    """Every key this process has resolved or fetched (for redaction, never for display)."""
-    with _lock:
-        values = [key.value.get_secret_value() for _, key in _resolved.values()]
-        values += [secret.get_secret_value() for _, secret in _remote.values()]
-    return values
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[object, ...], tuple[float, SecretStr]] = {}
 
+    def get(self, key: tuple[object, ...], now: float) -> SecretStr | None:
+        """The cached secret, if it has not expired."""
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > now else None
 
-def forget_keys() -> None:
-    """Drop every key held in memory (fetched secrets and the isolation registry)."""
-    with _lock:
-        _remote.clear()
-        _resolved.clear()
+    def put(self, key: tuple[object, ...], secret: SecretStr, until: float) -> None:
+        """Keep ``secret`` until the monotonic time ``until``."""
+        with self._lock:
+            self._entries[key] = (until, secret)
+
+    def values(self) -> list[str]:
+        """Every secret held (for redaction, never for display)."""
+        with self._lock:
+            return [secret.get_secret_value() for _, secret in self._entries.values()]
+
+    def clear(self) -> None:
+        """Forget every fetched secret."""
+        with self._lock:
+            self._entries.clear()
 
 
 def _fallback_names(env: str) -> list[str]:
@@ -165,9 +178,7 @@ def local_key(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
 
 def _missing(settings: Settings) -> MissingAPIKeyError:
     env, project_dir = settings.environment, settings.project_dir
-    from .settings import project_files
-
-    _, settings_file, secrets_file = project_files()
+    settings_file, secrets_file = settings.settings_file, settings.secrets_file
     files = [str(p) for p in (settings_file, secrets_file) if p is not None]
     looked = [
         f"api_key under [{env}] or [default] in "
@@ -188,17 +199,16 @@ def _missing(settings: Settings) -> MissingAPIKeyError:
     )
 
 
-def _remote_key(settings: Settings) -> ResolvedKey:
+def _remote_key(settings: Settings, fetched: SecretCache) -> ResolvedKey:
     env = settings.environment
     assert settings.api_key is not None
     ref = parse_reference(settings.api_key.get_secret_value())
     origin = settings.source_of("api_key")
     cache_key = (env, ref.raw, settings.secrets, settings.project_dir)
     now = time.monotonic()
-    with _lock:
-        hit = _remote.get(cache_key)
-        if hit is not None and hit[0] > now:
-            return ResolvedKey(env, hit[1], f"{ref.raw} (from {origin}; cached in memory)")
+    hit = fetched.get(cache_key, now)
+    if hit is not None:
+        return ResolvedKey(env, hit, f"{ref.raw} (from {origin}; cached in memory)")
     try:
         backend = load_backend(ref.scheme)
         value = backend.fetch(ref, settings.secrets, project_getenv(settings.project_dir))
@@ -219,16 +229,19 @@ def _remote_key(settings: Settings) -> ResolvedKey:
         )
     secret = SecretStr(value)
     if settings.secrets.cache_seconds > 0:
-        with _lock:
-            _remote[cache_key] = (now + settings.secrets.cache_seconds, secret)
+        fetched.put(cache_key, secret, now + settings.secrets.cache_seconds)
     return ResolvedKey(env, secret, f"{ref.raw} (from {origin})")
 
 
-def resolve_api_key(settings: Settings) -> ResolvedKey:
-    """Find ``settings``' environment's key (may call a secret store); no isolation check."""
+def resolve(settings: Settings, fetched: SecretCache | None = None) -> ResolvedKey:
+    """Find ``settings``' environment's key (may call a secret store); no isolation check.
+
+    ``fetched`` keeps what a store returned for ``secrets.cache_seconds``; without one,
+    every call asks the store.
+    """
     local = local_key(settings)
     if local == "remote":
-        return _remote_key(settings)
+        return _remote_key(settings, fetched if fetched is not None else SecretCache())
     if local is None or not local.value:
         raise _missing(settings)
     return local
@@ -243,41 +256,24 @@ def _duplicate(key: ResolvedKey, other: ResolvedKey) -> ConfigurationError:
     )
 
 
-def check_isolation(key: ResolvedKey) -> None:
+def check_isolation(
+    key: ResolvedKey, peers: Iterable[Settings], resolved: Iterable[ResolvedKey] = ()
+) -> None:
     """Raise ``ConfigurationError`` if another environment has the same key.
 
-    Compares with keys this process already resolved and with every other environment's
-    literal / variable key; it never calls a remote secret store for that.
+    ``resolved`` are keys this process already holds for other environments; ``peers`` are
+    the other environments' settings, whose literal / variable keys are compared too. A
+    secret store is never called for that.
     """
-    with _lock:
-        for env, (settings, other) in list(_resolved.items()):
-            if env == key.environment:
-                continue
-            try:
-                current = get_settings(env)
-            except ConfigurationError:
-                current = None
-            if current is not settings:  # settings were reloaded: that key may be gone
-                del _resolved[env]
-                continue
-            if other.value == key.value:
-                raise _duplicate(key, other)
-    for env in list_environments():
-        if env == key.environment:
+    for other in resolved:
+        if other.environment != key.environment and other.value == key.value:
+            raise _duplicate(key, other)
+    for peer in peers:
+        if peer.environment == key.environment:
             continue
         try:
-            local = local_key(get_settings(env))
+            local = local_key(peer)
         except ConfigurationError:
             continue
         if isinstance(local, ResolvedKey) and local.value == key.value:
             raise _duplicate(key, local)
-
-
-def get_api_key(env: str | None = None) -> ResolvedKey:
-    """The API key of ``env`` (default: the active environment), checked for isolation."""
-    settings = get_settings(env)
-    key = resolve_api_key(settings)
-    check_isolation(key)
-    with _lock:
-        _resolved[settings.environment] = (settings, key)
-    return key

@@ -32,28 +32,23 @@ from IPython.display import display
 from IPython.utils.text import dedent
 
 from .display import (
-    ChatAnswer,
     Rich,
     answer_badge_html,
     answer_badge_text,
-    ask,
     badge_text,
     cache_stats_html,
     cache_stats_text,
     check_html,
     check_text,
     cleared_text,
-    collect_check,
-    collect_findings,
-    collect_status,
     environments_html,
     environments_text,
     message_html,
-    one_line,
     status_html,
     status_text,
 )
 from .errors import MistralEnvError, ProductionConfirmationRequired
+from .status import ChatAnswer, ask, collect_check, collect_findings, collect_status, one_line
 
 __all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -183,7 +178,7 @@ class MistralMagics(Magics):
         _show(status_text(st), status_html(st))
 
     def _list(self) -> None:
-        from .settings import list_environments
+        from .workspace import list_environments
 
         statuses = [collect_status(name) for name in list_environments()]
         _show(environments_text(statuses), environments_html(statuses))
@@ -194,15 +189,14 @@ class MistralMagics(Magics):
         _show(check_text(results, findings), check_html(results, findings))
 
     def _use(self, env: str, confirm: bool) -> None:
-        from .environments import use_environment
+        from .workspace import use_environment
 
         use_environment(env, confirm=confirm)
         st = collect_status(None)
         _show(status_text(st), status_html(st))
 
     def _cache(self, action: str, env: str | None) -> None:
-        from .cache import cache_stats, clear_cache
-        from .settings import get_settings
+        from .workspace import cache_stats, clear_cache, get_settings
 
         name = get_settings(env).environment
         if action == "stats":
@@ -229,7 +223,7 @@ class MistralMagics(Magics):
         message = dedent(cell).strip()
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
-        from .client import get_client
+        from .workspace import get_client
 
         messages: list[dict[str, str]] = []
         if args.system:
@@ -284,6 +278,6 @@ def unload_ipython_extension(ip: Any) -> None:
         switcher.close()
     manager.magics["line"].pop("mistral_env", None)
     manager.magics["cell"].pop("mistral", None)
-    client = sys.modules.get("mistral_nbenv.client")
-    if client is not None:
-        client.close_clients()
+    from .workspace import close_clients
+
+    close_clients()

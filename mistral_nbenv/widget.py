@@ -18,16 +18,21 @@ from .display import (
     badge_html,
     cache_line_html,
     cleared_text,
-    collect_status,
     colour_for,
     error_html,
     message_html,
-    one_line,
     status_html,
 )
-from .environments import add_switch_listener, current_environment, use_environment
 from .errors import MistralEnvError, ProductionConfirmationRequired
-from .settings import list_environments
+from .status import collect_status, one_line
+from .workspace import (
+    add_switch_listener,
+    cache_stats,
+    clear_cache,
+    current_environment,
+    list_environments,
+    use_environment,
+)
 
 __all__ = ["EnvironmentSwitcher"]
 
@@ -101,8 +106,6 @@ class EnvironmentSwitcher(widgets.VBox):
         self._refresh_cache(env)
 
     def _refresh_cache(self, env: str) -> None:
-        from .cache import cache_stats
-
         try:
             self.cache_info.value = cache_line_html(cache_stats(env))
         except Exception as exc:  # an unreadable cache is shown, not raised
@@ -173,8 +176,6 @@ class EnvironmentSwitcher(widgets.VBox):
         self._set_picker(current_environment())
 
     def _on_clear(self, _button: Any = None) -> None:
-        from .cache import clear_cache
-
         def clear() -> None:
             env = current_environment()
             removed = clear_cache(env)

@@ -6,15 +6,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mistral_nbenv.keys import ResolvedKey
-from mistral_nbenv.secrets import SecretStr
-from mistral_nbenv.settings import (
+from mistral_nbenv.config import (
     CacheSettings,
     FeatureFlags,
     RateLimitSettings,
     SecretsSettings,
     Settings,
 )
+from mistral_nbenv.keys import ResolvedKey
+from mistral_nbenv.secrets import SecretStr
 
 KEY = "Zq3XkP9mWv2LrT8sYb4NcF6hJd1GaE7u"  # 32 characters, fake
 OTHER_KEY = "Hy5RtU2oPq8WsX3zLm9NbV4cKj7FgD1a"
@@ -53,5 +53,5 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
 
 
 def resolved(env: str = "staging", key: str = KEY) -> ResolvedKey:
-    """A resolved key as ``keys.get_api_key`` would return it."""
+    """A resolved key as ``workspace.get_api_key`` would return it."""
     return ResolvedKey(env, SecretStr(key), "MISTRAL_API_KEY_STAGING (test)")

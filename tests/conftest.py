@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,13 +19,9 @@ _NAMES = ("VERCEL_ENV", "NODE_ENV", "ENV_FOR_DYNACONF", "SETTINGS_FILE_FOR_DYNAC
 
 def reset_state() -> None:
     """Forget the active environment, loaded settings, keys and clients."""
-    from mistral_nbenv import environments, keys, settings
+    from mistral_nbenv import workspace
 
-    if "mistral_nbenv.client" in sys.modules:
-        sys.modules["mistral_nbenv.client"].close_clients()
-    environments._reset()
-    settings.reload_settings()
-    keys.forget_keys()
+    workspace.reset()
 
 
 @pytest.fixture(autouse=True)

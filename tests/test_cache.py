@@ -104,13 +104,14 @@ def test_unusable_directory_warns_once(tmp_path: Path) -> None:
 
 
 def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Path) -> None:
-    from mistral_nbenv import settings
-    from mistral_nbenv.cache import cache_dir, cache_stats, clear_cache
+    from mistral_nbenv import workspace
+    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.workspace import cache_stats, clear_cache
 
     root = tmp_path / "shared-cache"
     project(f'[default.cache]\ndirectory = "{root}"\n')
     for env in ("staging", "production"):
-        s = settings.get_settings(env)
+        s = workspace.get_settings(env)
         rc = ResponseCache(cache_dir(s), namespace=env, ttl_seconds=60)
         rc.set("a", "{}")
         rc.set("b", "{}")
@@ -126,8 +127,8 @@ def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Pat
 
 
 def test_default_root_is_user_cache_dir(project: Any) -> None:
-    from mistral_nbenv import settings
+    from mistral_nbenv import workspace
     from mistral_nbenv.cache import cache_root
 
     project("")
-    assert "mistral-nbenv" in str(cache_root(settings.get_settings("staging")))
+    assert "mistral-nbenv" in str(cache_root(workspace.get_settings("staging")))

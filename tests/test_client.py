@@ -722,8 +722,7 @@ def test_rate_limit_wait_is_counted(make: Any, server: MistralTestServer) -> Non
 def test_get_client_reuse_switch_and_reload(
     project: Any, server: MistralTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mistral_nbenv import client as client_module
-    from mistral_nbenv import environments, settings
+    from mistral_nbenv import workspace
 
     project(
         f"""
@@ -735,19 +734,19 @@ def test_get_client_reuse_switch_and_reload(
     )
     monkeypatch.setenv("MISTRAL_API_KEY_STAGING", KEY)
     monkeypatch.setenv("MISTRAL_API_KEY_DEV", OTHER_KEY)
-    client = client_module.get_client("staging")
-    assert client_module.get_client("stage") is client
+    client = workspace.get_client("staging")
+    assert workspace.get_client("stage") is client
     assert client.environment == "staging"
     assert KEY not in repr(client)
     assert client.chat.complete(messages=hello()).choices
-    environments.use_environment("staging")
-    environments.use_environment("development")  # switching away closes staging's client
+    workspace.use_environment("staging")
+    workspace.use_environment("development")  # switching away closes staging's client
     assert client._raw is None
     assert client.chat.complete(messages=hello("reopened")).choices  # still staging
     assert last(server).api_key == KEY
-    settings.reload_settings()
-    assert client_module.get_client("staging") is not client
-    client_module.close_clients()
+    workspace.workspace().reload()  # a new reading: new settings objects, new client
+    assert workspace.get_client("staging") is not client
+    workspace.close_clients()
 
 
 def test_get_client_follows_the_debug_setting_and_logs_no_key(
@@ -757,7 +756,7 @@ def test_get_client_follows_the_debug_setting_and_logs_no_key(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from mistral_nbenv import client as client_module
+    from mistral_nbenv import workspace
     from mistral_nbenv._logging import HANDLER_NAME, apply_debug
 
     def debug_on() -> bool:
@@ -777,7 +776,7 @@ def test_get_client_follows_the_debug_setting_and_logs_no_key(
     monkeypatch.setenv("MISTRAL_API_KEY_DEV", KEY)  # the one the server accepts
     monkeypatch.setenv("MISTRAL_API_KEY_STAGING", OTHER_KEY)
     try:
-        dev = client_module.get_client("development")  # packaged defaults: debug on
+        dev = workspace.get_client("development")  # packaged defaults: debug on
         assert debug_on()
         dev._policy.sleep = lambda s: None
         server.enqueue(Fault.status(503, body={"message": f"not for {KEY}"}))
@@ -785,11 +784,11 @@ def test_get_client_follows_the_debug_setting_and_logs_no_key(
         err = capsys.readouterr().err
         assert "retrying" in err
         assert KEY not in err
-        client_module.get_client("staging")  # debug off there
+        workspace.get_client("staging")  # debug off there
         assert not debug_on()
     finally:
         apply_debug(False)
-        client_module.close_clients()
+        workspace.close_clients()
 
 
 def test_import_is_light() -> None:
@@ -918,7 +917,8 @@ def test_fastsdk_never_changes_a_users_own_sdk_client(
     user = Mistral(api_key=KEY, server_url=server.url)
     try:
         assert user.chat.complete(model="m", messages=hello("mine")).choices[0].message.content
-        assert scopes and not any(scopes)  # every model build of the user's call: plain SDK
+        assert scopes  # the user's call built models...
+        assert not any(scopes)  # ...every one of them with the plain SDK
         hooks = user.sdk_configuration.__dict__["_hooks"]
         assert not getattr(hooks, "_mistral_nbenv_inline_hooks", False)
     finally:
@@ -929,14 +929,15 @@ def test_fastsdk_never_changes_a_users_own_sdk_client(
         ours.chat.complete(messages=hello("ours"))
     finally:
         ours.close()
-    assert scopes and all(scopes)
+    assert scopes
+    assert all(scopes)
 
 
 def test_fast_sdk_setting_off(
     fastsdk_reset: Any, tmp_path: Path, server: MistralTestServer, project: Any
 ) -> None:
     """``fast_sdk = false`` keeps the SDK unpatched; the wrapper still works."""
-    from mistral_nbenv.settings import get_settings
+    from mistral_nbenv.workspace import get_settings
 
     project("[staging]\nfast_sdk = false\n")
     assert get_settings("staging").fast_sdk is False

@@ -20,7 +20,7 @@ from mistral_nbenv import (
     requires_environment,
     use_environment,
 )
-from mistral_nbenv.environments import add_switch_listener
+from mistral_nbenv.workspace import add_switch_listener
 from tests.conftest import ProjectFactory
 
 ALIASES = [

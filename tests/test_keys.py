@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from mistral_nbenv import ConfigurationError, MissingAPIKeyError, SecretBackendError
-from mistral_nbenv.keys import get_api_key
 from mistral_nbenv.secrets import SecretStr, mask
+from mistral_nbenv.workspace import get_api_key
 from tests.conftest import ProjectFactory, fake_key
 
 DEV, STG, PROD = fake_key("dev"), fake_key("staging"), fake_key("prod")

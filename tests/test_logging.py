@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from mistral_nbenv._logging import HANDLER_NAME, apply_debug
-from mistral_nbenv.keys import get_api_key
+from mistral_nbenv.workspace import get_api_key
 from tests.conftest import fake_key
 
 KEY = fake_key("logging-dev")

@@ -123,11 +123,11 @@ def test_load_ext_imports_nothing_heavy() -> None:
 
 
 def test_unload_closes_clients(ip: ReRaisingShell, out: Outputs) -> None:
-    from mistral_nbenv import client as client_module
+    from mistral_nbenv import workspace
 
-    first = client_module.get_client()
+    first = workspace.get_client()
     ip.run_cell("%unload_ext mistral_nbenv")
-    assert client_module.get_client() is not first
+    assert workspace.get_client() is not first
     ip.run_cell("%load_ext mistral_nbenv")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mistral_nbenv import SecretBackendError, get_client, use_environment
-from mistral_nbenv.keys import get_api_key
+from mistral_nbenv.workspace import get_api_key
 from tests.conftest import ProjectFactory, fake_key
 
 KEYS = {
@@ -113,13 +113,13 @@ def test_only_the_environment_in_use_is_resolved(stores: dict[str, Any]) -> None
 def test_a_missing_secret_names_environment_backend_and_reference(
     stores: dict[str, Any],
 ) -> None:
-    from mistral_nbenv import keys
+    from mistral_nbenv import workspace
 
     assert get_api_key("staging").value.get_secret_value() == KEYS["staging"]
     stores["aws"].client("secretsmanager").delete_secret(
         SecretId="mistral/staging", ForceDeleteWithoutRecovery=True
     )
-    keys.forget_keys()
+    workspace.reset()
     with pytest.raises(SecretBackendError) as info:
         get_api_key("staging")
     message = str(info.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mistral_nbenv import ConfigurationError, get_settings, list_environments
-from mistral_nbenv.settings import find_project
+from mistral_nbenv.config import find_project
 from tests.conftest import ProjectFactory, reset_state
 
 
@@ -187,9 +187,9 @@ def test_api_key_is_never_read_from_mistral_nbenv_variables(
 ) -> None:
     monkeypatch.setenv("MISTRAL_NBENV_API_KEY", "should-never-be-used-0123456789")
     assert get_settings("development").api_key is None
-    from mistral_nbenv.settings import ignored_variables
+    from mistral_nbenv.workspace import project
 
-    assert ignored_variables() == ("MISTRAL_NBENV_API_KEY",)
+    assert project().ignored_variables == ("MISTRAL_NBENV_API_KEY",)
 
 
 def test_discovery_from_a_subfolder(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mistral_nbenv import current_environment, environments, get_client, use_environment
+from mistral_nbenv import current_environment, get_client, use_environment, workspace
 from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.widget import EnvironmentSwitcher
 from tests._browser_project import (
@@ -176,11 +176,11 @@ def test_two_switchers_stay_in_sync(switcher: EnvironmentSwitcher) -> None:
 
 
 def test_close_removes_the_listener(lproject: MistralTestServer) -> None:
-    before = list(environments._listeners)
+    before = list(workspace.workspace()._listeners)
     widget = EnvironmentSwitcher()
-    assert len(environments._listeners) == len(before) + 1
+    assert len(workspace.workspace()._listeners) == len(before) + 1
     widget.close()
-    assert environments._listeners == before
+    assert workspace.workspace()._listeners == before
     use_environment("staging")
     assert widget.picker.value == "development"
 

@@ -1,6 +1,10 @@
 """Settings per environment: discovery, layers, "specific beats general", validation.
 
-This is the only module that touches Dynaconf (imported lazily: it costs ~0.3 s).
+This is the only module that touches Dynaconf (imported lazily: it costs ~0.3 s). It holds
+no process state: :func:`read_project` reads the files as they are now and returns a
+:class:`Project`, which builds (and keeps) the validated :class:`Settings` of each
+environment; :func:`load` does both for one environment. Which environment is *active*,
+and when to read the files again, is :mod:`mistral_nbenv.workspace`'s business.
 
 Layers, lowest to highest: the packaged ``defaults.toml``; the project's ``settings.toml``;
 its ``.secrets.toml``; ``MISTRAL_NBENV_*`` environment variables (``__`` nests, e.g.
@@ -29,13 +33,14 @@ from .secrets import SecretStr
 __all__ = [
     "CacheSettings",
     "FeatureFlags",
+    "Project",
     "RateLimitSettings",
     "SecretsSettings",
     "Settings",
     "find_project",
-    "get_settings",
-    "list_environments",
-    "reload_settings",
+    "fingerprint",
+    "load",
+    "read_project",
 ]
 
 SETTINGS_VARIABLE = "MISTRAL_NBENV_SETTINGS"
@@ -183,6 +188,8 @@ class Settings:
     secrets: SecretsSettings
     fast_sdk: bool = True
     project_dir: Path | None = None
+    settings_file: Path | None = None
+    secrets_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -222,15 +229,27 @@ class _Layer:
 
 
 @dataclass(frozen=True)
-class _Project:
+class Project:
+    """One reading of the project's settings files and ``MISTRAL_NBENV_*`` variables."""
+
     directory: Path | None
     settings_file: Path | None
     secrets_file: Path | None
     layers: tuple[_Layer, ...]
     env_values: dict[str, tuple[Any, str]]  # dotted key -> (value, variable name)
     environments: tuple[str, ...]
-    ignored_variables: tuple[str, ...]
-    cache: dict[str, Settings] = field(default_factory=dict)
+    ignored_variables: tuple[str, ...]  # MISTRAL_NBENV_* set but never read (..._API_KEY)
+    _built: dict[str, Settings] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def settings(self, env: str) -> Settings:
+        """The validated settings of ``env`` (a name or alias), built once per reading."""
+        name = normalize_name(env, self.environments)
+        with self._lock:
+            built = self._built.get(name)
+            if built is None:
+                built = self._built[name] = _build(self, name)
+            return built
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -336,87 +355,51 @@ def _stamp(path: Path | None) -> tuple[str, int, int] | None:
     return (str(path), st.st_mtime_ns, st.st_size)
 
 
-_lock = threading.RLock()
-_loaded: tuple[tuple[Any, ...], _Project] | None = None
-_packaged: _Layer | None = None
+@functools.cache
+def _packaged() -> _Layer:
+    return _load_layer(DEFAULTS_PATH, "packaged defaults")
 
 
-def _fingerprint() -> tuple[tuple[Any, ...], tuple[Path | None, Path | None, Path | None]]:
+def fingerprint() -> tuple[Any, ...]:
+    """What a reading depends on: the files found (path, mtime, size) and the variables.
+
+    Equal fingerprints mean :func:`read_project` would read the same thing again.
+    """
     found = find_project()
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
-    return (_stamp(found[1]), _stamp(found[2]), env), found
+    return (found, _stamp(found[1]), _stamp(found[2]), env)
 
 
-def _project() -> _Project:
-    global _loaded, _packaged
-    key, (directory, settings_file, secrets_file) = _fingerprint()
-    with _lock:
-        if _loaded is not None and _loaded[0] == key:
-            return _loaded[1]
-        if _packaged is None:
-            _packaged = _load_layer(DEFAULTS_PATH, "packaged defaults")
-        layers = [_packaged]
-        if settings_file is not None:
-            layers.append(_load_layer(settings_file, _label(settings_file, directory)))
-        if secrets_file is not None:
-            layers.append(_load_layer(secrets_file, _label(secrets_file, directory)))
-        env_values, ignored = _read_env_vars()
-        names = list(CANONICAL)
-        for layer in layers:
-            names += [n for n in layer.sections if n != "default" and n not in names]
-        project = _Project(
-            directory, settings_file, secrets_file, tuple(layers), env_values, tuple(names), ignored
-        )
-        _loaded = (key, project)
-        return project
+def read_project() -> Project:
+    """Read the packaged defaults, the project's files and the variables, as they are now."""
+    directory, settings_file, secrets_file = find_project()
+    layers = [_packaged()]
+    if settings_file is not None:
+        layers.append(_load_layer(settings_file, _label(settings_file, directory)))
+    if secrets_file is not None:
+        layers.append(_load_layer(secrets_file, _label(secrets_file, directory)))
+    env_values, ignored = _read_env_vars()
+    names = list(CANONICAL)
+    for layer in layers:
+        names += [n for n in layer.sections if n != "default" and n not in names]
+    return Project(
+        directory, settings_file, secrets_file, tuple(layers), env_values, tuple(names), ignored
+    )
 
 
 def _label(path: Path, directory: Path | None) -> str:
     return path.name if directory is not None and path.parent == directory else str(path)
 
 
-def reload_settings() -> None:
-    """Forget loaded settings; the next ``get_settings`` reads the files again."""
-    global _loaded
-    with _lock:
-        _loaded = None
-
-
-def list_environments() -> list[str]:
-    """The environments: development, staging, production, then any extra sections."""
-    return list(_project().environments)
-
-
-def project_files() -> tuple[Path | None, Path | None, Path | None]:
-    """``(project_dir, settings_file, secrets_file)`` of the loaded project."""
-    project = _project()
-    return project.directory, project.settings_file, project.secrets_file
-
-
-def ignored_variables() -> tuple[str, ...]:
-    """``MISTRAL_NBENV_*`` variables that were set but are never read (e.g. ``..._API_KEY``)."""
-    return _project().ignored_variables
-
-
-def get_settings(env: str | None = None) -> Settings:
-    """The validated settings of ``env`` (default: the active environment)."""
-    if env is None:
-        from .environments import current_environment
-
-        env = current_environment()
-    project = _project()
-    name = normalize_name(env, project.environments)
-    with _lock:
-        cached = project.cache.get(name)
-        if cached is None:
-            cached = project.cache[name] = _build(project, name)
-        return cached
+def load(name: str) -> Settings:
+    """The validated settings of environment ``name``, read from the files now."""
+    return read_project().settings(name)
 
 
 # --------------------------------------------------------------------------- merge + validate
 
 
-def _merge(project: _Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for section in ("default", env):  # every [env] value beats every [default] value
@@ -514,7 +497,7 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
         )
 
 
-def _build(project: _Project, env: str) -> Settings:
+def _build(project: Project, env: str) -> Settings:
     values, sources = _merge(project, env)
     _validate(values, sources, env)
     unknown = tuple(sorted(k for k in values if k not in SCHEMA))
@@ -564,6 +547,8 @@ def _build(project: _Project, env: str) -> Settings:
             gcp_emulator_host=v["secrets.gcp_emulator_host"],
         ),
         project_dir=project.directory,
+        settings_file=project.settings_file,
+        secrets_file=project.secrets_file,
         sources=MappingProxyType(sources),
         unknown_keys=unknown,
     )

@@ -1,0 +1,376 @@
+"""The composition root: the one owner of this process's state.
+
+A :class:`Workspace` holds what the rest of the package computes from: the current reading
+of the settings files (read again when a file or a ``MISTRAL_NBENV_*`` variable changes),
+the active environment and its switch listeners, the keys resolved per environment, the
+secrets fetched from stores, and the clients made per environment. The modules below it
+(:mod:`config`, :mod:`keys`, :mod:`environments`, :mod:`client`) take settings and
+arguments and keep nothing; the public functions of :mod:`mistral_nbenv` are this module's
+functions, which act on one process-wide workspace. :func:`reset` forgets all of it.
+
+One ``get_client()`` reads the settings once: the same :class:`Settings` object goes to key
+resolution, the isolation check (which takes the other environments' settings as its
+peers) and the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import config, environments, keys
+from ._logging import apply_debug
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .config import FeatureFlags, Project, Settings
+
+__all__ = [
+    "Workspace",
+    "add_switch_listener",
+    "cache_stats",
+    "clear_cache",
+    "close_clients",
+    "current_environment",
+    "detect_environment",
+    "detection_reason",
+    "environment",
+    "feature_flags",
+    "get_api_key",
+    "get_client",
+    "get_settings",
+    "list_environments",
+    "project",
+    "require_environment",
+    "require_production",
+    "requires_environment",
+    "reset",
+    "use_environment",
+    "workspace",
+]
+
+log = logging.getLogger("mistral_nbenv")
+F = TypeVar("F", bound=Callable[..., Any])
+SwitchListener = Callable[[str, str], None]
+
+
+class Workspace:
+    """Settings, active environment, keys, fetched secrets and clients of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._project: Project | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._active: str | None = None
+        self._listeners: list[SwitchListener] = []
+        self._resolved: dict[str, tuple[Settings, keys.ResolvedKey]] = {}
+        self._clients: dict[str, Client] = {}
+        self.secrets = keys.SecretCache()
+
+    # -- settings ------------------------------------------------------------------------
+
+    def project(self) -> Project:
+        """The current reading of the settings files (read again when they change)."""
+        stamp = config.fingerprint()
+        with self._lock:
+            if self._project is None or stamp != self._fingerprint:
+                self._project, self._fingerprint = config.read_project(), stamp
+            return self._project
+
+    def reload(self) -> None:
+        """Read the settings files again on next use (new Settings objects, new clients)."""
+        with self._lock:
+            self._project = self._fingerprint = None
+
+    def settings(self, env: str | None = None) -> Settings:
+        """The validated settings of ``env`` (default: the active environment)."""
+        return self.project().settings(self.current() if env is None else env)
+
+    def environments(self) -> list[str]:
+        """development, staging, production, then any extra sections."""
+        return list(self.project().environments)
+
+    # -- the active environment ---------------------------------------------------------
+
+    def detect(self) -> tuple[str, str]:
+        """``(environment, reason)`` from the process environment variables."""
+        return environments.detect(os.environ, self.project().environments)
+
+    def current(self) -> str:
+        """The active environment (detected on first use)."""
+        with self._lock:
+            if self._active is None:
+                self._active = self.detect()[0]
+            return self._active
+
+    def add_switch_listener(self, callback: SwitchListener) -> Callable[[], None]:
+        """Call ``callback(old, new)`` after every switch; returns a function that removes it."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
+
+    def use(self, name: str, *, confirm: bool = False) -> str:
+        """Make ``name`` active; a protected environment needs ``confirm=True``."""
+        target = self.settings(name)  # invalid settings fail here, before anything changes
+        if target.environment == self.current():
+            return target.environment
+        environments.check_switch(target, confirm=confirm)
+        return self._switch(target.environment)
+
+    @contextmanager
+    def environment(self, name: str, *, confirm: bool = False) -> Iterator[str]:
+        """Switch to ``name`` for a ``with`` block, then restore the previous environment."""
+        previous = self.current()
+        active = self.use(name, confirm=confirm)
+        try:
+            yield active
+        finally:
+            self._switch(previous)  # back to where the user already was: no confirmation
+
+    def _switch(self, target: str) -> str:
+        with self._lock:
+            old = self.current()
+            self._active = target
+            listeners = list(self._listeners)
+            client = self._clients.get(old) if old != target else None
+        if old == target:
+            return target
+        log.info("mistral_nbenv: switched environment %s -> %s", old, target)
+        if client is not None:
+            client.close()  # its connections; it reopens lazily if used again
+        for callback in listeners:
+            try:
+                callback(old, target)
+            except Exception:  # a broken listener must not undo or block the switch
+                log.exception("mistral_nbenv: switch listener %r failed", callback)
+        return target
+
+    def require(self, required: str | Iterable[str], operation: str) -> None:
+        """Raise ``EnvironmentGuardError`` unless the active environment is in ``required``."""
+        allowed = environments.required_names(required, self.project().environments)
+        environments.check_required(allowed, self.current(), operation)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def api_key(self, env: str | None = None) -> keys.ResolvedKey:
+        """The API key of ``env`` (default: the active one), checked for isolation."""
+        return self.key_for(self.settings(env))
+
+    def key_for(self, settings: Settings) -> keys.ResolvedKey:
+        """Resolve ``settings``' key and check no other environment has the same one."""
+        key = keys.resolve(settings, self.secrets)
+        project = self.project()
+        peers: list[Settings] = []
+        for name in project.environments:
+            if name == settings.environment:
+                continue
+            try:
+                peers.append(project.settings(name))
+            except ConfigurationError:
+                continue  # an environment with broken settings has no key to compare
+        current = {peer.environment: peer for peer in peers}
+        with self._lock:
+            held = [
+                resolved
+                for env, (seen, resolved) in self._resolved.items()
+                if current.get(env) is seen  # resolved from the settings in force now
+            ]
+        keys.check_isolation(key, peers, held)
+        with self._lock:
+            self._resolved[settings.environment] = (settings, key)
+        return key
+
+    def known_secret_values(self) -> list[str]:
+        """Every key resolved or fetched by this process (for redaction, never display)."""
+        with self._lock:
+            values = [key.value.get_secret_value() for _, key in self._resolved.values()]
+        return values + self.secrets.values()
+
+    # -- clients -------------------------------------------------------------------------
+
+    def client(self, env: str | None = None) -> Client:
+        """The client of ``env`` (default: the active one), made once and reused.
+
+        Debug logging follows the ``debug`` setting of the environment asked for.
+        """
+        settings = self.settings(env)
+        name = settings.environment
+        apply_debug(bool(settings.debug), self.known_secret_values)
+        with self._lock:
+            client = self._clients.get(name)
+            if client is not None and client.settings is settings:
+                return client
+        from .client import Client
+
+        new = Client(settings, self.key_for(settings))
+        with self._lock:
+            old = self._clients.get(name)
+            if old is not None and old.settings is settings:
+                new.close()
+                return old
+            self._clients[name] = new
+        if old is not None:
+            old.close()
+        return new
+
+    def close_clients(self) -> None:
+        """Close every client (they reopen lazily if used again) and forget them."""
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    def reset(self) -> None:
+        """Forget everything: clients, keys, fetched secrets, active environment, settings."""
+        self.close_clients()
+        with self._lock:
+            self._resolved.clear()
+            self._active = None
+            self._project = self._fingerprint = None
+        self.secrets.clear()
+
+
+_workspace = Workspace()
+
+
+def workspace() -> Workspace:
+    """The process-wide workspace behind the public functions."""
+    return _workspace
+
+
+def reset() -> None:
+    """Forget loaded settings, the active environment, keys, fetched secrets and clients."""
+    _workspace.reset()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def get_settings(env: str | None = None) -> Settings:
+    """The validated settings of ``env`` (default: the active environment)."""
+    return _workspace.settings(env)
+
+
+def list_environments() -> list[str]:
+    """The environments: development, staging, production, then any extra sections."""
+    return _workspace.environments()
+
+
+def project() -> Project:
+    """The current reading of the project's settings files."""
+    return _workspace.project()
+
+
+def detect_environment() -> str:
+    """The environment from ``MISTRAL_ENV``, ``VERCEL_ENV``, ``NODE_ENV``, else development."""
+    return _workspace.detect()[0]
+
+
+def detection_reason() -> str:
+    """Why :func:`detect_environment` chose what it chose, e.g. ``MISTRAL_ENV=prod``."""
+    return _workspace.detect()[1]
+
+
+def current_environment() -> str:
+    """The active environment of this process."""
+    return _workspace.current()
+
+
+def use_environment(name: str, *, confirm: bool = False) -> str:
+    """Make ``name`` the active environment; a protected one needs ``confirm=True``."""
+    return _workspace.use(name, confirm=confirm)
+
+
+@contextmanager
+def environment(name: str, *, confirm: bool = False) -> Iterator[str]:
+    """Switch to ``name`` for a ``with`` block, then restore the previous environment."""
+    with _workspace.environment(name, confirm=confirm) as active:
+        yield active
+
+
+def add_switch_listener(callback: SwitchListener) -> Callable[[], None]:
+    """Call ``callback(old, new)`` after every switch; returns a function that removes it."""
+    return _workspace.add_switch_listener(callback)
+
+
+def require_environment(required: str | Iterable[str], operation: str) -> None:
+    """Raise ``EnvironmentGuardError`` unless the active environment is one of ``required``."""
+    _workspace.require(required, operation)
+
+
+def require_production(operation: str) -> None:
+    """Raise ``EnvironmentGuardError`` unless running in production."""
+    _workspace.require("production", operation)
+
+
+def requires_environment(*envs: str) -> Callable[[F], F]:
+    """Decorator: the function runs only in one of ``envs`` (checked at every call)."""
+    environments.required_names(envs, _workspace.project().environments)  # fail now if unknown
+
+    def decorate(func: F) -> F:
+        operation = getattr(func, "__qualname__", repr(func))
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                _workspace.require(envs, operation)
+                return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _workspace.require(envs, operation)
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def feature_flags(env: str | None = None) -> FeatureFlags:
+    """The ``features.*`` flags of ``env`` (default: the active environment)."""
+    return _workspace.settings(env).features
+
+
+def get_api_key(env: str | None = None) -> keys.ResolvedKey:
+    """The API key of ``env`` (default: the active environment), checked for isolation."""
+    return _workspace.api_key(env)
+
+
+def get_client(env: str | None = None) -> Client:
+    """The client of ``env`` (default: the active environment), created once and reused."""
+    return _workspace.client(env)
+
+
+def close_clients() -> None:
+    """Close every client made by :func:`get_client` (they reopen lazily if used again)."""
+    _workspace.close_clients()
+
+
+def cache_stats(env: str | None = None) -> dict[str, Any]:
+    """Entries, bytes, directory, enabled flag and TTL of one environment's cache."""
+    from .cache import stats_for
+
+    return stats_for(_workspace.settings(env))
+
+
+def clear_cache(env: str | None = None) -> int:
+    """Remove every cached response of one environment (never another's); return how many."""
+    from .cache import clear_for
+
+    return clear_for(_workspace.settings(env))
