@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 
-from .secrets import mask
+from .secrets import mask, redact
 
 __all__ = ["HANDLER_NAME", "RedactSecrets", "apply_debug"]
 
@@ -47,10 +47,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Render the message once, redacted, so formatting cannot reintroduce a secret."""
-        message = record.getMessage()
-        for secret in self.known():
-            if secret and secret in message:
-                message = message.replace(secret, mask(secret))
+        message = redact(record.getMessage(), self.known())
         record.msg = _KEY_SHAPE.sub(_mask_match, message)
         record.args = None
         return True

@@ -31,6 +31,7 @@ from .errors import (
     MistralEnvError,
     RateLimitError,
 )
+from .secrets import redact
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -234,8 +235,8 @@ def _remember_attempts(exc: BaseException, attempts: int) -> None:
 
 
 def _scrub(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 8 and secret in text:
-        return text.replace(secret, "…" + secret[-4:])
+    if secret:
+        return redact(text, (secret,))
     return text
 
 
@@ -244,7 +245,7 @@ def scrub_secret(exc: BaseException, secret: str | None) -> None:
 
     A server may echo the key in an error body, which the SDK copies into its message.
     """
-    if not secret or len(secret) < 8:
+    if not secret:
         return
     with contextlib.suppress(AttributeError, TypeError):
         for name in ("message", "body"):

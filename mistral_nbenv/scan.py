@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from .secrets import mask
+
 __all__ = [
     "MAX_FILE_BYTES",
     "SCANNED_SUFFIXES",
@@ -81,11 +83,6 @@ class _Secret(Protocol):
 
 KnownKeys = Mapping[str, str | _Secret] | Iterable[str | _Secret]
 """Key values, or ``{label: value}`` (the label, e.g. an environment, names the finding)."""
-
-
-def mask(value: str) -> str:
-    """The masked form of a key: ``…`` and its last 4 characters."""
-    return "…" + value[-4:] if len(value) > 8 else "…"
 
 
 @dataclass(frozen=True)

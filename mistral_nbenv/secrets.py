@@ -1,16 +1,33 @@
-"""``SecretStr``: how API keys and tokens travel through the package, always masked."""
+"""``SecretStr``, and the one mask: how keys and tokens are shown everywhere in the package.
+
+:func:`mask` is the only rule for showing a secret (logs, errors, the CLI, the widget, the
+scanner, the test server): a secret of :data:`SHOW_TAIL_FROM` characters or more shows its
+last 4, a shorter one nothing. :func:`redact` applies it to every occurrence in a text.
+"""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
-__all__ = ["SecretStr", "mask"]
+__all__ = ["SHOW_TAIL_FROM", "SecretStr", "mask", "redact"]
+
+#: A secret this long or longer shows its last 4 characters; a shorter one shows none.
+SHOW_TAIL_FROM = 12
 
 
 def mask(value: str) -> str:
     """Show at most the last 4 characters of a secret (none of a short one): ``…abcd``."""
-    return "…" + value[-4:] if len(value) >= 12 else "…"
+    return "…" + value[-4:] if len(value) >= SHOW_TAIL_FROM else "…"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by its :func:`mask`."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, mask(secret))
+    return text
 
 
 class SecretStr:

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
+from mistral_nbenv.secrets import mask
+
 __all__ = [
     "DEFAULT_MODELS",
     "Fault",
@@ -48,11 +50,6 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 
 FaultKind = Literal["status", "slow", "drop", "drop_mid_stream", "malformed"]
-
-
-def _mask(value: str) -> str:
-    """Show at most the last 4 characters of a secret."""
-    return "…" + value[-4:] if len(value) > 8 else "…"
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ class RecordedRequest:
 
     def __repr__(self) -> str:
         key = self.api_key
-        shown = f", api_key={_mask(key)!r}" if key else ""
+        shown = f", api_key={mask(key)!r}" if key else ""
         return f"RecordedRequest({self.method} {self.path}{shown}, body={self.body!r})"
 
 
