@@ -55,7 +55,12 @@ def _layer(module: str) -> int:
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package modules ``name`` imports (relative to the package), anywhere in the file."""
-    package_parts = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    if name == "__init__":
+        package_parts: list[str] = []  # the package's own __init__
+    elif path.name == "__init__.py":
+        package_parts = name.split(".")
+    else:
+        package_parts = name.split(".")[:-1]
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
