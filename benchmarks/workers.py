@@ -105,9 +105,12 @@ def cache_hit(params: Params) -> Any:
 def miss_wrapper_serve(params: Params) -> None:
     """Sequential cache misses through the wrapper (and through its own SDK object)."""
     import mistral_nbenv
+    from mistral_nbenv import _fastsdk
 
     client = mistral_nbenv.get_client()
-    raw = client.raw  # the SDK object the wrapper calls (with mistral_nbenv's fast path)
+    raw = client.raw  # the SDK object the wrapper calls...
+    _fastsdk.install()
+    _fastsdk.enter()  # ...in the scope the wrapper gives its own calls (the fast path)
     for i in range(int(params["warmup"])):
         client.chat.complete(model=MODEL, messages=_messages(f"warm-w{i}"))
         raw.chat.complete(model=MODEL, messages=_messages(f"warm-s{i}"))

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import config, environments, keys
-from ._logging import apply_debug
+from . import config, environments
 from .errors import ConfigurationError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # keys, the client and logging are imported on first use: import stays light
     from .client import Client
     from .config import FeatureFlags, Project, Settings
+    from .keys import ResolvedKey, SecretCache
 
 __all__ = [
     "Workspace",
@@ -70,9 +70,20 @@ class Workspace:
         self._fingerprint: tuple[Any, ...] | None = None
         self._active: str | None = None
         self._listeners: list[SwitchListener] = []
-        self._resolved: dict[str, tuple[Settings, keys.ResolvedKey]] = {}
+        self._resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
         self._clients: dict[str, Client] = {}
-        self.secrets = keys.SecretCache()
+        self._secrets: SecretCache | None = None
+
+    @property
+    def secrets(self) -> SecretCache:
+        """The secrets fetched from stores, kept for ``secrets.cache_seconds``."""
+        if self._secrets is None:
+            from .keys import SecretCache
+
+            with self._lock:
+                if self._secrets is None:
+                    self._secrets = SecretCache()
+        return self._secrets
 
     # -- settings ------------------------------------------------------------------------
 
@@ -165,12 +176,14 @@ class Workspace:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def api_key(self, env: str | None = None) -> keys.ResolvedKey:
+    def api_key(self, env: str | None = None) -> ResolvedKey:
         """The API key of ``env`` (default: the active one), checked for isolation."""
         return self.key_for(self.settings(env))
 
-    def key_for(self, settings: Settings) -> keys.ResolvedKey:
+    def key_for(self, settings: Settings) -> ResolvedKey:
         """Resolve ``settings``' key and check no other environment has the same one."""
+        from . import keys
+
         key = keys.resolve(settings, self.secrets)
         project = self.project()
         peers: list[Settings] = []
@@ -197,7 +210,7 @@ class Workspace:
         """Every key resolved or fetched by this process (for redaction, never display)."""
         with self._lock:
             values = [key.value.get_secret_value() for _, key in self._resolved.values()]
-        return values + self.secrets.values()
+        return values + (self._secrets.values() if self._secrets is not None else [])
 
     # -- clients -------------------------------------------------------------------------
 
@@ -206,6 +219,8 @@ class Workspace:
 
         Debug logging follows the ``debug`` setting of the environment asked for.
         """
+        from ._logging import apply_debug
+
         settings = self.settings(env)
         name = settings.environment
         apply_debug(bool(settings.debug), self.known_secret_values)
@@ -241,7 +256,8 @@ class Workspace:
             self._resolved.clear()
             self._active = None
             self._project = self._fingerprint = None
-        self.secrets.clear()
+        if self._secrets is not None:
+            self._secrets.clear()
 
 
 _workspace = Workspace()
@@ -347,7 +363,7 @@ def feature_flags(env: str | None = None) -> FeatureFlags:
     return _workspace.settings(env).features
 
 
-def get_api_key(env: str | None = None) -> keys.ResolvedKey:
+def get_api_key(env: str | None = None) -> ResolvedKey:
     """The API key of ``env`` (default: the active environment), checked for isolation."""
     return _workspace.api_key(env)
 
