@@ -55,7 +55,8 @@ def cache_hit(params: Params) -> Any:
     from mistralai.client.models import ChatCompletionResponse
 
     import mistral_nbenv
-    from mistral_nbenv.cache import cache_dir, open_diskcache
+    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store.local import open_diskcache
 
     client = mistral_nbenv.get_client()
     messages = _messages("hit")

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from . import _fastsdk
-from .cache import ResponseCache
+from .cache import ResponseCache, cache_dir
 from .errors import CacheMissError
 from .ratelimit import ConcurrencyLimiter, RateLimiter
 from .retry import RetryPolicy, translate_error
+from .store.local import DiskStore
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -284,7 +285,7 @@ class Client:
         self._offline = bool(settings.offline)
         self._cache = ResponseCache.for_settings(settings)
         self._limiter = RateLimiter(
-            self._cache.directory / "ratelimit",
+            DiskStore(cache_dir(settings) / "ratelimit"),
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,

@@ -20,9 +20,14 @@
   transaction; above, a process holds at most 0.1 s of budget the others cannot use (and
   loses it if it exits without closing its client).
 
-The state lives in a small diskcache at ``<cache_root>/<environment>/ratelimit`` so every
-process (several notebook kernels, scripts) using the same cache root shares one budget;
-without a directory the state is in memory.  Clock and sleep are injectable.
+The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default a small
+diskcache at ``<cache_root>/<environment>/ratelimit``, so every process (several notebook
+kernels, scripts) using the same cache root shares one budget; without one, in memory.
+The clock is read *inside* the store's atomic update, so updates from several processes are
+ordered by their clock readings and no interval is credited twice; a stored time in the
+future (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
+by something else) is a full budget; a store that fails switches this limiter to memory
+with one warning. Clock and sleep are injectable.
 
 **Concurrency**: :class:`ConcurrencyLimiter` bounds in-flight calls of one client for
 threads and for asyncio tasks on any event loop, all counted together.
@@ -40,11 +45,10 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import diskcache
+from .store import Budget, warn_once
+from .store.local import MemoryStore
 
 __all__ = [
     "LONG_WAIT",
@@ -97,7 +101,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        directory: Path | None,
+        store: Budget | None,
         *,
         requests_per_minute: float,
         tokens_per_minute: float,
@@ -106,7 +110,7 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.directory = directory
+        self._store: Budget = store if store is not None else MemoryStore()
         self.environment = environment
         self.rpm = float(requests_per_minute or 0)
         self.tpm = float(tokens_per_minute or 0)
@@ -123,13 +127,9 @@ class RateLimiter:
         self._held_tok = 0.0
         self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
         self._local_lock = threading.Lock()  # guards _held_req, _held_tok and _adjust
-        self._db: diskcache.Cache | None = None
-        self._memory: str | None = None
-        self._mem_lock = threading.Lock()
-        self._disk_failed = False
 
     def __repr__(self) -> str:
-        where = str(self.directory) if self.directory else "memory"
+        where = self._store.location
         return f"RateLimiter({self.environment!r}, rpm={self.rpm:g}, tpm={self.tpm:g}, {where})"
 
     @property
@@ -139,41 +139,25 @@ class RateLimiter:
 
     # -- state -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _state(self) -> Iterator[tuple[Callable[[], str | None], Callable[[str], None]]]:
-        db = self._open()
-        if db is None:
-            with self._mem_lock:
-                yield (lambda: self._memory), self._set_memory
-            return
-        with db.transact(retry=True):
-            yield (
-                (lambda: db.get(_STATE_KEY, None, retry=True)),
-                (lambda value: db.set(_STATE_KEY, value, retry=True)),
-            )
-
-    def _set_memory(self, value: str) -> None:
-        self._memory = value
-
-    def _open(self) -> diskcache.Cache | None:
-        if self._db is not None or self.directory is None or self._disk_failed:
-            return self._db
-        from .cache import open_diskcache, warn_once
-
+    def _update(self, change: Callable[[str | None], tuple[str | None, Any]]) -> Any:
+        """One atomic update of the shared state; a failing store falls back to memory."""
         try:
-            self._db = open_diskcache(self.directory)
+            return self._store.update(_STATE_KEY, change)
         except Exception as exc:
-            self._disk_failed = True
-            warn_once(self.directory, f"{type(exc).__name__}: {exc}")
-        return self._db
+            warn_once(self._store.location, f"{type(exc).__name__}: {exc}")
+            self._store = MemoryStore()
+            return self._store.update(_STATE_KEY, change)
 
     def _parse(self, raw: str | None, now: float) -> tuple[float, float, float]:
+        """``(requests, tokens, last)``; anything unreadable is a full budget as of now."""
         if raw:
             try:
                 req, tok, last = (float(x) for x in raw.split(","))
-                return req, tok, last
-            except ValueError:
+            except (ValueError, TypeError, AttributeError):
                 pass
+            else:
+                if all(map(_finite, (req, tok, last))):
+                    return min(req, self._req_cap), min(tok, self._tok_cap), min(last, now)
         return self._req_cap, self._tok_cap, now
 
     def _take_held(self, cost: float) -> bool:
@@ -195,13 +179,15 @@ class RateLimiter:
             self._held_req, self._held_tok, self._adjust = 0, 0.0, 0.0
         return req, tok
 
-    def _try(self, cost: float, now: float) -> float:
-        """Debit the buckets if possible; return 0 on success, else the seconds to wait."""
+    def _try(self, cost: float) -> tuple[float, float]:
+        """Debit the buckets if possible: ``(0, now)`` on success, else ``(seconds, now)``."""
         if self._take_held(cost):
-            return 0.0
-        with self._state() as (read, write):
-            req, tok, last = self._parse(read(), now)
-            elapsed = max(0.0, now - last)
+            return 0.0, self.clock()
+
+        def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
+            now = self.clock()  # inside the transaction: ordered with every other process
+            req, tok, last = self._parse(raw, now)
+            elapsed = now - last
             held_req, held_tok = self._give_back()
             req = min(self._req_cap, req + elapsed * self._req_rate + held_req)
             tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok)
@@ -214,9 +200,7 @@ class RateLimiter:
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
-                if held_req or held_tok:
-                    write(f"{req!r},{tok!r},{now!r}")
-                return wait
+                return f"{req!r},{tok!r},{now!r}", (wait, now)
             if self.rpm > 0:
                 req -= 1.0
             if self.tpm > 0:
@@ -232,15 +216,20 @@ class RateLimiter:
                     with self._local_lock:
                         self._held_req += extra
                         self._held_tok += extra * cost if self.tpm > 0 else 0.0
-            write(f"{req!r},{tok!r},{now!r}")
-            return 0.0
+            return f"{req!r},{tok!r},{now!r}", (0.0, now)
+
+        result: tuple[float, float] = self._update(change)
+        return result
 
     # -- public ----------------------------------------------------------------------------
 
     def _waits(self, tokens: float, started: float) -> Iterator[float]:
         """The waits before a request of ``tokens`` fits; the first long one is announced."""
         announced = False
-        while (wait := self._try(tokens, now := self.clock())) > 0:
+        while True:
+            wait, now = self._try(tokens)
+            if wait <= 0:
+                return
             if not announced and (now - started) + wait > LONG_WAIT:
                 announced = True
                 _announce(self.environment, wait)
@@ -283,20 +272,24 @@ class RateLimiter:
         """Write pending token corrections and return held (batched) budget now."""
         if not self._adjust and not self._held_req and not self._held_tok:
             return
-        now = self.clock()
-        with self._state() as (read, write):
-            req, tok, last = self._parse(read(), now)
+
+        def change(raw: str | None) -> tuple[str, None]:
+            req, tok, last = self._parse(raw, self.clock())
             held_req, held_tok = self._give_back()
             req = min(self._req_cap, req + held_req)
             tok = min(self._tok_cap, tok + held_tok)
-            write(f"{req!r},{tok!r},{last!r}")
+            return f"{req!r},{tok!r},{last!r}", None
+
+        self._update(change)
 
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""
         self._give_back()
-        with self._state() as (_read, write):
-            now = self.clock()
-            write(f"{self._req_cap!r},{self._tok_cap!r},{now!r}")
+        self._update(lambda _raw: (f"{self._req_cap!r},{self._tok_cap!r},{self.clock()!r}", None))
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
 
 
 class _AsyncWaiter:

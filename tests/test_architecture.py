@@ -17,6 +17,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "errors": ("errors",),
     "core": ("_names", "secrets", "_logging", "backends"),
     "config": ("config",),
+    "store": ("store",),
     "domain": ("environments", "keys", "client", "cache", "ratelimit", "retry", "_fastsdk"),
     "workspace": ("workspace",),
     "services": ("status", "checks", "scan"),

@@ -9,13 +9,18 @@ from typing import Any
 
 import pytest
 
-from mistral_nbenv import cache as cache_module
 from mistral_nbenv.cache import ResponseCache, canonical_json, request_key
+from mistral_nbenv.store import local as store_local
+from mistral_nbenv.store.local import DiskStore
+
+
+def disk_cache(directory: Path, namespace: str = "n", ttl: float | None = 60) -> ResponseCache:
+    return ResponseCache(DiskStore(directory), namespace=namespace, ttl_seconds=ttl)
 
 
 @pytest.fixture
 def rc(tmp_path: Path) -> ResponseCache:
-    return ResponseCache(tmp_path / "root" / "staging", namespace="staging\0", ttl_seconds=60)
+    return disk_cache(tmp_path / "root" / "staging", namespace="staging\0")
 
 
 @pytest.mark.parametrize(
@@ -56,27 +61,27 @@ def test_roundtrip_private_and_json(rc: ResponseCache) -> None:
     assert rc.get(key) is None
     rc.set(key, '{"id": "x"}')
     assert rc.get(key) == '{"id": "x"}'
-    assert stat.S_IMODE(rc.directory.stat().st_mode) == 0o700
-    for path in rc.directory.rglob("*"):
+    directory = Path(rc.store.location)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.rglob("*"):
         assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
 
 
 def test_big_values_also_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_module, "DISK_MIN_FILE_SIZE", 16)
-    rc = ResponseCache(tmp_path / "big", namespace="n", ttl_seconds=None)
+    monkeypatch.setattr(store_local, "DISK_MIN_FILE_SIZE", 16)
+    rc = disk_cache(tmp_path / "big", ttl=None)
     rc.set("k", "x" * 10_000)
     assert rc.get("k") == "x" * 10_000
-    files = [p for p in rc.directory.rglob("*.val")]
+    files = [p for p in (tmp_path / "big").rglob("*.val")]
     assert files
-    for path in rc.directory.rglob("*"):
+    for path in (tmp_path / "big").rglob("*"):
         assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
-    cache_module.close_all()
+    store_local.close_all()
 
 
 def test_non_text_values_are_ignored(rc: ResponseCache) -> None:
-    rc.get("warm")  # open
-    assert rc._cache is not None
-    rc._cache.set("k", ["pickled", "list"])
+    assert isinstance(rc.store, DiskStore)
+    rc.store.db().set("k", ["pickled", "list"])
     assert rc.get("k") is None  # never unpickled into a response
 
 
@@ -90,13 +95,13 @@ def test_stats_and_clear(rc: ResponseCache) -> None:
 
 def test_unusable_directory_warns_once(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    rc = ResponseCache(tmp_path / "file" / "staging", namespace="n", ttl_seconds=1)
+    rc = disk_cache(tmp_path / "file" / "staging", ttl=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
             rc.set("k", "{}")
             assert rc.get("k") is None
-        again = ResponseCache(tmp_path / "file" / "staging", namespace="n", ttl_seconds=1)
+        again = disk_cache(tmp_path / "file" / "staging", ttl=1)
         again.get("k")
     assert len(caught) == 1
     assert "unavailable" in str(caught[0].message)
@@ -112,7 +117,7 @@ def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Pat
     project(f'[default.cache]\ndirectory = "{root}"\n')
     for env in ("staging", "production"):
         s = workspace.get_settings(env)
-        rc = ResponseCache(cache_dir(s), namespace=env, ttl_seconds=60)
+        rc = disk_cache(cache_dir(s), namespace=env)
         rc.set("a", "{}")
         rc.set("b", "{}")
     stats = cache_stats("staging")
@@ -123,7 +128,7 @@ def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Pat
     assert cache_stats("staging")["entries"] == 0
     assert cache_stats("production")["entries"] == 2
     assert clear_cache("development") == 0  # never created: nothing to do
-    cache_module.close_all()
+    store_local.close_all()
 
 
 def test_default_root_is_user_cache_dir(project: Any) -> None:

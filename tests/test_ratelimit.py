@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mistral_nbenv.ratelimit import ConcurrencyLimiter, RateLimiter, add_wait_listener
+from mistral_nbenv.store.local import DiskStore
 
 
 class FakeClock:
@@ -27,7 +28,7 @@ class FakeClock:
 
 def limiter(tmp_path: Path | None, clock: FakeClock, rpm: float = 0, tpm: float = 0) -> RateLimiter:
     return RateLimiter(
-        tmp_path / "rl" if tmp_path else None,
+        DiskStore(tmp_path / "rl") if tmp_path else None,
         requests_per_minute=rpm,
         tokens_per_minute=tpm,
         environment="staging",
@@ -62,8 +63,7 @@ def test_two_limiters_on_one_directory_share_the_budget(tmp_path: Path) -> None:
 
 
 def _shared_state(rl: RateLimiter) -> tuple[float, float]:
-    with rl._state() as (read, _write):
-        req, tok, _last = rl._parse(read(), 0.0)
+    req, tok, _last = rl._store.update("bucket", lambda raw: (None, rl._parse(raw, 0.0)))
     return req, tok
 
 

@@ -1,0 +1,99 @@
+"""The store seam: the small protocols the cache, the rate limiter and the usage ledger use.
+
+The response cache (:mod:`mistral_nbenv.cache`), the rate limiter
+(:mod:`mistral_nbenv.ratelimit`) and the usage ledger see only these protocols; where the
+bytes live is a store's business. :mod:`mistral_nbenv.store.local` is the embedded default
+(diskcache on local disk: 0700 directories, 0600 files, JSON text only, cross-process safe
+through SQLite transactions) plus an in-memory twin. A shared store for many hosts (Redis)
+is one more module implementing the same protocols.
+
+Every method may raise; callers treat any exception as "store unavailable" and degrade with
+one :class:`CacheUnavailableWarning` (:func:`warn_once`), never failing the call.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
+
+__all__ = ["Budget", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
+
+R = TypeVar("R")
+
+
+class CacheUnavailableWarning(RuntimeWarning):
+    """A store (response cache, rate-limit state) could not be used; calls go on without it."""
+
+
+class KeyValue(Protocol):
+    """JSON text values under string keys, each with an optional time to live."""
+
+    @property
+    def location(self) -> str:
+        """Where the values live, for messages (a directory; never a password)."""
+        ...
+
+    def get(self, key: str) -> str | None:
+        """The text stored under ``key``; None when absent, expired or not JSON text."""
+        ...
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted)."""
+        ...
+
+    def count(self) -> tuple[int, int]:
+        """``(entries, bytes)`` of what is stored now (expired entries not counted)."""
+        ...
+
+    def clear(self) -> int:
+        """Remove every entry; return how many."""
+        ...
+
+
+class Budget(Protocol):
+    """An atomic read-modify-write of one small text state, across processes."""
+
+    @property
+    def location(self) -> str:
+        """Where the state lives, for messages."""
+        ...
+
+    def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
+        """Run ``change(state)`` atomically; store its new state (None: keep); return its result.
+
+        No other process reads or writes ``key`` between the read and the write, so a
+        clock read inside ``change`` is ordered with every other update.
+        """
+        ...
+
+
+class Ledger(Protocol):
+    """Usage counters that only grow: requests, tokens, hits and waits per bucket."""
+
+    def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        """Add ``amounts`` to the counters of ``bucket`` (e.g. ``day|environment|model``)."""
+        ...
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every bucket with its counters."""
+        ...
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(location: str, problem: str) -> None:
+    """Warn once per location and process that a store is off, and why."""
+    with _warned_lock:
+        if location in _warned:
+            return
+        _warned.add(location)
+    warnings.warn(
+        f"mistral_nbenv: response cache at {location} is unavailable ({problem}); "
+        "continuing without a cache. Fix or delete that directory, or set cache.directory.",
+        CacheUnavailableWarning,
+        stacklevel=4,
+    )

@@ -1,0 +1,279 @@
+"""The embedded stores: diskcache on local disk (shared by processes) and memory (one process).
+
+:class:`DiskStore` keeps today's guarantees: its directory is 0700 and every file in it 0600
+(values larger than SQLite's inline limit become files too, created under a private umask);
+values are JSON text only, and anything else found there (a pickle, bytes that are not
+UTF-8) reads as absent, never unpickled; every update runs inside one SQLite transaction,
+so processes sharing the directory share one state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import diskcache
+
+__all__ = [
+    "DiskStore",
+    "MemoryStore",
+    "close_all",
+    "make_private_dir",
+    "open_diskcache",
+    "private_umask",
+]
+
+R = TypeVar("R")
+
+#: Values up to this size stay inside SQLite (responses are typically ~1 KB).
+DISK_MIN_FILE_SIZE = 4 * 1024 * 1024
+#: Enforce the size limit (evict oldest entries) once every this many writes.
+CULL_EVERY = 64
+_LEDGER_PREFIX = "usage\0"
+
+_open: dict[str, diskcache.Cache] = {}
+_open_lock = threading.Lock()
+_umask_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Create files 0600 and directories 0700 inside the block (process-wide umask)."""
+    with _umask_lock:
+        old = os.umask(0o077)
+        try:
+            yield
+        finally:
+            os.umask(old)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700."""
+    with private_umask():
+        path.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+
+
+def _tighten(directory: Path) -> None:
+    for child in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if child.is_symlink():
+                continue
+            want = 0o700 if child.is_dir() else 0o600
+            if stat.S_IMODE(child.lstat().st_mode) != want:
+                child.chmod(want)
+
+
+def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcache.Cache:
+    """Open (or reuse within this process) the diskcache at ``directory``, privately."""
+    key = str(directory)
+    with _open_lock:
+        cache = _open.get(key)
+        if cache is not None:
+            if size_limit is not None and cache.size_limit != size_limit:
+                cache.reset("size_limit", size_limit)
+            return cache
+        import diskcache
+
+        make_private_dir(directory)
+        kwargs: dict[str, Any] = {
+            "disk_min_file_size": DISK_MIN_FILE_SIZE,
+            "statistics": False,
+            "tag_index": False,
+            "eviction_policy": "least-recently-stored",
+            # culling on every write costs more than the write: DiskStore culls in batches
+            "cull_limit": 0,
+        }
+        if size_limit is not None:
+            kwargs["size_limit"] = size_limit
+        with private_umask():
+            cache = diskcache.Cache(str(directory), **kwargs)
+        _tighten(directory)
+        _open[key] = cache
+        return cache
+
+
+def close_all() -> None:
+    """Close every diskcache this process opened (tests, interpreter shutdown)."""
+    with _open_lock:
+        for cache in _open.values():
+            with contextlib.suppress(Exception):
+                cache.close()
+        _open.clear()
+
+
+def _text(value: Any) -> str | None:
+    """A stored value as JSON text, or None for anything else (never unpickled)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+class DiskStore:
+    """:class:`~mistral_nbenv.store.KeyValue`, ``Budget`` and ``Ledger`` in one directory."""
+
+    def __init__(self, directory: Path, *, size_limit: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.size_limit = size_limit
+        self._db: diskcache.Cache | None = None
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        return f"DiskStore({str(self.directory)!r})"
+
+    @property
+    def location(self) -> str:
+        """The directory."""
+        return str(self.directory)
+
+    def db(self) -> diskcache.Cache:
+        """The open diskcache (opened, privately, on first use)."""
+        db = self._db
+        if db is None:
+            db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
+        return db
+
+    # -- KeyValue -------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        """The JSON text under ``key``; None when absent, expired or not text."""
+        return _text(self.db().get(key, None, retry=True))
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
+        db = self.db()
+        with private_umask():
+            db.set(key, value, expire=ttl, retry=True)
+        self._writes += 1
+        if self._writes % CULL_EVERY == 1:
+            db.cull(retry=True)
+
+    def count(self) -> tuple[int, int]:
+        """``(entries, bytes)`` after dropping expired entries."""
+        db = self.db()
+        db.expire(retry=True)
+        return len(db), int(db.volume())
+
+    def clear(self) -> int:
+        """Remove every entry; return how many."""
+        return int(self.db().clear(retry=True))
+
+    # -- Budget ---------------------------------------------------------------------------
+
+    def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
+        """``change`` runs inside one SQLite transaction (no other process in between)."""
+        db = self.db()
+        with db.transact(retry=True):
+            new, result = change(_text(db.get(key, None, retry=True)))
+            if new is not None:
+                db.set(key, new, retry=True)
+        return result
+
+    # -- Ledger ---------------------------------------------------------------------------
+
+    def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        """Add to one bucket's counters (one transaction)."""
+        self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every bucket's counters."""
+        db = self.db()
+        out: dict[str, dict[str, float]] = {}
+        for key in list(db.iterkeys()):
+            if isinstance(key, str) and key.startswith(_LEDGER_PREFIX):
+                counters = _counters(_text(db.get(key, None, retry=True)))
+                if counters:
+                    out[key[len(_LEDGER_PREFIX) :]] = counters
+        return out
+
+
+class MemoryStore:
+    """The same protocols in this process's memory (no directory configured, tests)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.RLock()
+        self._values: dict[str, tuple[str, float | None]] = {}
+        self._clock = clock
+
+    @property
+    def location(self) -> str:
+        """``memory``."""
+        return "memory"
+
+    def get(self, key: str) -> str | None:
+        """The text under ``key`` unless it expired."""
+        with self._lock:
+            found = self._values.get(key)
+            if found is None:
+                return None
+            if found[1] is not None and found[1] <= self._clock():
+                del self._values[key]
+                return None
+            return found[0]
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        """Store ``value`` for ``ttl`` seconds."""
+        with self._lock:
+            self._values[key] = (value, None if ttl is None else self._clock() + ttl)
+
+    def count(self) -> tuple[int, int]:
+        """``(entries, bytes)`` of the live values."""
+        with self._lock:
+            live = [k for k in list(self._values) if self.get(k) is not None]
+            return len(live), sum(len(self._values[k][0].encode()) for k in live)
+
+    def clear(self) -> int:
+        """Remove everything."""
+        with self._lock:
+            n = len(self._values)
+            self._values.clear()
+            return n
+
+    def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
+        """``change`` runs under this store's lock."""
+        with self._lock:
+            new, result = change(self.get(key))
+            if new is not None:
+                self._values[key] = (new, None)
+            return result
+
+    def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        """Add to one bucket's counters."""
+        self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every bucket's counters."""
+        with self._lock:
+            keys = [k for k in self._values if k.startswith(_LEDGER_PREFIX)]
+            return {k[len(_LEDGER_PREFIX) :]: _counters(self.get(k)) for k in keys}
+
+
+def _counters(text: str | None) -> dict[str, float]:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+
+
+def _added(state: str | None, amounts: Mapping[str, float]) -> str:
+    counters = _counters(state)
+    for name, amount in amounts.items():
+        counters[name] = counters.get(name, 0.0) + float(amount)
+    return json.dumps(counters, sort_keys=True)

@@ -1,0 +1,158 @@
+"""The store seam: both embedded stores honour the protocols; the disk one across processes."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mistral_nbenv.ratelimit import RateLimiter
+from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger
+from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["disk", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "disk":
+        yield DiskStore(tmp_path / "store")
+        close_all()
+    else:
+        yield MemoryStore()
+
+
+def test_both_stores_implement_every_protocol(store: Any) -> None:
+    for protocol in (KeyValue, Budget, Ledger):
+        for name in (n for n in vars(protocol) if not n.startswith("_")):
+            assert callable(getattr(store, name)) or name == "location", (protocol, name)
+
+
+def test_key_value_roundtrip_ttl_count_clear(store: Any) -> None:
+    assert store.get("a") is None
+    store.set("a", '{"x": 1}', None)
+    store.set("b", "{}", 0.05)
+    assert store.get("a") == '{"x": 1}'
+    assert store.count()[0] == 2
+    time.sleep(0.1)
+    assert store.get("b") is None  # expired
+    assert store.count()[0] == 1
+    assert store.clear() == 1
+    assert store.get("a") is None
+
+
+def test_update_is_read_modify_write(store: Any) -> None:
+    def bump(state: str | None) -> tuple[str, int]:
+        n = int(state or 0) + 1
+        return str(n), n
+
+    assert [store.update("n", bump) for _ in range(3)] == [1, 2, 3]
+    assert store.update("n", lambda state: (None, state)) == "3"  # None keeps the state
+
+
+def test_ledger_adds_per_bucket(store: Any) -> None:
+    store.add("2026-12-03|staging|m", {"requests": 1, "prompt_tokens": 10})
+    store.add("2026-12-03|staging|m", {"requests": 1, "completion_tokens": 5})
+    store.add("2026-12-03|production|m", {"requests": 2})
+    assert store.totals() == {
+        "2026-12-03|staging|m": {"requests": 2.0, "prompt_tokens": 10.0, "completion_tokens": 5.0},
+        "2026-12-03|production|m": {"requests": 2.0},
+    }
+
+
+def test_disk_store_reads_json_text_only_and_stays_private(tmp_path: Path) -> None:
+    disk = DiskStore(tmp_path / "private")
+    disk.set("ok", '{"a": 1}', None)
+    disk.db().set("pickled", ["a", "list"])  # diskcache would pickle this
+    disk.db().set("latin1", "é".encode("latin-1"))
+    assert disk.get("ok") == '{"a": 1}'
+    assert disk.get("pickled") is None
+    assert disk.get("latin1") is None
+    assert disk.update("pickled", lambda state: (None, state)) is None
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    for path in (tmp_path / "private").rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+    close_all()
+
+
+_WORKER = """
+import sys
+from pathlib import Path
+from mistral_nbenv.store.local import DiskStore
+store = DiskStore(Path(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    store.update("n", lambda s: (str(int(s or 0) + 1), None))
+"""
+
+
+def test_disk_update_is_atomic_across_processes(tmp_path: Path) -> None:
+    n = 150
+    argv = [sys.executable, "-c", _WORKER, str(tmp_path / "shared"), str(n)]
+    procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert DiskStore(tmp_path / "shared").get("n") == str(3 * n)  # no lost update
+    close_all()
+
+
+# --------------------------------------------------------------------------- the limiter on it
+
+
+class _Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("state", ["{not a state", "1,2", "nan,nan,nan", "1,1,inf", "é,1,2"])
+def test_unreadable_budget_state_is_a_full_budget(state: str) -> None:
+    clock = _Clock()
+    store = MemoryStore()
+    store.set("bucket", state, None)
+    rl = RateLimiter(
+        store, requests_per_minute=60, tokens_per_minute=0, clock=clock, sleep=clock.sleep
+    )
+    assert rl.acquire() == 0.0  # the burst of one, at once
+    assert rl.acquire() == pytest.approx(1.0)
+
+
+def test_a_clock_stepped_back_costs_at_most_one_refill() -> None:
+    clock = _Clock()
+    rl = RateLimiter(
+        MemoryStore(), requests_per_minute=60, tokens_per_minute=0, clock=clock, sleep=clock.sleep
+    )
+    rl.acquire()
+    clock.now -= 30  # NTP, a VM resume, another host's skewed clock on a shared cache dir
+    started = clock.now
+    rl.acquire()
+    assert clock.now - started <= 1.0 + 1e-6
+
+
+class _Broken:
+    location = "broken://store"
+
+    def update(self, key: str, change: Any) -> Any:
+        raise OSError("disk I/O error")
+
+
+def test_a_failing_budget_store_falls_back_to_memory_with_one_warning() -> None:
+    clock = _Clock()
+    rl = RateLimiter(
+        _Broken(), requests_per_minute=60, tokens_per_minute=0, clock=clock, sleep=clock.sleep
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert rl.acquire() == 0.0
+        assert rl.acquire() == pytest.approx(1.0)
+    assert [w.category for w in caught] == [CacheUnavailableWarning]
+    assert "broken://store" in str(caught[0].message)
