@@ -268,6 +268,131 @@ def _plural(n: int) -> str:
     return f"{n} attempt" + ("" if n == 1 else "s")
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """What a translation rule knows about one failed call."""
+
+    exc: BaseException
+    environment: str
+    attempts: int
+    retry_max_wait: float | None
+    timeout: float | None
+    key_source: str
+    secret: str | None
+
+    @property
+    def env(self) -> str:
+        return f"environment '{self.environment}'" if self.environment else "this environment"
+
+    @property
+    def body(self) -> str:
+        return _snippet(getattr(self.exc, "body", None), self.secret)
+
+    def common(self) -> dict[str, Any]:
+        return {"attempts": self.attempts, "environment": self.environment}
+
+
+def _malformed(f: _Failure) -> MistralEnvError:
+    cause = f.exc.__cause__ if f.exc.__cause__ is not None else f.exc
+    first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return APIError(
+        f"The Mistral API ({f.env}) answered HTTP 200 with a body that is not a valid "
+        f"response ({_snippet(first_line, f.secret)}). Nothing was cached; check that "
+        "server_url points at a Mistral-compatible API.",
+        status_code=200,
+        body=f.body,
+        **f.common(),
+    )
+
+
+def _unauthorized(f: _Failure) -> MistralEnvError:
+    where = f" (from {f.key_source})" if f.key_source else ""
+    return APIError(
+        f"The Mistral API rejected the API key for {f.env} (HTTP 401 Unauthorized). "
+        f"Check the key configured for '{f.environment or '?'}'{where}; "
+        "`mistral-nbenv check` shows where each key comes from.",
+        status_code=401,
+        body=f.body,
+        **f.common(),
+    )
+
+
+def _seconds(value: float) -> str:
+    """``10.5 s``; a wait with no end says so instead of ``inf s``."""
+    return f"{value:g} s" if value != float("inf") else "without end"
+
+
+def _rate_limited(f: _Failure) -> MistralEnvError:
+    retry_after = retry_after_of(f.exc)
+    cap = f.retry_max_wait
+    if retry_after is not None and cap is not None and retry_after > cap:
+        msg = (
+            f"Rate limited by the Mistral API ({f.env}): the server asks to wait "
+            f"{_seconds(retry_after)}, more than retry_max_wait={cap:g} s, "
+            "so the call was not retried. Try again later or raise retry_max_wait."
+        )
+    else:
+        detail = f": {f.body}" if f.body else ""
+        msg = (
+            f"Rate limited by the Mistral API ({f.env}) after {_plural(f.attempts)} (HTTP 429)"
+            f"{detail}. Lower rate_limits in the settings or try again later."
+        )
+    return RateLimitError(msg, retry_after=retry_after, body=f.body, **f.common())
+
+
+#: The hint added to an HTTP error, by status (the first row whose test holds).
+_HTTP_HINTS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (lambda status: status == 403, " The key for {env} is not allowed to do this."),
+    (lambda status: status == 404, " Check the model name and server_url."),
+    (lambda status: status >= 500, " The server failed; retries were exhausted."),
+)
+
+
+def _http_error(f: _Failure) -> MistralEnvError:
+    status = status_of(f.exc)
+    assert status is not None
+    hint = next((text for test, text in _HTTP_HINTS if test(status)), "").format(env=f.env)
+    detail = f": {f.body}" if f.body else ""
+    return APIError(
+        f"Mistral API error HTTP {status} ({f.env}) after {_plural(f.attempts)}{detail}.{hint}",
+        status_code=status,
+        body=f.body,
+        **f.common(),
+    )
+
+
+def _timed_out(f: _Failure) -> MistralEnvError:
+    limit = f" of {f.timeout:g} s" if f.timeout is not None else ""
+    return APITimeoutError(
+        f"The Mistral API ({f.env}) did not answer within the timeout{limit} "
+        f"({_plural(f.attempts)}). Raise `timeout` in the settings or pass timeout_ms=.",
+        **f.common(),
+    )
+
+
+def _unreachable(f: _Failure) -> MistralEnvError:
+    return APIConnectionError(
+        f"Could not reach the Mistral API ({f.env}) after {_plural(f.attempts)}: "
+        f"{type(f.exc).__name__}: {_snippet(str(f.exc), f.secret)}. "
+        "Check server_url and the network.",
+        **f.common(),
+    )
+
+
+#: How an SDK/``httpx2`` failure becomes ours: the first rule whose test holds.
+#: Order matters: a malformed 200 body is a ``MistralError`` with a status code too.
+TRANSLATIONS: tuple[
+    tuple[str, Callable[[BaseException], bool], Callable[[_Failure], MistralEnvError]], ...
+] = (
+    ("malformed 200 body", lambda e: _is_malformed_body(e), _malformed),
+    ("HTTP 401", lambda e: status_of(e) == 401, _unauthorized),
+    ("HTTP 429", lambda e: status_of(e) == 429, _rate_limited),
+    ("other HTTP status", lambda e: status_of(e) is not None, _http_error),
+    ("timeout", lambda e: _is_timeout(e), _timed_out),
+    ("transport error", lambda e: _is_transport(e), _unreachable),
+)
+
+
 def translate_error(
     exc: BaseException,
     *,
@@ -278,7 +403,7 @@ def translate_error(
     key_source: str = "",
     secret: str | None = None,
 ) -> BaseException:
-    """Map an SDK/``httpx2`` exception to our tree; other exceptions are returned unchanged.
+    """Map an SDK/``httpx2`` exception to our tree (:data:`TRANSLATIONS`); others unchanged.
 
     ``secret`` (the API key) is masked in any server text quoted in the message and in
     ``exc`` itself (:func:`scrub_secret`); request headers are never quoted.  Raise the
@@ -287,86 +412,16 @@ def translate_error(
     if isinstance(exc, MistralEnvError):
         return exc
     scrub_secret(exc, secret)
-    n = attempts if attempts is not None else int(exc.__dict__.get("__attempts__", 1))
-    env = f"environment '{environment}'" if environment else "this environment"
-
-    if _is_malformed_body(exc):
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        return APIError(
-            f"The Mistral API ({env}) answered HTTP 200 with a body that is not a valid "
-            f"response ({_snippet(first_line, secret)}). Nothing was cached; check that "
-            "server_url points at a Mistral-compatible API.",
-            status_code=200,
-            attempts=n,
-            environment=environment,
-            body=_snippet(getattr(exc, "body", None), secret),
-        )
-
-    status = status_of(exc)
-    if status is not None:
-        body = _snippet(getattr(exc, "body", None), secret)
-        detail = f": {body}" if body else ""
-        if status == 401:
-            where = f" (from {key_source})" if key_source else ""
-            return APIError(
-                f"The Mistral API rejected the API key for {env} (HTTP 401 Unauthorized). "
-                f"Check the key configured for '{environment or '?'}'{where}; "
-                "`mistral-nbenv check` shows where each key comes from.",
-                status_code=401,
-                attempts=n,
-                environment=environment,
-                body=body,
-            )
-        if status == 429:
-            retry_after = retry_after_of(exc)
-            if (
-                retry_after is not None
-                and retry_max_wait is not None
-                and retry_after > retry_max_wait
-            ):
-                msg = (
-                    f"Rate limited by the Mistral API ({env}): the server asks to wait "
-                    f"{retry_after:.0f} s, more than retry_max_wait={retry_max_wait:g} s, "
-                    "so the call was not retried. Try again later or raise retry_max_wait."
-                )
-            else:
-                msg = (
-                    f"Rate limited by the Mistral API ({env}) after {_plural(n)} (HTTP 429)"
-                    f"{detail}. Lower rate_limits in the settings or try again later."
-                )
-            return RateLimitError(
-                msg, retry_after=retry_after, attempts=n, environment=environment, body=body
-            )
-        hint = ""
-        if status == 403:
-            hint = f" The key for {env} is not allowed to do this."
-        elif status == 404:
-            hint = " Check the model name and server_url."
-        elif status >= 500:
-            hint = " The server failed; retries were exhausted."
-        return APIError(
-            f"Mistral API error HTTP {status} ({env}) after {_plural(n)}{detail}.{hint}",
-            status_code=status,
-            attempts=n,
-            environment=environment,
-            body=body,
-        )
-
-    if _is_timeout(exc):
-        limit = f" of {timeout:g} s" if timeout is not None else ""
-        return APITimeoutError(
-            f"The Mistral API ({env}) did not answer within the timeout{limit} "
-            f"({_plural(n)}). Raise `timeout` in the settings or pass timeout_ms=.",
-            attempts=n,
-            environment=environment,
-        )
-    if _is_transport(exc):
-        return APIConnectionError(
-            f"Could not reach the Mistral API ({env}) after {_plural(n)}: "
-            f"{type(exc).__name__}: {_snippet(str(exc), secret)}. "
-            "Check server_url and the network.",
-            attempts=n,
-            environment=environment,
-        )
+    failure = _Failure(
+        exc,
+        environment,
+        attempts if attempts is not None else int(exc.__dict__.get("__attempts__", 1)),
+        retry_max_wait,
+        timeout,
+        key_source,
+        secret,
+    )
+    for _name, test, build in TRANSLATIONS:
+        if test(exc):
+            return build(failure)
     return exc

@@ -576,14 +576,14 @@ def test_responses_are_stored_as_received(
 def test_stored_body_falls_back_to_the_model_dump() -> None:
     from mistralai.client.models import ChatCompletionResponse
 
-    from mistral_nbenv.client import _response_json
+    from mistral_nbenv.client import response_json
 
     answer = ChatCompletionResponse.model_validate_json(
         '{"id": "x", "object": "chat.completion", "model": "m", "created": 1, "usage": {},'
         ' "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},'
         ' "finish_reason": "stop"}]}'
     )
-    assert _response_json(answer, []) == answer.model_dump_json(by_alias=True)
+    assert response_json(answer, []) == answer.model_dump_json(by_alias=True)
 
 
 def test_values_are_json_not_pickle(make: Any, tmp_path: Path) -> None:

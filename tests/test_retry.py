@@ -175,3 +175,28 @@ def test_translate_401_names_environment_and_scrubs_key() -> None:
     assert ".secrets.toml" in text
     assert key not in text
     assert "…aE7u" in text
+
+
+@pytest.mark.parametrize(("header", "shown"), [("10.5", "10.5 s"), ("90", "90 s")])
+def test_cap_message_states_the_exact_wait(header: str, shown: str) -> None:
+    mapped: Any = translate_error(
+        SDKError(429, {"retry-after": header}), environment="staging", retry_max_wait=10
+    )
+    assert isinstance(mapped, RateLimitError)
+    assert f"asks to wait {shown}, more than retry_max_wait=10 s" in str(mapped)
+
+
+def test_every_translation_rule_is_reachable() -> None:
+    """Each row of the table maps one kind of failure; the first matching row wins."""
+    from mistral_nbenv.retry import TRANSLATIONS
+
+    names = [name for name, _test, _build in TRANSLATIONS]
+    assert names[0] == "malformed 200 body"  # before the status rows: it has status 200
+    cases = {
+        "HTTP 401": SDKError(401),
+        "HTTP 429": SDKError(429),
+        "other HTTP status": SDKError(503),
+    }
+    for name, exc in cases.items():
+        first = next(n for n, test, _b in TRANSLATIONS if test(exc))
+        assert first == name

@@ -1,0 +1,330 @@
+"""One call pipeline for every endpoint: prepare -> execute -> finish, written once.
+
+* **prepare** (shared): defaults from settings (the model), the ``cache=`` option, the
+  request's cache key, a cache lookup (a hit is rebuilt with ``model_validate_json`` and
+  touches nothing else), offline mode, the token estimate;
+* **execute**: a concurrency slot, then [rate-limit budget -> SDK call] retried by the
+  :class:`~mistral_nbenv.retry.RetryPolicy`; a stream is retried only until its first event.
+  This is the only step with a sync and an async form, and they differ only in ``await``;
+* **finish** (shared): usage accounting (and the tpm estimate reconciled), the cache write,
+  or the error translated into the package's tree, ``from`` the SDK's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+from .. import _fastsdk
+from ..cache import ResponseCache, cache_dir
+from ..errors import CacheMissError
+from ..ratelimit import ConcurrencyLimiter, RateLimiter
+from ..retry import RetryPolicy, translate_error
+from ..store.local import DiskStore
+from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
+from .transport import RESPONSES, SDK, Transport, response_json
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..keys import ResolvedKey
+    from .streams import AsyncStream, Stream
+
+__all__ = ["CacheOption", "ClientStats", "Pipeline"]
+
+log = logging.getLogger("mistral_nbenv.client")
+
+CacheOption = bool | Literal["refresh"] | None
+
+
+@dataclass
+class ClientStats:
+    """Counters of one client since it was created."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    retries: int = 0
+    errors: int = 0
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        """Add to several counters at once (thread-safe)."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+
+
+class Pipeline:
+    """The policy of one environment's client applied to every call."""
+
+    def __init__(self, settings: Settings, key: ResolvedKey, transport: Transport) -> None:
+        self.settings = settings
+        self.environment = settings.environment
+        self.key = key
+        self.transport = transport
+        self.stats = ClientStats()
+        self.cache_enabled = bool(settings.cache.enabled)
+        self.offline = bool(settings.offline)
+        self.cache = ResponseCache.for_settings(settings)
+        self.limiter = RateLimiter(
+            DiskStore(cache_dir(settings) / "ratelimit"),
+            requests_per_minute=settings.rate_limits.requests_per_minute,
+            tokens_per_minute=settings.rate_limits.tokens_per_minute,
+            environment=settings.environment,
+        )
+        self.concurrency = ConcurrencyLimiter(settings.features.max_concurrent_requests)
+        self.policy = RetryPolicy(
+            max_retries=int(settings.max_retries),
+            retry_max_wait=float(settings.retry_max_wait),
+            on_retry=self._on_retry,
+        )
+
+    # -- prepare -------------------------------------------------------------------------
+
+    def prepare(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
+        """Defaults, the cache option and lookup; offline, a miss raises ``CacheMissError``."""
+        option = kwargs.pop("cache", None)
+        if "retries" in kwargs:
+            raise TypeError(
+                "retries= is not supported: mistral_nbenv retries itself "
+                "(max_retries / retry_max_wait in the settings)"
+            )
+        if ep.default_model is not None and kwargs.get("model") is None:
+            kwargs["model"] = getattr(self.settings, ep.default_model)
+        read, write = self._cache_modes(option)
+        call = Prepared(ep, kwargs)
+        key = None
+        if read or write:
+            key = self.cache.key(ep.name, canonical(kwargs))
+        if read and key is not None:
+            text = self.cache.get(key)
+            if text is not None:
+                self.stats.add(hits=1)
+                call.cached = text
+                return call
+        if self.offline:
+            raise CacheMissError(
+                f"Offline mode is on for environment '{self.environment}' and this "
+                f"{ep.name} request is not in the cache. Run it once online, or leave "
+                "offline mode (unset MISTRAL_NBENV_OFFLINE / set offline = false)."
+            )
+        if read:
+            self.stats.add(misses=1)
+        kwargs.setdefault("timeout_ms", self.transport.timeout_ms)
+        call.key = key if write else None
+        call.estimate = estimate_tokens(kwargs) if self.limiter.tpm > 0 else 0
+        return call
+
+    def _cache_modes(self, option: CacheOption) -> tuple[bool, bool]:
+        if self.offline:
+            return True, False
+        if option is None:
+            return self.cache_enabled, self.cache_enabled
+        if option is True or option is False:
+            return option, option
+        if option == "refresh":
+            return False, True
+        raise ValueError(f"cache= must be True, False or 'refresh', not {option!r}")
+
+    def rebuild(self, call: Prepared) -> Any:
+        """A cache hit as the SDK's response object."""
+        assert call.cached is not None
+        return SDK.model(call.endpoint.response).model_validate_json(call.cached)
+
+    def replay(self, call: Prepared) -> list[Any]:
+        """A cached stream as the SDK's events, in order."""
+        assert call.cached is not None
+        event_type = SDK.model(call.endpoint.response)
+        return [event_type.model_validate_json(line) for line in call.cached.splitlines()]
+
+    # -- execute: the SDK call inside the attempt's scope ---------------------------------
+
+    def _send(self, call: Prepared, method: Callable[..., Any]) -> Any:
+        """Call the SDK with the response list and the fast-path scope set (sync or async)."""
+        call.seen.clear()
+        token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+        try:
+            return method(**call.kwargs)  # a coroutine for an async method: awaited outside
+        finally:
+            _fastsdk.leave(scope)
+            RESPONSES.reset(token)
+
+    def call(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
+        """A request/response call (sync)."""
+        call = self.prepare(ep, kwargs)
+        if call.cached is not None:
+            return self.rebuild(call)
+        method = self.transport.method(ep.group, ep.method, is_async=False)
+
+        def attempt() -> Any:
+            self._waited(self.limiter.acquire(call.estimate))
+            return self._send(call, method)
+
+        self.concurrency.acquire()
+        try:
+            result, _attempts = self.policy.call(attempt)
+        except Exception as exc:
+            self.fail(exc, call)
+        finally:
+            self.concurrency.release()
+        return self.finish(call, result)
+
+    async def call_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
+        """A request/response call (async): the same steps, awaited."""
+        call = self.prepare(ep, kwargs)
+        if call.cached is not None:
+            return self.rebuild(call)
+        method = self.transport.method(ep.group, ep.method, is_async=True)
+
+        async def attempt() -> Any:
+            self._waited(await self.limiter.acquire_async(call.estimate))
+            call.seen.clear()
+            token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+            try:  # set around the await: the response hooks run inside it
+                return await method(**call.kwargs)
+            finally:
+                _fastsdk.leave(scope)
+                RESPONSES.reset(token)
+
+        await self.concurrency.acquire_async()
+        try:
+            result, _attempts = await self.policy.call_async(attempt)
+        except Exception as exc:
+            self.fail(exc, call)
+        finally:
+            self.concurrency.release()
+        return self.finish(call, result)
+
+    def stream(self, ep: Endpoint, kwargs: dict[str, Any]) -> Stream:
+        """A streaming call (sync); the stream holds the concurrency slot until it ends."""
+        from .streams import Stream
+
+        call = self.prepare(ep, kwargs)
+        if call.cached is not None:
+            return Stream(self, call, replay=self.replay(call))
+        method = self.transport.method(ep.group, ep.method, is_async=False)
+
+        def attempt() -> tuple[Any, list[Any]]:
+            self._waited(self.limiter.acquire(call.estimate))
+            scope = _fastsdk.enter()
+            try:
+                events = method(**call.kwargs)
+                try:  # a stream is retried only until its first event arrives
+                    return events, [next(events)]
+                except StopIteration:
+                    return events, []
+                except BaseException:
+                    events.close()
+                    raise
+            finally:
+                _fastsdk.leave(scope)
+
+        self.concurrency.acquire()  # released by the Stream when it ends
+        try:
+            (events, first), _attempts = self.policy.call(attempt)
+        except BaseException as exc:
+            self.concurrency.release()
+            if isinstance(exc, Exception):
+                self.fail(exc, call)
+            raise
+        return Stream(self, call, source=events, first=first)
+
+    async def stream_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> AsyncStream:
+        """A streaming call (async): the same steps, awaited."""
+        from .streams import AsyncStream
+
+        call = self.prepare(ep, kwargs)
+        if call.cached is not None:
+            return AsyncStream(self, call, replay=self.replay(call))
+        method = self.transport.method(ep.group, ep.method, is_async=True)
+
+        async def attempt() -> tuple[Any, list[Any]]:
+            self._waited(await self.limiter.acquire_async(call.estimate))
+            scope = _fastsdk.enter()
+            try:
+                events = await method(**call.kwargs)
+                try:
+                    return events, [await events.__anext__()]
+                except StopAsyncIteration:
+                    return events, []
+                except BaseException:
+                    await events.close()
+                    raise
+            finally:
+                _fastsdk.leave(scope)
+
+        await self.concurrency.acquire_async()  # released by the stream when it ends
+        try:
+            (events, first), _attempts = await self.policy.call_async(attempt)
+        except BaseException as exc:
+            self.concurrency.release()
+            if isinstance(exc, Exception):
+                self.fail(exc, call)
+            raise
+        return AsyncStream(self, call, source=events, first=first)
+
+    # -- finish --------------------------------------------------------------------------
+
+    def finish(self, call: Prepared, result: Any) -> Any:
+        """Account the usage and store the body as received."""
+        self.account(result, call.estimate)
+        if call.key is not None:
+            self.cache.set(call.key, response_json(result, call.seen))
+        return result
+
+    def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
+        """A stream read to the end: account its usage and store its events."""
+        self.account(last_usage, call.estimate)
+        if call.key is not None and recorded is not None:
+            self.cache.set(call.key, "\n".join(recorded))
+
+    def account(self, result: Any, estimate: int) -> None:
+        """Count a request and its tokens; correct the tpm estimate with the real usage."""
+        prompt, completion, total = usage_of(result)
+        self.stats.add(
+            requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
+        )
+        if total:
+            self.limiter.reconcile(estimate, total)
+
+    def fail(self, exc: Exception, call: Prepared) -> NoReturn:
+        """Count the failure and raise it as our error, ``from`` the SDK's."""
+        self.stats.add(errors=1)
+        timeout_ms = call.kwargs.get("timeout_ms") or self.transport.timeout_ms
+        mapped = translate_error(
+            exc,
+            environment=self.environment,
+            retry_max_wait=float(self.settings.retry_max_wait),
+            timeout=timeout_ms / 1000,
+            key_source=self.key.source,
+            secret=self.key.value.get_secret_value(),
+        )
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
+    def _waited(self, seconds: float) -> None:
+        if seconds > 0:
+            self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.stats.add(retries=1)
+        log.debug(
+            "mistral_nbenv: %s: attempt %d failed (%s), retrying in %.2f s",
+            self.environment,
+            attempt,
+            type(exc).__name__,
+            delay,
+        )

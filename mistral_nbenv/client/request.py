@@ -1,0 +1,176 @@
+"""What a request is: the endpoint table, canonical parameters, the token estimate, usage.
+
+The endpoint table (:data:`ENDPOINTS`) is the one list the rest of the client is generated
+from: the namespaces (``client.chat.complete`` ...), the cache namespace of each endpoint,
+the SDK model a cached body is rebuilt into, and the setting that gives the default model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .transport import SDK
+
+__all__ = [
+    "ENDPOINTS",
+    "TRANSPORT_PARAMS",
+    "Endpoint",
+    "Prepared",
+    "canonical",
+    "estimate_tokens",
+    "usage_of",
+]
+
+#: Parameters that change how a request travels, not what it answers.
+TRANSPORT_PARAMS = frozenset({"timeout_ms", "http_headers", "retries"})
+#: Parameters given as dicts or SDK objects, validated into one normal form for the key.
+_NORMALISED = ("messages", "tools", "tool_choice", "response_format", "prediction")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One SDK operation the wrapper serves."""
+
+    group: str  # SDK attribute: chat, fim, embeddings, models
+    method: str  # SDK method (sync name); the async one is method + "_async"
+    response: str  # SDK model a cached body is rebuilt into (a stream: its event model)
+    default_model: str | None  # Settings attribute giving the model when none is passed
+    stream: bool = False
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        """``chat.complete``: also the cache namespace of the endpoint."""
+        return f"{self.group}.{self.method}"
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "chat",
+        "complete",
+        "ChatCompletionResponse",
+        "chat_model",
+        doc="``Mistral.chat.complete`` with cache, retries and limits (default ``model``).",
+    ),
+    Endpoint(
+        "chat",
+        "stream",
+        "CompletionEvent",
+        "chat_model",
+        stream=True,
+        doc="``Mistral.chat.stream``: yields the SDK's ``CompletionEvent``s.",
+    ),
+    Endpoint(
+        "fim",
+        "complete",
+        "FIMCompletionResponse",
+        "fim_model",
+        doc="``Mistral.fim.complete``; ``model`` defaults to ``fim_model``.",
+    ),
+    Endpoint(
+        "fim",
+        "stream",
+        "CompletionEvent",
+        "fim_model",
+        stream=True,
+        doc="``Mistral.fim.stream``.",
+    ),
+    Endpoint(
+        "embeddings",
+        "create",
+        "EmbeddingResponse",
+        "embedding_model",
+        doc="``Mistral.embeddings.create``; ``model`` defaults to ``embedding_model``.",
+    ),
+    Endpoint(
+        "models",
+        "list",
+        "ModelList",
+        None,
+        doc="``Mistral.models.list`` (cached like any other call).",
+    ),
+)
+
+
+@dataclass
+class Prepared:
+    """One call after *prepare*: its arguments, where to store it, what a hit found."""
+
+    endpoint: Endpoint
+    kwargs: dict[str, Any]
+    key: str | None = None  # the cache key to store the answer under (None: don't store)
+    cached: str | None = None  # the cached JSON text (a hit)
+    estimate: int = 0
+    seen: list[Any] = field(default_factory=list)  # HTTP responses of the current attempt
+
+
+def _simple_messages(messages: Any) -> bool:
+    """Plain user/system dicts with text content are already in canonical form."""
+    if not isinstance(messages, list):
+        return False
+    for message in messages:
+        if (
+            type(message) is not dict
+            or len(message) != 2
+            or message.get("role") not in ("user", "system")
+            or type(message.get("content")) is not str
+        ):
+            return False
+    return True
+
+
+def canonical(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that change the answer, dicts and SDK objects in one normal form."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None or name in TRANSPORT_PARAMS:
+            continue
+        if name in _NORMALISED and not (name == "messages" and _simple_messages(value)):
+            adapter = SDK.adapter(name)
+            try:
+                if name in ("messages", "tools"):
+                    value = list(value)
+                value = adapter.dump_python(
+                    adapter.validate_python(value), mode="json", by_alias=True, exclude_none=True
+                )
+            except Exception:  # invalid input: the SDK call will report it
+                pass
+        out[name] = value
+    return out
+
+
+def estimate_tokens(params: Mapping[str, Any]) -> int:
+    """Rough token count of a request: characters / 4 of its text plus ``max_tokens``."""
+    chars = 0
+    for name in ("messages", "prompt", "suffix", "inputs", "input"):
+        value = params.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    chars += len(item)
+                else:
+                    content = (
+                        item.get("content")
+                        if isinstance(item, Mapping)
+                        else getattr(item, "content", None)
+                    )
+                    chars += len(content) if isinstance(content, str) else len(str(content or ""))
+    max_tokens = params.get("max_tokens")
+    return chars // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
+
+
+def usage_of(result: Any) -> tuple[int, int, int]:
+    """``(prompt, completion, total)`` tokens of a response (zeros when it has no usage)."""
+    usage = getattr(result, "usage", None)
+    if usage is None:
+        return 0, 0, 0
+    prompt = getattr(usage, "prompt_tokens", None) or 0
+    completion = getattr(usage, "completion_tokens", None) or 0
+    total = getattr(usage, "total_tokens", None) or (prompt + completion)
+    return int(prompt), int(completion), int(total)

@@ -1,0 +1,229 @@
+"""The SDK and its HTTP clients: made lazily, one async client per event loop, closed safely.
+
+This is the only module that imports ``mistralai`` (and ``httpx2``, its HTTP client), and
+only on first use. The SDK's own retries are off (the pipeline retries, in one place);
+the timeout comes from the settings.
+
+Every HTTP response goes through a response hook that appends it to the list in the
+:data:`RESPONSES` context variable while the pipeline makes an attempt, so a successful
+body is cached as received (:func:`response_json`) instead of re-serialising the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .. import _fastsdk
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..keys import ResolvedKey
+
+__all__ = ["RESPONSES", "SDK", "Transport", "response_json"]
+
+
+class SDK:
+    """Lazily imported pieces of mistralai (imported on the first client use)."""
+
+    loaded = False
+    Mistral: Any
+    models: Any
+    httpx: Any
+    ssl_context: Any
+    adapters: dict[str, Any]
+    model_types: dict[str, Any]
+    _lock = threading.Lock()
+
+    @classmethod
+    def load(cls) -> type[SDK]:
+        """Import the SDK once per process."""
+        if cls.loaded:
+            return cls
+        with cls._lock:
+            if cls.loaded:
+                return cls
+            import httpx2
+            from mistralai.client import Mistral, models
+
+            cls.Mistral = Mistral
+            cls.models = models
+            cls.httpx = httpx2
+            # One SSL context for every HTTP client: building one costs ~60 ms.
+            cls.ssl_context = httpx2.create_ssl_context()
+            cls.adapters = {}
+            cls.model_types = {}
+            cls.loaded = True
+        return cls
+
+    @classmethod
+    def model(cls, name: str) -> Any:
+        """An SDK model by name, looked up once (the SDK resolves names lazily)."""
+        found = cls.load().model_types.get(name)
+        if found is None:
+            found = cls.model_types[name] = getattr(cls.models, name)
+        return found
+
+    @classmethod
+    def adapter(cls, name: str) -> Any:
+        """A pydantic ``TypeAdapter`` for one normalised request parameter."""
+        adapter = cls.load().adapters.get(name)
+        if adapter is None:
+            from pydantic import TypeAdapter
+
+            m = cls.models
+            types: dict[str, Any] = {
+                "messages": list[m.ChatCompletionRequestMessage],  # type: ignore[name-defined]
+                "tools": list[m.ChatCompletionRequestTool],  # type: ignore[name-defined]
+                "tool_choice": m.ChatCompletionRequestToolChoice,
+                "response_format": m.ResponseFormat,
+                "prediction": m.Prediction,
+            }
+            adapter = cls.adapters[name] = TypeAdapter(types[name])
+        return adapter
+
+
+# The HTTP responses received by the current attempt (the hooks below append to it).
+RESPONSES: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "mistral_nbenv_responses", default=None
+)
+
+
+def _note_response(response: Any) -> None:
+    seen = RESPONSES.get()
+    if seen is not None:
+        seen.append(response)
+
+
+async def _note_response_async(response: Any) -> None:
+    _note_response(response)
+
+
+def response_json(result: Any, seen: list[Any]) -> str:
+    """The JSON text to cache for ``result``: the body it was parsed from, when known.
+
+    The SDK parsed that body into ``result`` (so it is valid JSON of a 200 answer);
+    anything else falls back to dumping the model.
+    """
+    if seen:
+        response = seen[-1]
+        if response.status_code == 200 and getattr(response, "_content", None) is not None:
+            with contextlib.suppress(Exception):
+                text: str = response.text
+                return text
+    return str(result.model_dump_json(by_alias=True))
+
+
+class Transport:
+    """The SDK objects of one client: one for sync calls, one per event loop for async."""
+
+    def __init__(self, settings: Settings, key: ResolvedKey, *, fast_sdk: bool) -> None:
+        self._settings = settings
+        self._key = key
+        self._fast_sdk = fast_sdk
+        self.timeout_ms = max(1, int(float(settings.timeout) * 1000))
+        self._lock = threading.RLock()
+        self.sync_raw: Any = None
+        self._async_raw: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _new_sdk(self, sync_client: Any, async_client: Any) -> Any:
+        sdk = SDK.load()
+        fast = _fastsdk.install() if self._fast_sdk else False
+        raw = sdk.Mistral(
+            api_key=self._key.value.get_secret_value(),
+            server_url=self._settings.server_url or None,
+            client=sync_client,
+            async_client=async_client,
+            timeout_ms=self.timeout_ms,
+        )
+        if fast:
+            _fastsdk.inline_hooks(raw)
+        return raw
+
+    @staticmethod
+    def _async_http_client() -> Any:
+        sdk = SDK.load()
+        return sdk.httpx.AsyncClient(
+            verify=sdk.ssl_context,
+            follow_redirects=True,
+            event_hooks={"response": [_note_response_async]},
+        )
+
+    @property
+    def raw(self) -> Any:
+        """The SDK object for sync calls (made on first use)."""
+        raw = self.sync_raw
+        if raw is None:
+            with self._lock:
+                raw = self.sync_raw
+                if raw is None:
+                    sdk = SDK.load()
+                    sync_client = sdk.httpx.Client(
+                        verify=sdk.ssl_context,
+                        follow_redirects=True,
+                        event_hooks={"response": [_note_response]},
+                    )
+                    raw = self.sync_raw = self._new_sdk(sync_client, self._async_http_client())
+        return raw
+
+    def for_loop(self) -> Any:
+        """An SDK object whose async HTTP client belongs to the running event loop."""
+        loop = asyncio.get_running_loop()
+        raw = self._async_raw.get(loop)
+        if raw is None:
+            with self._lock:
+                raw = self._async_raw.get(loop)
+                if raw is None:
+                    sync_client = self.raw.sdk_configuration.client
+                    raw = self._async_raw[loop] = self._new_sdk(
+                        sync_client, self._async_http_client()
+                    )
+        return raw
+
+    def method(self, group: str, name: str, *, is_async: bool) -> Any:
+        """The bound SDK method ``group.name`` (``name + "_async"`` on this event loop)."""
+        if is_async:
+            return getattr(getattr(self.for_loop(), group), name + "_async")
+        return getattr(getattr(self.raw, group), name)
+
+    def close(self) -> None:
+        """Release HTTP connections; the SDK objects are made again if used again."""
+        with self._lock:
+            raw, self.sync_raw = self.sync_raw, None
+            loops = list(self._async_raw.items())
+            self._async_raw = weakref.WeakKeyDictionary()
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.sdk_configuration.client.close()
+            _close_async(None, raw.sdk_configuration.async_client)
+        for loop, loop_raw in loops:
+            _close_async(loop, loop_raw.sdk_configuration.async_client)
+
+
+def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> None:
+    """Close an ``httpx2.AsyncClient`` from sync code, as well as its loop allows."""
+    if async_client is None:
+        return
+    state = getattr(async_client, "_state", None)
+    if getattr(state, "name", "") == "UNOPENED":
+        return  # never used: no connections to release (and no event loop to build)
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    target = loop or running
+    if target is not None and target.is_closed():
+        return  # its connections died with the loop
+    with contextlib.suppress(Exception):
+        if running is not None and (loop is None or loop is running):
+            running.create_task(async_client.aclose())
+        elif loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(async_client.aclose(), loop)
+        elif loop is None:
+            asyncio.run(async_client.aclose())
