@@ -94,9 +94,9 @@ def _configured_keys() -> dict[str, str]:
 
 def _cache(args: argparse.Namespace, out: TextIO) -> int:
     from .display import cache_stats_text
-    from .workspace import cache_stats, clear_cache, current_environment, get_settings
+    from .workspace import cache_stats, clear_cache, environment_name
 
-    env = get_settings(args.env).environment if args.env else current_environment()
+    env = environment_name(args.env)
     if args.action == "clear":
         removed = clear_cache(env)
         print(
@@ -114,54 +114,43 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     return run_demo(out)
 
 
+_HANDLERS = {
+    "status": _status,
+    "list": _list,
+    "check": _check,
+    "scan": _scan,
+    "cache": _cache,
+    "demo": _demo,
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .commands import build_parser
 
-    parser = argparse.ArgumentParser(
-        prog="mistral-nbenv",
+    parser = build_parser(
+        "cli",
+        "mistral-nbenv",
         description="Mistral AI API settings, keys and cache across development, staging "
         "and production.",
     )
     parser.add_argument("--version", action="version", version=f"mistral-nbenv {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("status", help="the active environment, its key source and settings")
-    p.add_argument("--env", help="show this environment instead of the active one")
-    p.set_defaults(func=_status)
-
-    p = sub.add_parser("list", help="every environment with its model and masked key")
-    p.set_defaults(func=_list)
-
-    p = sub.add_parser("check", help="validate settings and keys (exit 1 on any problem)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--env", help="check this environment (default: the active one)")
-    group.add_argument("--all", action="store_true", help="check every environment")
-    p.set_defaults(func=_check)
-
-    p = sub.add_parser("scan", help="find Mistral keys in notebooks and files (exit 1 if any)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.set_defaults(func=_scan)
-
-    p = sub.add_parser("cache", help="response cache statistics, or clear it")
-    p.add_argument("action", choices=["stats", "clear"])
-    p.add_argument("--env", help="environment (default: the active one)")
-    p.set_defaults(func=_cache)
-
-    p = sub.add_parser("demo", help="a guided tour; uses a built-in local server without a key")
-    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit code."""
     stream = out or sys.stdout
+    from .commands import environment_of
+
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(stream)
         return 2
+    args.env = environment_of(args, parser)
     try:
-        return int(args.func(args, stream))
+        return int(_HANDLERS[args.command](args, stream))
     except MistralEnvError as exc:
         print(f"mistral-nbenv {args.command}: error: {exc}", file=sys.stderr)
         return 2

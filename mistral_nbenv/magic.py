@@ -52,8 +52,6 @@ from .status import ChatAnswer, ask, collect_check, collect_findings, collect_st
 
 __all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
 
-SUBCOMMANDS = ("status", "list", "check", "use", "cache")
-
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -88,23 +86,15 @@ class _Parser(argparse.ArgumentParser):
         raise _HelpShown
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(prog="%mistral_env", description="Show and switch the Mistral environment.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p = sub.add_parser("status", help="the active (or given) environment's status")
-    p.add_argument("env", nargs="?", help="environment name or alias")
-    sub.add_parser("list", help="every configured environment")
-    p = sub.add_parser("check", help="validate settings and keys")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("env", nargs="?", help="environment name or alias")
-    group.add_argument("--all", action="store_true", help="every environment")
-    p = sub.add_parser("use", help="switch the active environment")
-    p.add_argument("env", help="environment name or alias")
-    p.add_argument("--confirm", action="store_true", help="confirm a protected environment")
-    p = sub.add_parser("cache", help="response cache statistics or clearing")
-    p.add_argument("action", choices=("stats", "clear"))
-    p.add_argument("--env", help="environment (default: the active one)")
-    return parser
+def _build_parser() -> argparse.ArgumentParser:
+    from .commands import build_parser
+
+    return build_parser(
+        "magic",
+        "%mistral_env",
+        parser_class=_Parser,
+        description="Show and switch the Mistral environment.",
+    )
 
 
 def _show(text: str, html_text: str) -> None:
@@ -122,7 +112,7 @@ class MistralMagics(Magics):
 
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)
-        self._parser: _Parser | None = None  # built on first use: keeps %load_ext instant
+        self._parser: argparse.ArgumentParser | None = None  # built on first use
         self.switchers: list[Any] = []
 
     # ------------------------------------------------------------------ %mistral_env
@@ -131,13 +121,13 @@ class MistralMagics(Magics):
         """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
         from IPython.utils.process import arg_split
 
-        argv = arg_split(line, posix=True)
-        if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
-            argv.insert(0, "use")
+        from .commands import environment_of, split_words
+
         if self._parser is None:
             self._parser = _build_parser()
         try:
-            args = self._parser.parse_args(argv)
+            args = self._parser.parse_args(split_words(arg_split(line, posix=True)))
+            args.env = environment_of(args, self._parser)
         except _HelpShown:
             return None
         try:
@@ -196,9 +186,9 @@ class MistralMagics(Magics):
         _show(status_text(st), status_html(st))
 
     def _cache(self, action: str, env: str | None) -> None:
-        from .workspace import cache_stats, clear_cache, get_settings
+        from .workspace import cache_stats, clear_cache, environment_name
 
-        name = get_settings(env).environment
+        name = environment_name(env)
         if action == "stats":
             stats = cache_stats(name)
             _show(cache_stats_text(name, stats), cache_stats_html(name, stats))

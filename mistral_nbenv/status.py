@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._names import normalize_name
 from .checks import project_findings
 from .errors import MistralEnvError
 from .workspace import (
     cache_stats,
     current_environment,
+    environment_name,
     get_api_key,
     get_settings,
     list_environments,
@@ -147,7 +147,7 @@ def ask(client: Any, **kwargs: Any) -> ChatAnswer:
 def collect_status(env: str | None = None, *, with_cache: bool = False) -> EnvironmentStatus:
     """Gather the status of ``env`` (None = active); an unknown name raises ConfigurationError."""
     active = current_environment()
-    name = active if env is None else normalize_name(env, list_environments())
+    name = environment_name(env)
     try:
         s = get_settings(name)
     except MistralEnvError as exc:  # broken settings are shown, not raised
@@ -188,10 +188,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
 
 def collect_check(env: str | None = None, *, all_environments: bool = False) -> list[CheckResult]:
     """Check ``env`` (or all): settings validate, a key resolves, no key shared."""
-    if all_environments:
-        names = list_environments()
-    else:
-        names = [normalize_name(env, list_environments()) if env else current_environment()]
+    names = list_environments() if all_environments else [environment_name(env)]
     results: list[CheckResult] = []
     for name in names:
         problems: list[str] = []

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config, environments
+from ._names import normalize_name
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:  # keys, the client and logging are imported on first use: import stays light
@@ -42,6 +43,7 @@ __all__ = [
     "detect_environment",
     "detection_reason",
     "environment",
+    "environment_name",
     "feature_flags",
     "get_api_key",
     "get_client",
@@ -103,6 +105,12 @@ class Workspace:
     def settings(self, env: str | None = None) -> Settings:
         """The validated settings of ``env`` (default: the active environment)."""
         return self.project().settings(self.current() if env is None else env)
+
+    def name(self, env: str | None = None) -> str:
+        """The canonical name of ``env`` (an alias is fine); None is the active environment."""
+        if env is None:
+            return self.current()
+        return normalize_name(env, self.project().environments)
 
     def environments(self) -> list[str]:
         """development, staging, production, then any extra sections."""
@@ -284,6 +292,11 @@ def get_settings(env: str | None = None) -> Settings:
 def list_environments() -> list[str]:
     """The environments: development, staging, production, then any extra sections."""
     return _workspace.environments()
+
+
+def environment_name(env: str | None = None) -> str:
+    """The canonical name of ``env`` (aliases resolved); None is the active environment."""
+    return _workspace.name(env)
 
 
 def project() -> Project:

@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "store": ("store",),
     "domain": ("environments", "keys", "client", "cache", "ratelimit", "retry", "_fastsdk"),
     "workspace": ("workspace",),
-    "services": ("status", "checks", "scan"),
+    "services": ("status", "checks", "scan", "commands"),
     "ui": ("display", "magic", "widget", "cli", "demo", "__main__", "__init__"),
 }
 # The loopback test server is for users' test suites: the standard library, itself and the

@@ -214,3 +214,15 @@ def test_scan_of_a_clean_tree_exits_0(project: ProjectFactory) -> None:
     done = run("scan", str(clean), cwd=root)
     assert done.returncode == 0, done.stdout
     assert "No Mistral API keys found" in done.stdout
+
+
+def test_the_magics_positional_environment_works_on_the_cli_too(project: ProjectFactory) -> None:
+    root = all_keys_project(project)
+    positional = run("check", "staging", cwd=root)
+    option = run("check", "--env", "staging", cwd=root)
+    assert positional.returncode == option.returncode == 0, positional.stderr
+    assert positional.stdout == option.stdout
+    assert "staging" in positional.stdout
+    refused = run("check", "--al", cwd=root)
+    assert refused.returncode == 2
+    assert "unrecognized arguments: --al" in refused.stderr

@@ -386,3 +386,11 @@ def test_cell_magic_without_key_names_the_environment(
         out.shell.run_cell("%%mistral\nhi")
     assert "\n" not in str(info.value)
     assert lproject.count() == 0
+
+
+@pytest.mark.parametrize("line", ["prod --c", "use prod --conf", "use production --confir"])
+def test_an_abbreviated_confirm_never_switches(ip: ReRaisingShell, out: Outputs, line: str) -> None:
+    before = current_environment()
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        ip.run_cell(f"%mistral_env {line}")
+    assert current_environment() == before != "production"
