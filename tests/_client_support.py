@@ -48,6 +48,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         rate_limits=RateLimitSettings(**limits),
         features=FeatureFlags(**flags),  # type: ignore[arg-type]
         secrets=SecretsSettings(300, "", None, "", "", "", ""),
+        fast_sdk=True,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -272,17 +272,17 @@ def test_extra_sections_are_environments(project: ProjectFactory) -> None:
         (
             "[production]\nmax_retries = -1\n",
             "production",
-            ["`max_retries`", "'production'", "settings.toml [production]", ">= 0"],
+            ["`max_retries`", "'production'", "settings.toml [production]", "from 0 to 100"],
         ),
         ("[staging.cache]\nttl_seconds = -5\n", "staging", ["`cache.ttl_seconds`", "-5"]),
         (
             "[staging.features]\nmax_concurrent_requests = 0\n",
             "staging",
-            ["`features.max_concurrent_requests`", ">= 1"],
+            ["`features.max_concurrent_requests`", "from 1 to 1,000"],
         ),
         ("[staging]\ndebug = 'yes'\n", "staging", ["`debug`", "true or false"]),
         ("[staging]\ntimeout = true\n", "staging", ["`timeout`", "True"]),
-        ("[staging]\nmodel = ''\n", "staging", ["`model`", "non-empty"]),
+        ("[staging]\nmodel = ''\n", "staging", ["`model`", "non-blank"]),
         ("[staging]\nserver_url = 'localhost:8000'\n", "staging", ["`server_url`", "http://"]),
         ("[staging]\napi_key = 'vault:secret/x'\n", "staging", ["`api_key`", "#FIELD"]),
         (
@@ -362,3 +362,42 @@ def test_files_are_reread_when_they_change(project: ProjectFactory) -> None:
 def test_unknown_keys_are_kept_for_check(project: ProjectFactory) -> None:
     project("[staging]\ntimout = 10\n")
     assert get_settings("staging").unknown_keys == ("timout",)
+
+
+# ----------------------------------------------------------------------------- the declaration
+
+
+def test_every_setting_is_declared_once_and_documented() -> None:
+    """Rules, packaged defaults and meanings come from one declaration; the README lists all."""
+    from mistral_nbenv.config import SCHEMA, reference
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    keys = [key for key, _default, _doc in reference()]
+    assert keys == list(SCHEMA)
+    for key, _default, doc in reference():
+        assert doc, key
+        leaf = key.split(".")[-1]
+        assert f"`{key}`" in readme or f"`{leaf}`" in readme, f"{key} is not in the README"
+    defaults = get_settings("staging")
+    assert defaults.timeout == 30  # from the declaration, not from defaults.toml
+    assert defaults.source_of("timeout") == "packaged defaults [default]"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("timeout = inf", "timeout"),
+        ("timeout = 1e308", "timeout"),
+        ("retry_max_wait = nan", "retry_max_wait"),
+        ("model = '   '", "model"),
+        ("[staging.cache]\nsize_limit_mb = inf", "cache.size_limit_mb"),
+        ("[staging.cache]\nsize_limit_mb = 1e300", "cache.size_limit_mb"),
+        ("[staging.rate_limits]\nrequests_per_minute = 100000000000", "requests_per_minute"),
+    ],
+)
+def test_numbers_that_cannot_run_and_blank_models_are_refused(
+    project: ProjectFactory, text: str, key: str
+) -> None:
+    project(f"[staging]\n{text}\n" if not text.startswith("[") else text + "\n")
+    with pytest.raises(ConfigurationError, match=key.replace(".", r"\.")):
+        get_settings("staging")

@@ -20,17 +20,33 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._names import CANONICAL, canonical_or_none, normalize_name
-from .errors import ConfigurationError
-from .secrets import SecretStr
+from .._names import CANONICAL, canonical_or_none, normalize_name
+from ..errors import ConfigurationError
+from ..secrets import SecretStr
+from .schema import (
+    BOOL,
+    OPTIONAL,
+    SCHEMA,
+    SECRET_KEYS,
+    TABLES,
+    CacheSettings,
+    FeatureFlags,
+    RateLimitSettings,
+    SecretsSettings,
+    Settings,
+    build,
+    packaged_defaults,
+    reference,
+)
 
 __all__ = [
+    "SCHEMA",
     "CacheSettings",
     "FeatureFlags",
     "Project",
@@ -41,14 +57,14 @@ __all__ = [
     "fingerprint",
     "load",
     "read_project",
+    "reference",
 ]
 
 SETTINGS_VARIABLE = "MISTRAL_NBENV_SETTINGS"
 ENV_PREFIX = "MISTRAL_NBENV_"
 SETTINGS_FILENAME = "settings.toml"
 SECRETS_FILENAME = ".secrets.toml"
-TABLES = ("cache", "rate_limits", "features", "secrets")
-DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
+DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "defaults.toml"
 ENV_VARS_LABEL = "environment variable"
 
 
@@ -67,156 +83,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(f"Cannot read settings file {path}: {exc.strerror}.") from None
 
 
-# --------------------------------------------------------------------------- schema
-
-
-@dataclass(frozen=True)
-class _Rule:
-    types: tuple[type, ...]
-    expect: str
-    gt: float | None = None
-    gte: float | None = None
-
-
-_STR = _Rule((str,), "a string")
-_NAME = _Rule((str,), "a non-empty model name")
-_BOOL = _Rule((bool,), "true or false")
-_POS = _Rule((int, float), "a number greater than 0", gt=0)
-_NONNEG = _Rule((int, float), "a number >= 0", gte=0)
-_COUNT = _Rule((int,), "a whole number >= 0", gte=0)
-_AT_LEAST_ONE = _Rule((int,), "a whole number >= 1", gte=1)
-
-SCHEMA: dict[str, _Rule] = {
-    "model": _NAME,
-    "new_model": _NAME,
-    "embedding_model": _NAME,
-    "fim_model": _NAME,
-    "offline": _BOOL,
-    "server_url": _STR,
-    "timeout": _POS,
-    "max_retries": _COUNT,
-    "retry_max_wait": _NONNEG,
-    "debug": _BOOL,
-    "protected": _BOOL,
-    "fast_sdk": _BOOL,
-    "api_key": _STR,
-    "cache.enabled": _BOOL,
-    "cache.ttl_seconds": _NONNEG,
-    "cache.directory": _STR,
-    "cache.size_limit_mb": _POS,
-    "rate_limits.requests_per_minute": _COUNT,
-    "rate_limits.tokens_per_minute": _COUNT,
-    "features.use_new_model": _BOOL,
-    "features.enable_function_calling": _BOOL,
-    "features.max_concurrent_requests": _AT_LEAST_ONE,
-    "secrets.cache_seconds": _NONNEG,
-    "secrets.vault_url": _STR,
-    "secrets.vault_token": _STR,
-    "secrets.vault_namespace": _STR,
-    "secrets.aws_region": _STR,
-    "secrets.aws_endpoint_url": _STR,
-    "secrets.gcp_emulator_host": _STR,
-}
-_SECRET_KEYS = frozenset({"api_key", "secrets.vault_token"})
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", ""}
-
-
-# --------------------------------------------------------------------------- typed view
-
-
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    """``cache.*``: the response cache of one environment."""
-
-    enabled: bool
-    ttl_seconds: float
-    directory: str
-    size_limit_mb: float
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitSettings:
-    """``rate_limits.*``: the client-side budget of one environment (0 = unlimited)."""
-
-    requests_per_minute: int
-    tokens_per_minute: int
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureFlags:
-    """``features.*``: feature flags of one environment."""
-
-    use_new_model: bool
-    enable_function_calling: bool
-    max_concurrent_requests: int
-
-
-@dataclass(frozen=True, slots=True)
-class SecretsSettings:
-    """``secrets.*``: how secret references are resolved (empty = the backend's own default)."""
-
-    cache_seconds: float
-    vault_url: str
-    vault_token: SecretStr | None
-    vault_namespace: str
-    aws_region: str
-    aws_endpoint_url: str
-    gcp_emulator_host: str
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The validated, read-only settings of one environment."""
-
-    environment: str
-    model: str
-    new_model: str
-    embedding_model: str
-    fim_model: str
-    offline: bool
-    server_url: str
-    timeout: float
-    max_retries: int
-    retry_max_wait: float
-    debug: bool
-    protected: bool
-    api_key: SecretStr | None
-    cache: CacheSettings
-    rate_limits: RateLimitSettings
-    features: FeatureFlags
-    secrets: SecretsSettings
-    fast_sdk: bool = True
-    project_dir: Path | None = None
-    settings_file: Path | None = None
-    secrets_file: Path | None = None
-    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-    unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
-
-    @property
-    def chat_model(self) -> str:
-        """The default chat model: ``new_model`` while ``features.use_new_model`` is on."""
-        return self.new_model if self.features.use_new_model else self.model
-
-    def source_of(self, key: str) -> str:
-        """Where a (dotted) key's value came from, e.g. ``settings.toml [production]``."""
-        return self.sources.get(key, "not set")
-
-    def explain(self) -> Iterator[tuple[str, str, str]]:
-        """Yield ``(key, value as text, source)`` for every setting; secrets masked."""
-        for key in SCHEMA:
-            value: Any = self
-            for part in key.split("."):
-                value = getattr(value, part)
-            if value is None:
-                shown = "(not set)"
-            elif isinstance(value, SecretStr):
-                shown = value.masked
-            elif isinstance(value, bool):
-                shown = str(value).lower()
-            else:
-                shown = repr(value) if isinstance(value, str) else str(value)
-            yield key, shown, self.source_of(key)
 
 
 # --------------------------------------------------------------------------- layers
@@ -308,9 +176,9 @@ def _read_env_vars() -> tuple[dict[str, tuple[Any, str]], tuple[str, ...]]:
         if key == "api_key":
             ignored.append(variable)  # keys come per environment: MISTRAL_API_KEY_PROD etc.
             continue
-        value = raw if key in _SECRET_KEYS else parse_conf_data(raw, tomlfy=True, box_settings={})
+        value = raw if key in SECRET_KEYS else parse_conf_data(raw, tomlfy=True, box_settings={})
         rule = SCHEMA.get(key)
-        if rule is _BOOL and not isinstance(value, bool):
+        if rule is BOOL and not isinstance(value, bool):
             text = str(value).strip().lower()
             if text in _TRUE | _FALSE:
                 value = text in _TRUE
@@ -357,7 +225,10 @@ def _stamp(path: Path | None) -> tuple[str, int, int] | None:
 
 @functools.cache
 def _packaged() -> _Layer:
-    return _load_layer(DEFAULTS_PATH, "packaged defaults")
+    """The declared defaults as ``[default]``, and defaults.toml's per-environment values."""
+    layer = _load_layer(DEFAULTS_PATH, "packaged defaults")
+    sections = {"default": packaged_defaults(), **layer.sections}
+    return _Layer(layer.label, sections)
 
 
 def fingerprint() -> tuple[Any, ...]:
@@ -416,7 +287,7 @@ def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _describe(key: str, value: Any) -> str:
-    if key in _SECRET_KEYS and isinstance(value, str):
+    if key in SECRET_KEYS and isinstance(value, str):
         return SecretStr(value).masked
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -431,25 +302,13 @@ class _FlatView(dict):
 
 @functools.cache
 def _validators() -> tuple[Any, ...]:
+    """One Dynaconf validator per declared setting: its rule, present unless optional."""
     from dynaconf import Validator
 
-    validators = []
-    for key, rule in SCHEMA.items():
-        ops: dict[str, Any] = {}
-        if rule.gt is not None:
-            ops["gt"] = rule.gt
-        if rule.gte is not None:
-            ops["gte"] = rule.gte
-        if rule is _NAME:
-            ops["len_min"] = 1
-
-        def typed(v: Any, accepted: tuple[type, ...] = rule.types) -> bool:
-            return isinstance(v, accepted) and (bool in accepted or not isinstance(v, bool))
-
-        validators.append(
-            Validator(key, condition=typed, must_exist=True if key != "api_key" else None, **ops)
-        )
-    return tuple(validators)
+    return tuple(
+        Validator(key, condition=rule.accepts, must_exist=None if key in OPTIONAL else True)
+        for key, rule in SCHEMA.items()
+    )
 
 
 def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None:
@@ -481,7 +340,7 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
         )
     key_ref = values.get("api_key")
     if isinstance(key_ref, str):
-        from .backends import is_reference, parse_reference
+        from ..backends import is_reference, parse_reference
 
         try:
             if is_reference(key_ref):
@@ -500,55 +359,12 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
 def _build(project: Project, env: str) -> Settings:
     values, sources = _merge(project, env)
     _validate(values, sources, env)
-    unknown = tuple(sorted(k for k in values if k not in SCHEMA))
-
-    def secret(key: str) -> SecretStr | None:
-        raw = values.get(key)
-        return SecretStr(raw) if isinstance(raw, str) and raw else None
-
-    v = values
-    return Settings(
+    return build(
+        values,
         environment=env,
-        model=v["model"],
-        new_model=v["new_model"],
-        embedding_model=v["embedding_model"],
-        fim_model=v["fim_model"],
-        offline=v["offline"],
-        server_url=v["server_url"].rstrip("/"),
-        timeout=float(v["timeout"]),
-        max_retries=int(v["max_retries"]),
-        retry_max_wait=float(v["retry_max_wait"]),
-        debug=v["debug"],
-        protected=v["protected"],
-        fast_sdk=v["fast_sdk"],
-        api_key=secret("api_key"),
-        cache=CacheSettings(
-            enabled=v["cache.enabled"],
-            ttl_seconds=float(v["cache.ttl_seconds"]),
-            directory=v["cache.directory"],
-            size_limit_mb=float(v["cache.size_limit_mb"]),
-        ),
-        rate_limits=RateLimitSettings(
-            requests_per_minute=v["rate_limits.requests_per_minute"],
-            tokens_per_minute=v["rate_limits.tokens_per_minute"],
-        ),
-        features=FeatureFlags(
-            use_new_model=v["features.use_new_model"],
-            enable_function_calling=v["features.enable_function_calling"],
-            max_concurrent_requests=v["features.max_concurrent_requests"],
-        ),
-        secrets=SecretsSettings(
-            cache_seconds=float(v["secrets.cache_seconds"]),
-            vault_url=v["secrets.vault_url"],
-            vault_token=secret("secrets.vault_token"),
-            vault_namespace=v["secrets.vault_namespace"],
-            aws_region=v["secrets.aws_region"],
-            aws_endpoint_url=v["secrets.aws_endpoint_url"],
-            gcp_emulator_host=v["secrets.gcp_emulator_host"],
-        ),
         project_dir=project.directory,
         settings_file=project.settings_file,
         secrets_file=project.secrets_file,
         sources=MappingProxyType(sources),
-        unknown_keys=unknown,
+        unknown_keys=tuple(sorted(k for k in values if k not in SCHEMA)),
     )

@@ -1,0 +1,254 @@
+"""Every setting, declared once: its type and limits, its packaged default, what it means.
+
+The typed view (:class:`Settings` and its tables) *is* the declaration: each field made
+with :func:`setting` carries its :class:`Rule` (validation and conversion), its packaged
+``[default]`` value and a one-line meaning. From it come :data:`SCHEMA` (the rules by
+dotted key, which the validators run), :func:`packaged_defaults` (the ``[default]`` layer;
+``defaults.toml`` beside this package holds only the per-environment differences),
+:func:`reference` (the settings table of the README and ``explain()``) and the builder
+that turns validated values into a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..secrets import SecretStr
+
+__all__ = [
+    "BOOL",
+    "OPTIONAL",
+    "SCHEMA",
+    "SECRET_KEYS",
+    "TABLES",
+    "CacheSettings",
+    "FeatureFlags",
+    "RateLimitSettings",
+    "Rule",
+    "SecretsSettings",
+    "Settings",
+    "build",
+    "packaged_defaults",
+    "reference",
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts (types, bounds) and how its value is converted."""
+
+    types: tuple[type, ...]
+    expect: str
+    gt: float | None = None
+    gte: float | None = None
+    most: float | None = None  # a stated maximum (numbers)
+    non_blank: bool = False
+    secret: bool = False
+    convert: Callable[[Any], Any] = field(default=lambda value: value, compare=False)
+
+    def accepts(self, value: Any) -> bool:
+        """Type and bounds (a bool is never a number; numbers must be finite)."""
+        if not isinstance(value, self.types) or (bool not in self.types and type(value) is bool):
+            return False
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return False
+            if self.gt is not None and not value > self.gt:
+                return False
+            if self.gte is not None and not value >= self.gte:
+                return False
+            if self.most is not None and value > self.most:
+                return False
+        return not (self.non_blank and isinstance(value, str) and not value.strip())
+
+
+def _secret(value: Any) -> SecretStr | None:
+    return SecretStr(value) if isinstance(value, str) and value else None
+
+
+STR = Rule((str,), "a string")
+URL = Rule((str,), "a string", convert=lambda value: value.rstrip("/"))
+NAME = Rule((str,), "a non-blank model name", non_blank=True)
+BOOL = Rule((bool,), "true or false")
+SECRET = Rule((str,), "a string", secret=True, convert=_secret)
+DAY = 86_400.0
+
+
+def seconds(most: float, *, positive: bool = False) -> Rule:
+    """A finite number of seconds up to ``most``."""
+    if positive:
+        return Rule((int, float), f"a number > 0 and <= {most:g}", gt=0, most=most, convert=float)
+    return Rule((int, float), f"a number >= 0 and <= {most:g}", gte=0, most=most, convert=float)
+
+
+def count(most: int, *, least: int = 0) -> Rule:
+    """A whole number from ``least`` up to ``most``."""
+    return Rule((int,), f"a whole number from {least} to {most:,}", gte=least, most=most)
+
+
+def setting(rule: Rule, default: Any, doc: str) -> Any:
+    """A declared setting: a dataclass field carrying its rule, packaged default and meaning."""
+    return field(metadata={"rule": rule, "default": default, "doc": doc})
+
+
+def table(cls: type) -> Any:
+    """A nested table of settings (``[E.cache]``, ...)."""
+    return field(metadata={"table": cls})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """``cache.*``: the response cache of one environment."""
+
+    enabled: bool = setting(BOOL, True, "response cache on")
+    ttl_seconds: float = setting(seconds(10 * 365 * DAY), 300, "seconds a response is kept")
+    directory: str = setting(STR, "", "cache root (empty: the user cache directory)")
+    size_limit_mb: float = setting(
+        Rule((int, float), "a number > 0 and <= 1e+06", gt=0, most=1e6, convert=float),
+        1024,
+        "size limit of one environment's cache, in MB",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """``rate_limits.*``: the client-side budget of one environment (0 = unlimited)."""
+
+    requests_per_minute: int = setting(count(10_000_000), 60, "requests per minute (0: no limit)")
+    tokens_per_minute: int = setting(
+        count(10_000_000_000), 500_000, "tokens per minute (0: no limit)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFlags:
+    """``features.*``: feature flags of one environment."""
+
+    use_new_model: bool = setting(BOOL, False, "use new_model instead of model")
+    enable_function_calling: bool = setting(BOOL, True, "function calling allowed")
+    max_concurrent_requests: int = setting(count(1000, least=1), 10, "in-flight calls at most")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretsSettings:
+    """``secrets.*``: how secret references are resolved (empty = the backend's own default)."""
+
+    cache_seconds: float = setting(
+        seconds(365 * DAY), 300, "seconds a fetched key is reused (0: fetch every time)"
+    )
+    vault_url: str = setting(STR, "", "Vault/OpenBao address (else VAULT_ADDR)")
+    vault_token: SecretStr | None = setting(SECRET, "", "Vault token (else VAULT_TOKEN)")
+    vault_namespace: str = setting(STR, "", "Vault namespace (else VAULT_NAMESPACE)")
+    aws_region: str = setting(STR, "", "AWS region (else boto3's resolution)")
+    aws_endpoint_url: str = setting(STR, "", "Secrets Manager endpoint (else boto3's)")
+    gcp_emulator_host: str = setting(STR, "", "HOST:PORT of a local Secret Manager stand-in")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated, read-only settings of one environment."""
+
+    environment: str
+    model: str = setting(NAME, "mistral-small-latest", "default chat model")
+    new_model: str = setting(NAME, "mistral-medium-latest", "chat model while use_new_model")
+    embedding_model: str = setting(NAME, "mistral-embed", "default embeddings model")
+    fim_model: str = setting(NAME, "codestral-latest", "default FIM model")
+    offline: bool = setting(BOOL, False, "serve from the cache only")
+    server_url: str = setting(URL, "", "base URL (empty: the SDK's default)")
+    timeout: float = setting(seconds(DAY, positive=True), 30, "seconds per HTTP request")
+    max_retries: int = setting(count(100), 3, "retries after the first attempt")
+    retry_max_wait: float = setting(seconds(DAY), 60, "cap in seconds on one wait")
+    debug: bool = setting(BOOL, False, "debug logging to stderr (keys redacted)")
+    protected: bool = setting(BOOL, False, "switching into it needs confirmation")
+    api_key: SecretStr | None = setting(SECRET, None, "literal key or a secret reference")
+    cache: CacheSettings = table(CacheSettings)
+    rate_limits: RateLimitSettings = table(RateLimitSettings)
+    features: FeatureFlags = table(FeatureFlags)
+    secrets: SecretsSettings = table(SecretsSettings)
+    fast_sdk: bool = setting(BOOL, True, "the SDK speed-up in the wrapper's own calls")
+    project_dir: Path | None = None
+    settings_file: Path | None = None
+    secrets_file: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def chat_model(self) -> str:
+        """The default chat model: ``new_model`` while ``features.use_new_model`` is on."""
+        return self.new_model if self.features.use_new_model else self.model
+
+    def source_of(self, key: str) -> str:
+        """Where a (dotted) key's value came from, e.g. ``settings.toml [production]``."""
+        return self.sources.get(key, "not set")
+
+    def explain(self) -> Iterator[tuple[str, str, str]]:
+        """Yield ``(key, value as text, source)`` for every setting; secrets masked."""
+        for key in SCHEMA:
+            value: Any = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value is None:
+                shown = "(not set)"
+            elif isinstance(value, SecretStr):
+                shown = value.masked
+            elif isinstance(value, bool):
+                shown = str(value).lower()
+            else:
+                shown = repr(value) if isinstance(value, str) else str(value)
+            yield key, shown, self.source_of(key)
+
+
+def _declared(cls: type, prefix: str = "") -> Iterator[tuple[str, Field[Any]]]:
+    for f in fields(cls):
+        if "table" in f.metadata:
+            yield from _declared(f.metadata["table"], f"{prefix}{f.name}.")
+        elif "rule" in f.metadata:
+            yield prefix + f.name, f
+
+
+_FIELDS: dict[str, Field[Any]] = dict(_declared(Settings))
+#: The rule of every setting, by dotted key, in declaration order.
+SCHEMA: dict[str, Rule] = {key: f.metadata["rule"] for key, f in _FIELDS.items()}
+SECRET_KEYS = frozenset(key for key, rule in SCHEMA.items() if rule.secret)
+TABLES = tuple(f.name for f in fields(Settings) if "table" in f.metadata)
+#: Settings that may be absent (no packaged default).
+OPTIONAL = frozenset(key for key, f in _FIELDS.items() if f.metadata["default"] is None)
+
+
+def packaged_defaults() -> dict[str, Any]:
+    """The ``[default]`` layer: every declared default, by dotted key."""
+    return {
+        key: f.metadata["default"]
+        for key, f in _FIELDS.items()
+        if f.metadata["default"] is not None
+    }
+
+
+def reference() -> list[tuple[str, Any, str]]:
+    """``(key, packaged default, meaning)`` of every setting, in declaration order."""
+    return [(key, f.metadata["default"], f.metadata["doc"]) for key, f in _FIELDS.items()]
+
+
+def _make(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if "table" in f.metadata:
+            cls_ = f.metadata["table"]
+            kwargs[f.name] = cls_(**_make(cls_, values, f"{prefix}{f.name}."))
+        elif "rule" in f.metadata:
+            kwargs[f.name] = f.metadata["rule"].convert(values.get(prefix + f.name))
+    return kwargs
+
+
+def build(values: Mapping[str, Any], **context: Any) -> Settings:
+    """A :class:`Settings` from validated values by dotted key, plus the non-setting fields."""
+    return Settings(**_make(Settings, values), **context)
+
+
+assert all(
+    f.default is MISSING for f in _FIELDS.values()
+)  # declarations carry no dataclass default
