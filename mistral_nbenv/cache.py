@@ -20,10 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import CacheUnavailableError
 from .store import CacheUnavailableWarning, KeyValue, warn_once
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ class ResponseCache:
         self.namespace = namespace
         self.ttl = float(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
         self._broken = False
+        self.problem = ""  # why the cache is off, once it is
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ResponseCache:
@@ -132,7 +135,8 @@ class ResponseCache:
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = True
-        warn_once(self.store.location, f"{type(exc).__name__}: {exc}")
+        self.problem = f"{type(exc).__name__}: {exc}"
+        warn_once(self.store.location, self.problem)
 
     def key(self, endpoint: str, params: Mapping[str, Any]) -> str:
         """Cache key of a request to ``endpoint`` with ``params``."""
@@ -157,6 +161,19 @@ class ResponseCache:
         except Exception as exc:
             self._fail(exc)
 
+    def drop(self, key: str, problem: str) -> None:
+        """Remove an entry that cannot be used (one warning); the call goes on as a miss."""
+        warnings.warn(
+            f"mistral_nbenv: dropped an unreadable cache entry at {self.store.location} "
+            f"({problem}); the request goes to the API.",
+            CacheUnavailableWarning,
+            stacklevel=5,
+        )
+        try:
+            self.store.delete(key)
+        except Exception as exc:
+            self._fail(exc)
+
     def stats(self) -> dict[str, Any]:
         """Entry count and bytes stored."""
         if not self._broken:
@@ -165,7 +182,7 @@ class ResponseCache:
                 return {"entries": entries, "bytes": size, "available": True}
             except Exception as exc:
                 self._fail(exc)
-        return {"entries": 0, "bytes": 0, "available": False}
+        return {"entries": 0, "bytes": 0, "available": False, "problem": self.problem}
 
     def clear(self) -> int:
         """Remove every entry of this environment's cache; return how many."""
@@ -201,4 +218,12 @@ def clear_for(settings: Settings) -> int:
     """Remove every cached response of one environment (never another's); return how many."""
     if not cache_dir(settings).is_dir():
         return 0
-    return ResponseCache.for_settings(settings).clear()
+    cache = ResponseCache.for_settings(settings)
+    removed = cache.clear()
+    if not cache.available:
+        raise CacheUnavailableError(
+            f"The response cache of '{settings.environment}' at {cache.store.location} cannot "
+            f"be cleared ({cache.problem}); nothing was removed. Check that directory's "
+            "permissions and free space, or delete it."
+        )
+    return removed

@@ -98,14 +98,15 @@ def _cache(args: argparse.Namespace, out: TextIO) -> int:
 
     env = environment_name(args.env)
     if args.action == "clear":
-        removed = clear_cache(env)
+        removed = clear_cache(env, confirm=args.confirm)
         print(
             f"[{env}] cache cleared: {removed} entries removed (other environments untouched)",
             file=out,
         )
-    else:
-        print(cache_stats_text(env, cache_stats(env)), file=out)
-    return 0
+        return 0
+    stats = cache_stats(env)
+    print(cache_stats_text(env, stats), file=out)
+    return 0 if stats.get("available", True) else 1
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -68,6 +68,7 @@ COMMANDS: tuple[Command, ...] = (
         (
             Arg("action", "stats or clear", choices=("stats", "clear")),
             Arg("env", "environment (default: the active one)"),
+            Arg("confirm", "confirm clearing a protected environment's cache"),
         ),
     ),
     Command(

@@ -152,6 +152,9 @@ def format_bytes(n: float) -> str:
 
 
 def _cache_summary(stats: Mapping[str, Any]) -> str:
+    if stats.get("available") is False:
+        where = stats.get("directory") or "?"
+        return f"cache: UNAVAILABLE at {where} ({stats.get('problem') or 'cannot be read'})"
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
     ttl = stats.get("ttl_seconds", stats.get("ttl"))

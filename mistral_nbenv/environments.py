@@ -8,26 +8,46 @@ confirmation (a deployed job sets ``MISTRAL_ENV=production``); switching into a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ._names import canonical_or_none, normalize_name
 from .config import Settings
 from .errors import ConfigurationError, EnvironmentGuardError, ProductionConfirmationRequired
 
-__all__ = ["VERCEL_MAP", "check_required", "check_switch", "detect", "required_names"]
+__all__ = [
+    "VERCEL_MAP",
+    "check_destructive",
+    "check_required",
+    "check_switch",
+    "detect",
+    "detect_for_notebook",
+    "guard_decorator",
+    "required_names",
+    "unconfirmed_start",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 VERCEL_MAP = {"production": "production", "preview": "staging", "development": "development"}
 
 
-def detect(environ: Mapping[str, str], known: Sequence[str]) -> tuple[str, str]:
-    """``(environment, reason)`` from ``MISTRAL_ENV``, ``VERCEL_ENV``, ``NODE_ENV``, else dev."""
+def detect(environ: Mapping[str, str], known: Callable[[], Sequence[str]]) -> tuple[str, str]:
+    """``(environment, reason)`` from ``MISTRAL_ENV``, ``VERCEL_ENV``, ``NODE_ENV``, else dev.
+
+    ``known`` lists the environments; it is called only for a ``MISTRAL_ENV`` that is not
+    a canonical name or alias (an extra section such as ``qa``), so detection alone never
+    reads the settings files.
+    """
     value = environ.get("MISTRAL_ENV", "").strip()
     if value:
         canonical = canonical_or_none(value)
         if canonical is not None:
             return canonical, f"MISTRAL_ENV={value}"
         try:
-            return normalize_name(value, known), f"MISTRAL_ENV={value}"
+            return normalize_name(value, known()), f"MISTRAL_ENV={value}"
         except ConfigurationError as exc:
             raise ConfigurationError(
                 f"MISTRAL_ENV={value!r} is not an environment. {exc}"
@@ -42,9 +62,13 @@ def detect(environ: Mapping[str, str], known: Sequence[str]) -> tuple[str, str]:
     return "development", "default (none of MISTRAL_ENV, VERCEL_ENV, NODE_ENV names one)"
 
 
-def check_switch(target: Settings, *, confirm: bool) -> None:
-    """Raise ``ProductionConfirmationRequired`` for a protected target without ``confirm``."""
-    if target.protected and not confirm:
+def check_switch(target: Settings, *, confirm: object) -> None:
+    """Raise ``ProductionConfirmationRequired`` for a protected target unless ``confirm is True``.
+
+    Only ``True`` itself confirms: ``"no"``, ``"false"``, ``1`` or any other truthy value
+    do not (a string from a form or an environment variable is not a decision).
+    """
+    if target.protected and confirm is not True:
         name = target.environment
         raise ProductionConfirmationRequired(
             f"'{name}' is a protected environment: switching into it needs confirmation. "
@@ -52,6 +76,65 @@ def check_switch(target: Settings, *, confirm: bool) -> None:
             f"--confirm`, or the widget's Confirm button.",
             environment=name,
         )
+
+
+def check_destructive(target: Settings, action: str, *, confirm: object) -> None:
+    """A destructive action on a protected environment needs ``confirm is True``."""
+    if target.protected and confirm is not True:
+        name = target.environment
+        raise ProductionConfirmationRequired(
+            f"'{name}' is a protected environment: {action} needs confirmation. Nothing was "
+            f"changed. Use `--confirm` (`mistral-nbenv cache clear --env {name} --confirm`, "
+            f"`%mistral_env cache clear --env {name} --confirm`) or confirm=True.",
+            environment=name,
+        )
+
+
+def detect_for_notebook(
+    environ: Mapping[str, str], known: Callable[[], Sequence[str]]
+) -> tuple[str, str]:
+    """:func:`detect` for an interactive kernel: a generic ``NODE_ENV`` alone never picks
+    production (container images often set ``NODE_ENV=production`` for other tools)."""
+    name, reason = detect(environ, known)
+    if reason.startswith("NODE_ENV=") and name == "production":
+        return "development", f"default ({reason} is ignored in a notebook)"
+    return name, reason
+
+
+def unconfirmed_start(name: str, reason: str) -> ProductionConfirmationRequired:
+    """The error of a call in a kernel that started, unconfirmed, in protected ``name``."""
+    return ProductionConfirmationRequired(
+        f"This kernel started in the protected environment '{name}' because of {reason}, "
+        f"and nothing has confirmed it yet: no call was sent. Run `%mistral_env use {name} "
+        "--confirm` to work there, or `%mistral_env use development` to leave it.",
+        environment=name,
+    )
+
+
+def guard_decorator(
+    envs: Sequence[str], require: Callable[[Sequence[str], str], None]
+) -> Callable[[F], F]:
+    """A decorator that calls ``require(envs, operation)`` before every call (sync or async)."""
+
+    def decorate(func: F) -> F:
+        operation = getattr(func, "__qualname__", repr(func))
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                require(envs, operation)
+                return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            require(envs, operation)
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def required_names(required: str | Iterable[str], known: Sequence[str]) -> list[str]:

@@ -12,7 +12,8 @@ Every error this package raises on purpose is a ``MistralEnvError``::
     │   ├── RateLimitError            429 / Retry-After beyond the cap (retry_after)
     │   └── APIConnectionError        no response at all
     │       └── APITimeoutError       the request timed out
-    └── CacheMissError                offline mode and the answer is not cached
+    ├── CacheMissError                offline mode and the answer is not cached
+    └── CacheUnavailableError         the cache cannot be read or changed (CLI/magic/widget)
 
 Messages say what happened, in which environment, and what to do.  They never
 contain a full API key: keys travel as :class:`mistral_nbenv.secrets.SecretStr`.
@@ -25,6 +26,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "CacheMissError",
+    "CacheUnavailableError",
     "ConfigurationError",
     "EnvironmentGuardError",
     "MissingAPIKeyError",
@@ -114,3 +116,10 @@ class APITimeoutError(APIConnectionError):
 
 class CacheMissError(MistralEnvError):
     """Offline mode is on and the response is not in the cache."""
+
+
+class CacheUnavailableError(MistralEnvError):
+    """An explicit cache action (stats, clear) could not read or change the cache.
+
+    Calls never raise it: for them an unusable cache is a miss with one warning.
+    """

@@ -142,9 +142,11 @@ class MistralMagics(Magics):
             elif args.command == "use":
                 self._use(args.env, args.confirm)
             else:
-                self._cache(args.action, args.env)
+                self._cache(args.action, args.env, args.confirm)
         except ProductionConfirmationRequired as exc:
             env = getattr(exc, "environment", "") or args.env
+            if args.command != "use":
+                raise UsageError(one_line(exc)) from None
             raise UsageError(
                 f"{env} is protected; nothing was switched. "
                 f"To switch anyway run: %mistral_env use {env} --confirm"
@@ -185,7 +187,7 @@ class MistralMagics(Magics):
         st = collect_status(None)
         _show(status_text(st), status_html(st))
 
-    def _cache(self, action: str, env: str | None) -> None:
+    def _cache(self, action: str, env: str | None, confirm: bool) -> None:
         from .workspace import cache_stats, clear_cache, environment_name
 
         name = environment_name(env)
@@ -193,7 +195,7 @@ class MistralMagics(Magics):
             stats = cache_stats(name)
             _show(cache_stats_text(name, stats), cache_stats_html(name, stats))
         else:
-            removed = clear_cache(name)
+            removed = clear_cache(name, confirm=confirm)
             msg = cleared_text(removed)
             _show(f"{badge_text(name)} {msg}", message_html(msg, name))
 
@@ -254,6 +256,28 @@ def load_ipython_extension(ip: Any) -> None:
         from .ratelimit import add_wait_listener
 
         _remove_wait_listener = add_wait_listener(_announce_wait)
+    _announce_protected_start()
+
+
+def _announce_protected_start() -> None:
+    """A kernel started in a protected environment: the red banner, and calls wait."""
+    from .workspace import workspace
+
+    try:
+        waiting = workspace().enter_notebook()
+    except MistralEnvError as exc:  # broken settings: the first command will say so
+        print(f"mistral_nbenv: {one_line(exc)}", file=sys.stderr)
+        return
+    if waiting is None:
+        return
+    name = waiting.environment
+    msg = (
+        f"this kernel started in {name} (from {workspace().detect()[1]}). Nothing is sent "
+        f"until you confirm: %mistral_env use {name} --confirm "
+        f"(or %mistral_env use development). confirm_in_notebooks = false under [{name}] "
+        "turns this off."
+    )
+    _show(f"{badge_text(name, protected=True)} {msg}", message_html(msg, name))
 
 
 def unload_ipython_extension(ip: Any) -> None:
@@ -262,6 +286,9 @@ def unload_ipython_extension(ip: Any) -> None:
     if _remove_wait_listener is not None:
         _remove_wait_listener()
         _remove_wait_listener = None
+    from .workspace import workspace
+
+    workspace().leave_notebook()
     manager = ip.magics_manager
     instance = manager.registry.pop("MistralMagics", None)
     for switcher in getattr(instance, "switchers", []):

@@ -27,6 +27,7 @@ from .errors import MistralEnvError, ProductionConfirmationRequired
 from .status import collect_status, one_line
 from .workspace import (
     add_switch_listener,
+    awaiting_confirmation,
     cache_stats,
     clear_cache,
     current_environment,
@@ -47,7 +48,8 @@ class EnvironmentSwitcher(widgets.VBox):
     """Pick the active Mistral environment, see its status, manage its cache."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self.pending: str | None = None
+        self.pending: str | None = None  # a protected environment waiting for Confirm
+        self.pending_clear: str | None = None  # a protected cache waiting for Confirm
         self._syncing = False
         self.picker = widgets.ToggleButtons(
             options=list_environments(),
@@ -131,8 +133,13 @@ class EnvironmentSwitcher(widgets.VBox):
         except Exception as exc:
             self._show_error(_one_line(exc))
 
+    def _ask_confirm(self, html_text: str) -> None:
+        self.confirm_message.value = html_text
+        self.confirm_box.layout.display = "flex"
+
     def _hide_confirm(self) -> None:
         self.pending = None
+        self.pending_clear = None
         self.confirm_message.value = ""
         self.confirm_box.layout.display = "none"
 
@@ -143,26 +150,28 @@ class EnvironmentSwitcher(widgets.VBox):
         self.error.value = ""
         target = change["new"]
         self._hide_confirm()
-        if target == current_environment():
+        if target == current_environment() and awaiting_confirmation() != target:
             return
         try:
             use_environment(target)  # on success the switch listener refreshes
         except ProductionConfirmationRequired:
             self.pending = target
-            self.confirm_message.value = (
+            self._ask_confirm(
                 f"<div>{badge_html(target, protected=True)} "
                 "is protected: calls there use the production key and may bill it. "
                 "Nothing has switched yet — confirm to switch, or cancel.</div>"
             )
-            self.confirm_box.layout.display = "flex"
             return
         except Exception as exc:
             self._show_error(_one_line(exc))
             self._set_picker(current_environment())
 
     def _on_confirm(self, _button: Any = None) -> None:
-        target = self.pending
+        target, clear_env = self.pending, self.pending_clear
         self._hide_confirm()
+        if clear_env is not None:
+            self._guarded(lambda: self._clear(clear_env, confirm=True))
+            return
         if target is None:
             return
         try:
@@ -175,14 +184,25 @@ class EnvironmentSwitcher(widgets.VBox):
         self._hide_confirm()
         self._set_picker(current_environment())
 
-    def _on_clear(self, _button: Any = None) -> None:
-        def clear() -> None:
-            env = current_environment()
-            removed = clear_cache(env)
-            self._refresh_cache(env)
-            self.error.value = message_html(cleared_text(removed), env)
+    def _clear(self, env: str, *, confirm: bool) -> None:
+        removed = clear_cache(env, confirm=confirm)
+        self._refresh_cache(env)
+        self.error.value = message_html(cleared_text(removed), env)
 
-        self._guarded(clear)
+    def _on_clear(self, _button: Any = None) -> None:
+        env = current_environment()
+        self._hide_confirm()
+        try:
+            self._clear(env, confirm=False)
+        except ProductionConfirmationRequired:
+            self.pending_clear = env
+            self._ask_confirm(
+                f"<div>{badge_html(env, protected=True)} is protected: clearing its cache "
+                "means the next calls are billed again. Nothing was removed yet — confirm "
+                "to clear, or cancel.</div>"
+            )
+        except Exception as exc:
+            self._show_error(_one_line(exc))
 
     def _on_switch(self, old: str, new: str) -> None:
         """Core listener: another switch happened (magic, ``use_environment``, another widget)."""

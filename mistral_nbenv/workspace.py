@@ -15,8 +15,6 @@ peers) and the client.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 import threading
@@ -36,6 +34,7 @@ if TYPE_CHECKING:  # keys, the client and logging are imported on first use: imp
 __all__ = [
     "Workspace",
     "add_switch_listener",
+    "awaiting_confirmation",
     "cache_stats",
     "clear_cache",
     "close_clients",
@@ -75,6 +74,9 @@ class Workspace:
         self._resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
         self._clients: dict[str, Client] = {}
         self._secrets: SecretCache | None = None
+        self.interactive = False  # a notebook kernel / IPython shell (set by %load_ext)
+        self._awaiting: str | None = None  # protected, entered by detection, not confirmed
+        self._by_user = False  # the active environment was switched to in this process
 
     @property
     def secrets(self) -> SecretCache:
@@ -120,7 +122,46 @@ class Workspace:
 
     def detect(self) -> tuple[str, str]:
         """``(environment, reason)`` from the process environment variables."""
-        return environments.detect(os.environ, self.project().environments)
+
+        def known() -> tuple[str, ...]:
+            return self.project().environments
+
+        if self.interactive:
+            return environments.detect_for_notebook(os.environ, known)
+        return environments.detect(os.environ, known)
+
+    def enter_notebook(self) -> Settings | None:
+        """``%load_ext``: interactive from now on; a protected environment chosen by a
+        variable (not by the user) waits for ``--confirm`` unless ``confirm_in_notebooks``
+        is false. Returns its settings (for the red banner), or None."""
+        with self._lock:
+            self.interactive = True
+            if self._by_user:
+                return None  # the user chose it in this process: nothing to confirm
+            self._active, reason = self.detect()
+            active = self._active
+        if reason.startswith("default"):
+            return None  # no variable chose it
+        settings = self.settings(active)  # reads the settings only when a variable chose
+        if settings.protected and settings.confirm_in_notebooks:
+            with self._lock:
+                self._awaiting = active
+            return settings
+        return None
+
+    def leave_notebook(self) -> None:
+        """``%unload_ext``: back to script behaviour."""
+        with self._lock:
+            self.interactive = False
+            self._awaiting = None
+
+    def awaiting_confirmation(self) -> str | None:
+        """The protected environment this kernel started in and has not confirmed yet."""
+        return self._awaiting
+
+    def _check_confirmed(self, name: str) -> None:
+        if self._awaiting == name:
+            raise environments.unconfirmed_start(name, self.detect()[1])
 
     def current(self) -> str:
         """The active environment (detected on first use)."""
@@ -145,6 +186,10 @@ class Workspace:
         """Make ``name`` active; a protected environment needs ``confirm=True``."""
         target = self.settings(name)  # invalid settings fail here, before anything changes
         if target.environment == self.current():
+            if self._awaiting == target.environment:
+                environments.check_switch(target, confirm=confirm)
+                with self._lock:
+                    self._awaiting = None
             return target.environment
         environments.check_switch(target, confirm=confirm)
         return self._switch(target.environment)
@@ -163,6 +208,9 @@ class Workspace:
         with self._lock:
             old = self.current()
             self._active = target
+            if old != target:
+                self._awaiting = None  # left (or explicitly entered) by the user
+                self._by_user = True
             listeners = list(self._listeners)
             client = self._clients.get(old) if old != target else None
         if old == target:
@@ -231,6 +279,7 @@ class Workspace:
 
         settings = self.settings(env)
         name = settings.environment
+        self._check_confirmed(name)
         apply_debug(bool(settings.debug), self.known_secret_values)
         with self._lock:
             client = self._clients.get(name)
@@ -263,6 +312,9 @@ class Workspace:
         with self._lock:
             self._resolved.clear()
             self._active = None
+            self._awaiting = None
+            self._by_user = False
+            self.interactive = False
             self._project = self._fingerprint = None
         if self._secrets is not None:
             self._secrets.clear()
@@ -297,6 +349,11 @@ def list_environments() -> list[str]:
 def environment_name(env: str | None = None) -> str:
     """The canonical name of ``env`` (aliases resolved); None is the active environment."""
     return _workspace.name(env)
+
+
+def awaiting_confirmation() -> str | None:
+    """The protected environment this kernel started in and has not confirmed (or None)."""
+    return _workspace.awaiting_confirmation()
 
 
 def project() -> Project:
@@ -349,26 +406,7 @@ def require_production(operation: str) -> None:
 def requires_environment(*envs: str) -> Callable[[F], F]:
     """Decorator: the function runs only in one of ``envs`` (checked at every call)."""
     environments.required_names(envs, _workspace.project().environments)  # fail now if unknown
-
-    def decorate(func: F) -> F:
-        operation = getattr(func, "__qualname__", repr(func))
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                _workspace.require(envs, operation)
-                return await func(*args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            _workspace.require(envs, operation)
-            return func(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    return environments.guard_decorator(envs, _workspace.require)
 
 
 def feature_flags(env: str | None = None) -> FeatureFlags:
@@ -398,8 +436,13 @@ def cache_stats(env: str | None = None) -> dict[str, Any]:
     return stats_for(_workspace.settings(env))
 
 
-def clear_cache(env: str | None = None) -> int:
-    """Remove every cached response of one environment (never another's); return how many."""
+def clear_cache(env: str | None = None, *, confirm: bool = False) -> int:
+    """Remove every cached response of one environment (never another's); return how many.
+
+    A protected environment's cache is cleared only with ``confirm=True``.
+    """
     from .cache import clear_for
 
-    return clear_for(_workspace.settings(env))
+    settings = _workspace.settings(env)
+    environments.check_destructive(settings, "clearing its response cache", confirm=confirm)
+    return clear_for(settings)

@@ -49,6 +49,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         features=FeatureFlags(**flags),  # type: ignore[arg-type]
         secrets=SecretsSettings(300, "", None, "", "", "", ""),
         fast_sdk=True,
+        confirm_in_notebooks=True,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -394,3 +394,10 @@ def test_an_abbreviated_confirm_never_switches(ip: ReRaisingShell, out: Outputs,
     with pytest.raises(UsageError, match="unrecognized arguments"):
         ip.run_cell(f"%mistral_env {line}")
     assert current_environment() == before != "production"
+
+
+def test_clearing_a_protected_cache_needs_confirm(ip: ReRaisingShell, out: Outputs) -> None:
+    with pytest.raises(UsageError, match="needs confirmation"):
+        ip.run_cell("%mistral_env cache clear --env prod")
+    ip.run_cell("%mistral_env cache clear --env prod --confirm")
+    assert "removed 0 cached responses" in out.text

@@ -246,3 +246,19 @@ def test_no_key_in_any_widget_state_after_every_action(switcher: EnvironmentSwit
             switcher.confirm_button.click()
         assert_no_key(_state(switcher))
     assert current_environment() == "development"
+
+
+def test_clearing_a_protected_cache_asks_first(
+    switcher: EnvironmentSwitcher, lproject: MistralTestServer
+) -> None:
+    switcher.picker.value = "production"
+    switcher.confirm_button.click()
+    get_client().chat.complete(messages=[{"role": "user", "content": "billed once"}])
+    switcher.clear_button.click()
+    assert switcher.pending_clear == "production"
+    assert "Nothing was removed yet" in switcher.confirm_message.value
+    switcher.cancel_button.click()
+    assert switcher.pending_clear is None
+    switcher.clear_button.click()
+    switcher.confirm_button.click()
+    assert "removed 1 cached response" in switcher.error.value

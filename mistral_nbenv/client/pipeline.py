@@ -111,9 +111,14 @@ class Pipeline:
         if read and key is not None:
             text = self.cache.get(key)
             if text is not None:
-                self.stats.add(hits=1)
-                call.cached = text
-                return call
+                try:
+                    call.hit = self._rebuild(ep, text)
+                except Exception as exc:  # a corrupt entry: dropped, and this call is a miss
+                    self.cache.drop(key, f"{type(exc).__name__} rebuilding {ep.name}")
+                else:
+                    self.stats.add(hits=1)
+                    call.cached = True
+                    return call
         if self.offline:
             raise CacheMissError(
                 f"Offline mode is on for environment '{self.environment}' and this "
@@ -138,16 +143,16 @@ class Pipeline:
             return False, True
         raise ValueError(f"cache= must be True, False or 'refresh', not {option!r}")
 
-    def rebuild(self, call: Prepared) -> Any:
-        """A cache hit as the SDK's response object."""
-        assert call.cached is not None
-        return SDK.model(call.endpoint.response).model_validate_json(call.cached)
-
-    def replay(self, call: Prepared) -> list[Any]:
-        """A cached stream as the SDK's events, in order."""
-        assert call.cached is not None
-        event_type = SDK.model(call.endpoint.response)
-        return [event_type.model_validate_json(line) for line in call.cached.splitlines()]
+    @staticmethod
+    def _rebuild(ep: Endpoint, text: str) -> Any:
+        """Cached JSON text as the SDK's response, or a stream's events in order."""
+        model = SDK.model(ep.response)
+        if ep.stream:
+            events = [model.model_validate_json(line) for line in text.splitlines()]
+            if not events:
+                raise ValueError("no events")
+            return events
+        return model.model_validate_json(text)
 
     # -- execute: the SDK call inside the attempt's scope ---------------------------------
 
@@ -164,8 +169,8 @@ class Pipeline:
     def call(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
         """A request/response call (sync)."""
         call = self.prepare(ep, kwargs)
-        if call.cached is not None:
-            return self.rebuild(call)
+        if call.cached:
+            return call.hit
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
@@ -184,8 +189,8 @@ class Pipeline:
     async def call_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
         """A request/response call (async): the same steps, awaited."""
         call = self.prepare(ep, kwargs)
-        if call.cached is not None:
-            return self.rebuild(call)
+        if call.cached:
+            return call.hit
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
@@ -212,8 +217,8 @@ class Pipeline:
         from .streams import Stream
 
         call = self.prepare(ep, kwargs)
-        if call.cached is not None:
-            return Stream(self, call, replay=self.replay(call))
+        if call.cached:
+            return Stream(self, call, replay=call.hit)
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
@@ -246,8 +251,8 @@ class Pipeline:
         from .streams import AsyncStream
 
         call = self.prepare(ep, kwargs)
-        if call.cached is not None:
-            return AsyncStream(self, call, replay=self.replay(call))
+        if call.cached:
+            return AsyncStream(self, call, replay=call.hit)
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:

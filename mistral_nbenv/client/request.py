@@ -101,7 +101,8 @@ class Prepared:
     endpoint: Endpoint
     kwargs: dict[str, Any]
     key: str | None = None  # the cache key to store the answer under (None: don't store)
-    cached: str | None = None  # the cached JSON text (a hit)
+    hit: Any = None  # a cache hit, rebuilt: the SDK's response, or a stream's list of events
+    cached: bool = False  # whether the cache answered (hit is then set)
     estimate: int = 0
     seen: list[Any] = field(default_factory=list)  # HTTP responses of the current attempt
 

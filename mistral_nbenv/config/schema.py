@@ -170,6 +170,9 @@ class Settings:
     features: FeatureFlags = table(FeatureFlags)
     secrets: SecretsSettings = table(SecretsSettings)
     fast_sdk: bool = setting(BOOL, True, "the SDK speed-up in the wrapper's own calls")
+    confirm_in_notebooks: bool = setting(
+        BOOL, True, "a kernel started in this protected environment waits for --confirm"
+    )
     project_dir: Path | None = None
     settings_file: Path | None = None
     secrets_file: Path | None = None

@@ -43,6 +43,10 @@ class KeyValue(Protocol):
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted)."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (absent is fine)."""
+        ...
+
     def count(self) -> tuple[int, int]:
         """``(entries, bytes)`` of what is stored now (expired entries not counted)."""
         ...

@@ -40,6 +40,42 @@ CULL_EVERY = 64
 _LEDGER_PREFIX = "usage\0"
 
 _open: dict[str, diskcache.Cache] = {}
+_disk_class: type | None = None
+
+
+def _json_text_disk() -> type:
+    """diskcache's ``Disk``, made to read JSON text only (built on first use).
+
+    A value stored as a pickle is never unpickled, a value file outside the cache
+    directory (a planted ``filename='../../x'``) is never read, bytes that are not UTF-8
+    read as absent, and a key stored pickled is never unpickled: each reads as ``None``.
+    """
+    global _disk_class
+    if _disk_class is None:
+        import diskcache
+        from diskcache.core import MODE_PICKLE
+
+        class JSONTextDisk(diskcache.Disk):
+            def get(self, key: Any, raw: bool) -> Any:
+                return super().get(key, raw) if raw else None
+
+            def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+                if mode == MODE_PICKLE:
+                    return None
+                if filename is not None:
+                    root = os.path.realpath(self._directory)
+                    path = os.path.realpath(os.path.join(root, filename))
+                    if not path.startswith(root + os.sep):
+                        return None
+                try:
+                    return super().fetch(mode, filename, value, read)
+                except UnicodeDecodeError:
+                    return None
+
+        _disk_class = JSONTextDisk
+    return _disk_class
+
+
 _open_lock = threading.Lock()
 _umask_lock = threading.RLock()
 
@@ -96,7 +132,7 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
         if size_limit is not None:
             kwargs["size_limit"] = size_limit
         with private_umask():
-            cache = diskcache.Cache(str(directory), **kwargs)
+            cache = diskcache.Cache(str(directory), disk=_json_text_disk(), **kwargs)
         _tighten(directory)
         _open[key] = cache
         return cache
@@ -161,6 +197,10 @@ class DiskStore:
         self._writes += 1
         if self._writes % CULL_EVERY == 1:
             db.cull(retry=True)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (absent is fine)."""
+        self.db().delete(key, retry=True)
 
     def count(self) -> tuple[int, int]:
         """``(entries, bytes)`` after dropping expired entries."""
@@ -229,6 +269,11 @@ class MemoryStore:
         """Store ``value`` for ``ttl`` seconds."""
         with self._lock:
             self._values[key] = (value, None if ttl is None else self._clock() + ttl)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (absent is fine)."""
+        with self._lock:
+            self._values.pop(key, None)
 
     def count(self) -> tuple[int, int]:
         """``(entries, bytes)`` of the live values."""

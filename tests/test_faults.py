@@ -1,0 +1,271 @@
+"""Faults, corruption and unconfirmed production paths (issue: nothing crashes or stalls).
+
+Real SQLite files corrupted by hand (some while the process has them open), the real SDK
+against the loopback server, a real IPython shell, the real console script.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from mistral_nbenv import (
+    ProductionConfirmationRequired,
+    current_environment,
+    environment,
+    get_client,
+    use_environment,
+    workspace,
+)
+from mistral_nbenv.cache import cache_dir
+from mistral_nbenv.store import CacheUnavailableWarning
+from mistral_nbenv.store.local import close_all
+from mistral_nbenv.testing import MistralTestServer
+from tests._browser_project import KEYS, reset_core, use_project
+from tests.test_magic import Outputs, ReRaisingShell
+
+HELLO = [{"role": "user", "content": "hello faults"}]
+
+
+def _rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return list(conn.execute("SELECT rowid, key, mode, filename FROM Cache"))
+
+
+def _set_value(db: Path, *, value: Any, mode: int | None = None, filename: Any = None) -> None:
+    with sqlite3.connect(db) as conn:
+        if mode is None:
+            conn.execute("UPDATE Cache SET value = ?", (value,))
+        else:
+            conn.execute(
+                "UPDATE Cache SET value = ?, mode = ?, filename = ?", (value, mode, filename)
+            )
+
+
+# --------------------------------------------------------------------------- cache entries
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "filename"),
+    [
+        ("{not json", None, None),
+        ('{"hello": 1}', None, None),
+        ('{"id": "x", "object": "chat.completion", "choi', None, None),  # cut short
+        (b"\xff\xfe\x00 not utf-8", None, None),
+        (
+            b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06getcwd"
+            b"\x94\x93\x94)R\x94.",
+            4,  # MODE_PICKLE: a planted pickle that would call os.getcwd() when loaded
+            None,
+        ),
+        (None, 3, "../../../../../../etc/hostname"),  # MODE_TEXT, outside the cache
+    ],
+)
+@pytest.mark.parametrize("kind", ["complete", "stream"])
+def test_a_corrupt_entry_is_a_miss_one_warning_and_dropped(
+    lproject: MistralTestServer, kind: str, value: Any, mode: int | None, filename: Any
+) -> None:
+    use_environment("staging")
+    client = get_client()
+
+    def call() -> str:
+        if kind == "complete":
+            return str(client.chat.complete(messages=HELLO).choices[0].message.content)
+        return "".join(
+            e.data.choices[0].delta.content or "" for e in client.chat.stream(messages=HELLO)
+        )
+
+    expected = call()
+    db = cache_dir(client.settings) / "cache.db"
+    assert len(_rows(db)) == 1
+    _set_value(db, value=value, mode=mode, filename=filename)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert call() == expected  # a miss: asked the server again
+    assert lproject.count() == 2
+    dropped = [w for w in caught if issubclass(w.category, CacheUnavailableWarning)]
+    assert len(dropped) <= 1
+    assert call() == expected  # stored again, now a hit
+    assert lproject.count() == 2
+
+
+def test_a_garbage_cache_database_degrades_to_no_cache(lproject: MistralTestServer) -> None:
+    use_environment("staging")
+    client = get_client()
+    client.chat.complete(messages=HELLO)
+    close_all()
+    db = cache_dir(client.settings) / "cache.db"
+    db.write_bytes(b"this is not a database" * 100)
+    reset_core()
+    use_environment("staging")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert get_client().chat.complete(messages=HELLO).choices
+    assert len([w for w in caught if issubclass(w.category, CacheUnavailableWarning)]) == 1
+
+
+def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
+    lproject: MistralTestServer,
+) -> None:
+    use_environment("staging")
+    client = get_client()
+    client.chat.complete(messages=HELLO, cache=False)  # the limiter's db is open now
+    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "cache.db"
+    assert ratelimit_db.is_file()
+    for path in ratelimit_db.parent.glob("cache.db*"):  # the db, its -wal and -shm
+        with open(path, "r+b") as fh:  # same inode: the open connection sees it
+            fh.write(b"garbage!" * 4096)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(45):  # past the batch (20) the limiter holds in memory at this rate
+            assert client.chat.complete(messages=[{"role": "user", "content": f"n{i}"}]).choices
+    assert any(issubclass(w.category, CacheUnavailableWarning) for w in caught)
+
+
+# ------------------------------------------------------------------ the CLI tells the truth
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mistral_nbenv", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_reports_an_unreadable_cache_and_exits_non_zero(
+    lproject: MistralTestServer, tmp_path: Path
+) -> None:
+    use_environment("staging")
+    get_client().chat.complete(messages=HELLO)
+    directory = cache_dir(get_client().settings)
+    close_all()
+    (directory / "cache.db").write_bytes(b"not a database" * 100)
+    stats = _cli("cache", "stats", "--env", "staging", cwd=tmp_path)
+    assert stats.returncode == 1
+    assert "UNAVAILABLE" in stats.stdout
+    cleared = _cli("cache", "clear", "--env", "staging", cwd=tmp_path)
+    assert cleared.returncode == 2
+    assert "cannot be cleared" in cleared.stderr
+    assert "nothing was removed" in cleared.stderr
+
+
+def test_clearing_a_protected_cache_needs_confirm(
+    lproject: MistralTestServer, tmp_path: Path
+) -> None:
+    with environment("production", confirm=True):
+        get_client().chat.complete(messages=HELLO)
+    refused = _cli("cache", "clear", "--env", "prod", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "needs confirmation" in refused.stderr
+    assert "Nothing was changed" in refused.stderr
+    assert "1 entr" in _cli("cache", "stats", "--env", "prod", cwd=tmp_path).stdout
+    done = _cli("cache", "clear", "--env", "prod", "--confirm", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 entries removed" in done.stdout
+    assert _cli("cache", "clear", "--env", "prod", "--conf", cwd=tmp_path).returncode == 2
+
+
+# --------------------------------------------------------------------------- production
+
+
+@pytest.mark.parametrize("confirm", ["no", "false", "yes", 1, "True"])
+def test_only_true_itself_confirms(lproject: MistralTestServer, confirm: Any) -> None:
+    with pytest.raises(ProductionConfirmationRequired):
+        use_environment("production", confirm=confirm)
+    with pytest.raises(ProductionConfirmationRequired), environment("prod", confirm=confirm):
+        pass
+    assert current_environment() == "development"
+
+
+@pytest.fixture
+def kernel(lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Start a shell after the test set its variables: ``kernel(**env)`` -> (shell, outputs)."""
+    shells: list[ReRaisingShell] = []
+
+    def start(**variables: str) -> tuple[ReRaisingShell, Outputs]:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        reset_core()
+        InteractiveShell.clear_instance()
+        shell = ReRaisingShell()
+        outputs = Outputs(shell)
+        monkeypatch.setattr("mistral_nbenv.magic.display", outputs.record)
+        shell.run_cell("%load_ext mistral_nbenv")
+        shells.append(shell)
+        return shell, outputs
+
+    yield start
+    for shell in shells:
+        shell.run_cell("%unload_ext mistral_nbenv")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("MISTRAL_ENV", "production"), ("VERCEL_ENV", "production")]
+)
+def test_a_kernel_started_in_production_waits_for_confirm(
+    kernel: Any, lproject: MistralTestServer, variable: str, value: str
+) -> None:
+    ip, out = kernel(**{variable: value})
+    assert current_environment() == "production"
+    banner = out.text
+    assert "[PRODUCTION]" in banner.upper() or "production" in banner
+    assert "%mistral_env use production --confirm" in banner
+    assert "#c62828" in out.html  # the red badge
+    with pytest.raises(UsageError, match="nothing has confirmed it yet"):
+        ip.run_cell("%%mistral\nhello")
+    assert lproject.count() == 0  # nothing was billed
+    with pytest.raises(UsageError, match="--confirm"):
+        ip.run_cell("%mistral_env use production")
+    ip.run_cell("%mistral_env use production --confirm")
+    answer = ip.run_cell("%%mistral\nhello").result
+    assert answer.environment == "production"
+    assert lproject.count() == 1
+
+
+def test_node_env_alone_never_selects_production_in_a_notebook(kernel: Any) -> None:
+    ip, _out = kernel(NODE_ENV="production")
+    assert current_environment() == "development"
+    assert "ignored in a notebook" in workspace.detection_reason()
+    assert ip.run_cell("%%mistral\nhello").result.environment == "development"
+
+
+def test_confirm_in_notebooks_false_is_the_users_choice(
+    kernel: Any, lproject: MistralTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_project(
+        tmp_path / "own",
+        lproject.url,
+        monkeypatch,
+        environments=("development", "staging", "qa"),
+        extra=f'[production]\napi_key = "{KEYS["production"]}"\nconfirm_in_notebooks = false\n',
+    )
+    ip, out = kernel(MISTRAL_ENV="production")
+    assert "--confirm" not in out.text
+    assert ip.run_cell("%%mistral\nhello").result.environment == "production"
+
+
+def test_scripts_keep_production_from_the_environment(
+    lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISTRAL_ENV", "production")
+    reset_core()
+    assert get_client().chat.complete(messages=HELLO).choices  # a deployed job: no prompt
+    monkeypatch.setenv("NODE_ENV", "production")
+    monkeypatch.delenv("MISTRAL_ENV")
+    reset_core()
+    assert current_environment() == "production"  # outside a notebook NODE_ENV still counts
