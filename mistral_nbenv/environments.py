@@ -68,25 +68,32 @@ def check_switch(target: Settings, *, confirm: object) -> None:
     Only ``True`` itself confirms: ``"no"``, ``"false"``, ``1`` or any other truthy value
     do not (a string from a form or an environment variable is not a decision).
     """
-    if target.protected and confirm is not True:
-        name = target.environment
-        raise ProductionConfirmationRequired(
-            f"'{name}' is a protected environment: switching into it needs confirmation. "
-            f"Use use_environment({name!r}, confirm=True), `%mistral_env use {name} "
-            f"--confirm`, or the widget's Confirm button.",
-            environment=name,
-        )
+    name = target.environment
+    _require_confirm(
+        target,
+        confirm,
+        f"switching into it needs confirmation. Use use_environment({name!r}, confirm=True), "
+        f"`%mistral_env use {name} --confirm`, or the widget's Confirm button.",
+    )
 
 
 def check_destructive(target: Settings, action: str, *, confirm: object) -> None:
     """A destructive action on a protected environment needs ``confirm is True``."""
+    name = target.environment
+    _require_confirm(
+        target,
+        confirm,
+        f"{action} needs confirmation. Nothing was changed. Use `--confirm` (`mistral-nbenv "
+        f"cache clear --env {name} --confirm`, `%mistral_env cache clear --env {name} "
+        "--confirm`) or confirm=True.",
+    )
+
+
+def _require_confirm(target: Settings, confirm: object, what: str) -> None:
     if target.protected and confirm is not True:
-        name = target.environment
         raise ProductionConfirmationRequired(
-            f"'{name}' is a protected environment: {action} needs confirmation. Nothing was "
-            f"changed. Use `--confirm` (`mistral-nbenv cache clear --env {name} --confirm`, "
-            f"`%mistral_env cache clear --env {name} --confirm`) or confirm=True.",
-            environment=name,
+            f"'{target.environment}' is a protected environment: {what}",
+            environment=target.environment,
         )
 
 

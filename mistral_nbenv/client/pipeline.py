@@ -157,11 +157,14 @@ class Pipeline:
     # -- execute: the SDK call inside the attempt's scope ---------------------------------
 
     def _send(self, call: Prepared, method: Callable[..., Any]) -> Any:
-        """Call the SDK with the response list and the fast-path scope set (sync or async)."""
+        """Call the sync SDK method with the response list and the fast-path scope set.
+
+        (The async twin sets both around its ``await``, in ``call_async``.)
+        """
         call.seen.clear()
         token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
         try:
-            return method(**call.kwargs)  # a coroutine for an async method: awaited outside
+            return method(**call.kwargs)
         finally:
             _fastsdk.leave(scope)
             RESPONSES.reset(token)
