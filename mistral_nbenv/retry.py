@@ -277,6 +277,7 @@ class _Failure:
     attempts: int
     retry_max_wait: float | None
     timeout: float | None
+    timeout_setting: str
     key_source: str
     secret: str | None
 
@@ -363,11 +364,19 @@ def _http_error(f: _Failure) -> MistralEnvError:
 
 def _timed_out(f: _Failure) -> MistralEnvError:
     limit = f" of {f.timeout:g} s" if f.timeout is not None else ""
-    return APITimeoutError(
-        f"The Mistral API ({f.env}) did not answer within the timeout{limit} "
-        f"({_plural(f.attempts)}). Raise `timeout` in the settings or pass timeout_ms=.",
-        **f.common(),
-    )
+    if f.timeout_setting == "stream_timeout":
+        msg = (
+            f"The stream from the Mistral API ({f.env}) did not end within "
+            f"stream_timeout{limit}. Raise `stream_timeout` in the settings (0: no limit)."
+        )
+    else:
+        msg = (
+            f"The Mistral API ({f.env}) did not answer within the timeout{limit} "
+            f"({_plural(f.attempts)}; the timeout is a deadline for each attempt, and for a "
+            "stream the longest wait for its next event). Raise `timeout` in the settings "
+            "or pass timeout_ms=."
+        )
+    return APITimeoutError(msg, **f.common())
 
 
 def _unreachable(f: _Failure) -> MistralEnvError:
@@ -402,6 +411,7 @@ def translate_error(
     timeout: float | None = None,
     key_source: str = "",
     secret: str | None = None,
+    timeout_setting: str = "timeout",
 ) -> BaseException:
     """Map an SDK/``httpx2`` exception to our tree (:data:`TRANSLATIONS`); others unchanged.
 
@@ -418,6 +428,7 @@ def translate_error(
         attempts if attempts is not None else int(exc.__dict__.get("__attempts__", 1)),
         retry_max_wait,
         timeout,
+        timeout_setting,
         key_source,
         secret,
     )

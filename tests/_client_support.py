@@ -39,6 +39,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         offline=False,
         server_url=server_url,
         timeout=10,
+        stream_timeout=0,
         max_retries=3,
         retry_max_wait=10,
         debug=False,

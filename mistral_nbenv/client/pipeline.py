@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -24,6 +25,7 @@ from ..errors import CacheMissError
 from ..ratelimit import ConcurrencyLimiter, RateLimiter
 from ..retry import RetryPolicy, translate_error
 from ..store.local import DiskStore
+from . import deadline
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .transport import RESPONSES, SDK, Transport, response_json
 
@@ -85,6 +87,7 @@ class Pipeline:
             environment=settings.environment,
         )
         self.concurrency = ConcurrencyLimiter(settings.features.max_concurrent_requests)
+        self.stream_timeout = float(settings.stream_timeout)
         self.policy = RetryPolicy(
             max_retries=int(settings.max_retries),
             retry_max_wait=float(settings.retry_max_wait),
@@ -128,6 +131,9 @@ class Pipeline:
         if read:
             self.stats.add(misses=1)
         kwargs.setdefault("timeout_ms", self.transport.timeout_ms)
+        call.seconds = _seconds_of(kwargs["timeout_ms"], self.transport.timeout_ms)
+        if ep.stream and self.stream_timeout > 0:
+            call.ends = time.monotonic() + self.stream_timeout
         call.key = key if write else None
         call.estimate = estimate_tokens(kwargs) if self.limiter.tpm > 0 else 0
         return call
@@ -157,14 +163,15 @@ class Pipeline:
     # -- execute: the SDK call inside the attempt's scope ---------------------------------
 
     def _send(self, call: Prepared, method: Callable[..., Any]) -> Any:
-        """Call the sync SDK method with the response list and the fast-path scope set.
+        """Call the sync SDK method with the response list, the deadline and the fast path.
 
-        (The async twin sets both around its ``await``, in ``call_async``.)
+        (The async twin sets them around its ``await``, in ``call_async``.)
         """
         call.seen.clear()
         token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
         try:
-            return method(**call.kwargs)
+            with deadline.within(call.seconds):
+                return method(**call.kwargs)
         finally:
             _fastsdk.leave(scope)
             RESPONSES.reset(token)
@@ -200,8 +207,9 @@ class Pipeline:
             self._waited(await self.limiter.acquire_async(call.estimate))
             call.seen.clear()
             token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
-            try:  # set around the await: the response hooks run inside it
-                return await method(**call.kwargs)
+            try:  # set around the await: the response hooks and reads run inside it
+                with deadline.within(call.seconds):
+                    return await method(**call.kwargs)
             finally:
                 _fastsdk.leave(scope)
                 RESPONSES.reset(token)
@@ -228,14 +236,15 @@ class Pipeline:
             self._waited(self.limiter.acquire(call.estimate))
             scope = _fastsdk.enter()
             try:
-                events = method(**call.kwargs)
-                try:  # a stream is retried only until its first event arrives
-                    return events, [next(events)]
-                except StopIteration:
-                    return events, []
-                except BaseException:
-                    events.close()
-                    raise
+                with deadline.within(call.seconds, until=call.ends):
+                    events = method(**call.kwargs)
+                    try:  # a stream is retried only until its first event arrives
+                        return events, [next(events)]
+                    except StopIteration:
+                        return events, []
+                    except BaseException:
+                        events.close()
+                        raise
             finally:
                 _fastsdk.leave(scope)
 
@@ -262,14 +271,15 @@ class Pipeline:
             self._waited(await self.limiter.acquire_async(call.estimate))
             scope = _fastsdk.enter()
             try:
-                events = await method(**call.kwargs)
-                try:
-                    return events, [await events.__anext__()]
-                except StopAsyncIteration:
-                    return events, []
-                except BaseException:
-                    await events.close()
-                    raise
+                with deadline.within(call.seconds, until=call.ends):
+                    events = await method(**call.kwargs)
+                    try:
+                        return events, [await events.__anext__()]
+                    except StopAsyncIteration:
+                        return events, []
+                    except BaseException:
+                        await events.close()
+                        raise
             finally:
                 _fastsdk.leave(scope)
 
@@ -310,12 +320,15 @@ class Pipeline:
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
         self.stats.add(errors=1)
-        timeout_ms = call.kwargs.get("timeout_ms") or self.transport.timeout_ms
+        limit = ("timeout", call.seconds or self.transport.timeout_ms / 1000)
+        if call.ends is not None and time.monotonic() >= call.ends:
+            limit = ("stream_timeout", self.stream_timeout)
         mapped = translate_error(
             exc,
             environment=self.environment,
             retry_max_wait=float(self.settings.retry_max_wait),
-            timeout=timeout_ms / 1000,
+            timeout=limit[1],
+            timeout_setting=limit[0],
             key_source=self.key.source,
             secret=self.key.value.get_secret_value(),
         )
@@ -336,3 +349,12 @@ class Pipeline:
             type(exc).__name__,
             delay,
         )
+
+
+def _seconds_of(timeout_ms: Any, default_ms: int) -> float:
+    """A call's ``timeout_ms=`` in seconds (the settings' timeout when it is not a number)."""
+    try:
+        value = float(timeout_ms) / 1000
+    except (TypeError, ValueError):
+        return default_ms / 1000
+    return value if value > 0 and value == value else default_ms / 1000

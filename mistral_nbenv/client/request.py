@@ -105,6 +105,8 @@ class Prepared:
     cached: bool = False  # whether the cache answered (hit is then set)
     estimate: int = 0
     seen: list[Any] = field(default_factory=list)  # HTTP responses of the current attempt
+    seconds: float = 0.0  # the deadline of one attempt (and a stream's idle limit)
+    ends: float | None = None  # a stream's total deadline (time.monotonic()), if any
 
 
 def _simple_messages(messages: Any) -> bool:

@@ -1,9 +1,10 @@
 """Streams: the SDK's events passed through, recorded, and cached when read to the end.
 
 A live stream holds its client's concurrency slot until it ends: read to the end, closed,
-or garbage-collected. A replayed (cached) stream holds none. The stream talks to its
-pipeline through :class:`StreamOwner` only: ``finish_stream``, ``concurrency.release`` and
-``fail``.
+or garbage-collected; a replayed (cached) stream holds none.  Each read of the next event
+has the attempt's deadline (``timeout``: the longest wait between events) and, when
+``stream_timeout`` is set, the whole stream's.  The stream talks to its pipeline through
+:class:`StreamOwner` only: ``finish_stream``, ``concurrency.release`` and ``fail``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Protocol
 
 from .. import _fastsdk
+from . import deadline
 from .request import Prepared
 
 __all__ = ["AsyncStream", "Stream", "StreamOwner"]
@@ -90,7 +92,8 @@ class Stream(_StreamBase):
             raise StopIteration
         scope = _fastsdk.enter()
         try:
-            event = next(self._source)
+            with deadline.within(self._call.seconds, until=self._call.ends):
+                event = next(self._source)
         except StopIteration:
             self._finish(complete=True)
             raise
@@ -134,7 +137,8 @@ class AsyncStream(_StreamBase):
             raise StopAsyncIteration
         scope = _fastsdk.enter()
         try:
-            event = await self._source.__anext__()
+            with deadline.within(self._call.seconds, until=self._call.ends):
+                event = await self._source.__anext__()
         except StopAsyncIteration:
             self._finish(complete=True)
             raise

@@ -19,6 +19,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import _fastsdk
+from . import deadline
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -149,11 +150,13 @@ class Transport:
     @staticmethod
     def _async_http_client() -> Any:
         sdk = SDK.load()
-        return sdk.httpx.AsyncClient(
+        client = sdk.httpx.AsyncClient(
             verify=sdk.ssl_context,
             follow_redirects=True,
             event_hooks={"response": [_note_response_async]},
         )
+        deadline.install(client, is_async=True)
+        return client
 
     @property
     def raw(self) -> Any:
@@ -169,6 +172,7 @@ class Transport:
                         follow_redirects=True,
                         event_hooks={"response": [_note_response]},
                     )
+                    deadline.install(sync_client, is_async=False)
                     raw = self.sync_raw = self._new_sdk(sync_client, self._async_http_client())
         return raw
 

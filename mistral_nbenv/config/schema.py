@@ -159,7 +159,14 @@ class Settings:
     fim_model: str = setting(NAME, "codestral-latest", "default FIM model")
     offline: bool = setting(BOOL, False, "serve from the cache only")
     server_url: str = setting(URL, "", "base URL (empty: the SDK's default)")
-    timeout: float = setting(seconds(DAY, positive=True), 30, "seconds per HTTP request")
+    timeout: float = setting(
+        seconds(DAY, positive=True),
+        30,
+        "seconds per attempt (deadline); a stream: until its first event and between events",
+    )
+    stream_timeout: float = setting(
+        seconds(DAY), 0, "seconds a whole stream may take (0: no limit beyond `timeout`)"
+    )
     max_retries: int = setting(count(100), 3, "retries after the first attempt")
     retry_max_wait: float = setting(seconds(DAY), 60, "cap in seconds on one wait")
     debug: bool = setting(BOOL, False, "debug logging to stderr (keys redacted)")
