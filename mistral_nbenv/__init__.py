@@ -19,6 +19,7 @@ from .errors import (
     APIError,
     APITimeoutError,
     CacheMissError,
+    ConcurrencyLimitError,
     ConfigurationError,
     EnvironmentGuardError,
     MissingAPIKeyError,
@@ -26,6 +27,7 @@ from .errors import (
     ProductionConfirmationRequired,
     RateLimitError,
     SecretBackendError,
+    StreamExpiredError,
 )
 from .workspace import (
     current_environment,
@@ -48,6 +50,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "CacheMissError",
+    "ConcurrencyLimitError",
     "ConfigurationError",
     "EnvironmentGuardError",
     "MissingAPIKeyError",
@@ -55,6 +58,7 @@ __all__ = [
     "ProductionConfirmationRequired",
     "RateLimitError",
     "SecretBackendError",
+    "StreamExpiredError",
     "__version__",
     "current_environment",
     "detect_environment",

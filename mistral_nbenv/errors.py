@@ -12,6 +12,8 @@ Every error this package raises on purpose is a ``MistralEnvError``::
     │   ├── RateLimitError            429 / Retry-After beyond the cap (retry_after)
     │   └── APIConnectionError        no response at all
     │       └── APITimeoutError       the request timed out
+    ├── ConcurrencyLimitError         no concurrency slot within timeout (also a TimeoutError)
+    ├── StreamExpiredError            an unread stream gave its slot away and was closed
     ├── CacheMissError                offline mode and the answer is not cached
     └── CacheUnavailableError         the cache cannot be read or changed (CLI/magic/widget)
 
@@ -27,6 +29,7 @@ __all__ = [
     "APITimeoutError",
     "CacheMissError",
     "CacheUnavailableError",
+    "ConcurrencyLimitError",
     "ConfigurationError",
     "EnvironmentGuardError",
     "MissingAPIKeyError",
@@ -34,6 +37,7 @@ __all__ = [
     "ProductionConfirmationRequired",
     "RateLimitError",
     "SecretBackendError",
+    "StreamExpiredError",
 ]
 
 
@@ -112,6 +116,24 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """The request did not complete within ``timeout`` seconds."""
+
+
+class ConcurrencyLimitError(MistralEnvError, TimeoutError):
+    """No concurrency slot became free within the call's ``timeout``.
+
+    ``limit`` is ``features.max_concurrent_requests``; ``streams`` how many slots live
+    streams held.
+    """
+
+    def __init__(self, message: str, *, limit: int, streams: int, environment: str = ""):
+        super().__init__(message)
+        self.limit = limit
+        self.streams = streams
+        self.environment = environment
+
+
+class StreamExpiredError(MistralEnvError):
+    """A stream left unread past its ``timeout`` gave its slot to another call and closed."""
 
 
 class CacheMissError(MistralEnvError):

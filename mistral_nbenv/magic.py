@@ -21,6 +21,7 @@ imported when a magic first needs it, so ``%load_ext`` stays instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar, cast
@@ -248,10 +249,26 @@ def _announce_wait(environment: str, seconds: float) -> None:
     )
 
 
+def _release_displayed_stream(result: Any) -> None:
+    """``post_run_cell``: a live stream kept in ``Out[n]`` gives its concurrency slot back.
+
+    The stream stays readable (``for ev in Out[3]``); it just no longer counts against
+    ``features.max_concurrent_requests``, so a cell ending in ``client.chat.stream(...)``
+    never blocks the kernel's next calls.
+    """
+    streams = sys.modules.get("mistral_nbenv.client.streams")
+    value = getattr(result, "result", None)
+    if streams is not None and isinstance(value, (streams.Stream, streams.AsyncStream)):
+        value.release_slot()
+
+
 def load_ipython_extension(ip: Any) -> None:
-    """Register the magics and the rate-limit wait note (safe to call twice)."""
+    """Register the magics, the rate-limit wait note and the Out[n] stream rule (idempotent)."""
     global _remove_wait_listener
     ip.register_magics(MistralMagics)
+    with contextlib.suppress(ValueError):  # registered by an earlier %load_ext
+        ip.events.unregister("post_run_cell", _release_displayed_stream)
+    ip.events.register("post_run_cell", _release_displayed_stream)
     if _remove_wait_listener is None:
         from .ratelimit import add_wait_listener
 
@@ -289,6 +306,8 @@ def unload_ipython_extension(ip: Any) -> None:
     from .workspace import workspace
 
     workspace().leave_notebook()
+    with contextlib.suppress(ValueError):
+        ip.events.unregister("post_run_cell", _release_displayed_stream)
     manager = ip.magics_manager
     instance = manager.registry.pop("MistralMagics", None)
     for switcher in getattr(instance, "switchers", []):

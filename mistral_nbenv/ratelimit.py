@@ -29,8 +29,7 @@ future (a clock stepped back) counts as now. A state that cannot be read (corrup
 by something else) is a full budget; a store that fails switches this limiter to memory
 with one warning. Clock and sleep are injectable.
 
-**Concurrency**: :class:`ConcurrencyLimiter` bounds in-flight calls of one client for
-threads and for asyncio tasks on any event loop, all counted together.
+(Concurrency slots are :mod:`mistral_nbenv.concurrency`.)
 
 A wait longer than :data:`LONG_WAIT` seconds is logged once per call at INFO level and
 reported to the callbacks registered with :func:`add_wait_listener` (the notebook layer).
@@ -39,7 +38,6 @@ reported to the callbacks registered with :func:`add_wait_listener` (the noteboo
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
@@ -52,7 +50,6 @@ from .store.local import MemoryStore
 
 __all__ = [
     "LONG_WAIT",
-    "ConcurrencyLimiter",
     "RateLimiter",
     "add_wait_listener",
 ]
@@ -290,113 +287,3 @@ class RateLimiter:
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
-
-
-class _AsyncWaiter:
-    __slots__ = ("future", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-
-    def wake(self) -> None:
-        self.loop.call_soon_threadsafe(_resolve, self.future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class _ThreadWaiter:
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class ConcurrencyLimiter:
-    """At most ``limit`` calls in flight, shared by threads and asyncio tasks on any loop.
-
-    A released slot is handed directly to the oldest waiter (FIFO), whether it waits in a
-    thread or in a coroutine on some event loop; an :class:`asyncio.Semaphore` could not
-    do this because it belongs to one loop.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, int(limit))
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._waiters: collections.deque[_AsyncWaiter | _ThreadWaiter] = collections.deque()
-
-    def __repr__(self) -> str:
-        return f"ConcurrencyLimiter(limit={self.limit}, in_flight={self._in_flight})"
-
-    @property
-    def in_flight(self) -> int:
-        """Calls currently holding a slot."""
-        return self._in_flight
-
-    def acquire(self) -> None:
-        """Take a slot, blocking the thread while all are busy."""
-        with self._lock:
-            if self._in_flight < self.limit and not self._waiters:
-                self._in_flight += 1
-                return
-            waiter = _ThreadWaiter()
-            self._waiters.append(waiter)
-        waiter.event.wait()  # the slot was handed over by release()
-
-    async def acquire_async(self) -> None:
-        """Take a slot, suspending the task while all are busy."""
-        with self._lock:
-            if self._in_flight < self.limit and not self._waiters:
-                self._in_flight += 1
-                return
-            waiter = _AsyncWaiter(asyncio.get_running_loop())
-            self._waiters.append(waiter)
-        try:
-            await waiter.future
-        except asyncio.CancelledError:
-            with self._lock:
-                try:
-                    self._waiters.remove(waiter)
-                    handed = False
-                except ValueError:
-                    handed = True  # release() already gave us the slot: pass it on
-            if handed:
-                self.release()
-            raise
-
-    def release(self) -> None:
-        """Give the slot back (to the next waiter, if any)."""
-        with self._lock:
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                try:
-                    waiter.wake()
-                    return
-                except RuntimeError:  # its event loop is closed: skip it
-                    continue
-            self._in_flight = max(0, self._in_flight - 1)
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """``with limiter.slot():`` around one call."""
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-    @contextlib.asynccontextmanager
-    async def slot_async(self) -> Any:
-        """``async with limiter.slot_async():`` around one call."""
-        await self.acquire_async()
-        try:
-            yield
-        finally:
-            self.release()

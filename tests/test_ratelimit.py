@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mistral_nbenv.ratelimit import ConcurrencyLimiter, RateLimiter, add_wait_listener
+from mistral_nbenv.concurrency import ConcurrencyLimiter
+from mistral_nbenv.ratelimit import RateLimiter, add_wait_listener
 from mistral_nbenv.store.local import DiskStore
 
 

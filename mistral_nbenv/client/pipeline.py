@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .. import _fastsdk
 from ..cache import ResponseCache, cache_dir
+from ..concurrency import ConcurrencyLimiter
 from ..errors import CacheMissError
-from ..ratelimit import ConcurrencyLimiter, RateLimiter
+from ..ratelimit import RateLimiter
 from ..retry import RetryPolicy, translate_error
 from ..store.local import DiskStore
 from . import deadline
@@ -86,7 +87,9 @@ class Pipeline:
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
         )
-        self.concurrency = ConcurrencyLimiter(settings.features.max_concurrent_requests)
+        self.concurrency = ConcurrencyLimiter(
+            settings.features.max_concurrent_requests, environment=settings.environment
+        )
         self.stream_timeout = float(settings.stream_timeout)
         self.policy = RetryPolicy(
             max_retries=int(settings.max_retries),
@@ -187,7 +190,7 @@ class Pipeline:
             self._waited(self.limiter.acquire(call.estimate))
             return self._send(call, method)
 
-        self.concurrency.acquire()
+        self.concurrency.acquire(call.seconds)
         try:
             result, _attempts = self.policy.call(attempt)
         except Exception as exc:
@@ -214,7 +217,7 @@ class Pipeline:
                 _fastsdk.leave(scope)
                 RESPONSES.reset(token)
 
-        await self.concurrency.acquire_async()
+        await self.concurrency.acquire_async(call.seconds)
         try:
             result, _attempts = await self.policy.call_async(attempt)
         except Exception as exc:
@@ -248,7 +251,7 @@ class Pipeline:
             finally:
                 _fastsdk.leave(scope)
 
-        self.concurrency.acquire()  # released by the Stream when it ends
+        self.concurrency.acquire(call.seconds)  # released by the Stream when it ends
         try:
             (events, first), _attempts = self.policy.call(attempt)
         except BaseException as exc:
@@ -283,7 +286,7 @@ class Pipeline:
             finally:
                 _fastsdk.leave(scope)
 
-        await self.concurrency.acquire_async()  # released by the stream when it ends
+        await self.concurrency.acquire_async(call.seconds)  # released by the stream
         try:
             (events, first), _attempts = await self.policy.call_async(attempt)
         except BaseException as exc:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Protocol
 
 from .. import _fastsdk
+from ..errors import StreamExpiredError
 from . import deadline
 from .request import Prepared
 
@@ -24,7 +27,7 @@ __all__ = ["AsyncStream", "Stream", "StreamOwner"]
 class StreamOwner(Protocol):
     """What a stream needs from its pipeline."""
 
-    concurrency: Any  # .release() gives the stream's slot back
+    concurrency: Any  # .hold(s) / .forget(s) / .release(): the stream's slot
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
         """Account and cache a stream read to the end."""
@@ -36,7 +39,13 @@ class StreamOwner(Protocol):
 
 
 class _StreamBase:
-    """What both stream kinds share: pending events, recording, the end of the call."""
+    """What both stream kinds share: pending events, recording, the slot, the end of the call.
+
+    A live stream is a :class:`~mistral_nbenv.concurrency.Holder` of its slot: idle (not
+    inside a read) for longer than its ``timeout``, it may be expired by a call waiting for
+    a slot; ``release_slot()`` (the notebook does it for a stream left in ``Out[n]``) gives
+    the slot back and keeps the stream readable.
+    """
 
     def __init__(
         self,
@@ -53,9 +62,20 @@ class _StreamBase:
         self._source = source
         self._recorded: list[str] | None = [] if call.key is not None else None
         self._last_usage: Any = None
-        # A live stream holds a concurrency slot until _finish (a replay holds none).
-        self._done = source is None
+        self._lock = threading.Lock()
+        self._reading = False
+        self._expired = False
+        self._active = time.monotonic()
+        self._done = source is None  # no more reads from the source
+        self._holding = source is not None  # a live stream holds a slot (a replay none)
         self.replayed = replay is not None
+        if self._holding:
+            pipeline.concurrency.hold(self)
+
+    def __repr__(self) -> str:
+        states = ((self.replayed, "replayed"), (self._expired, "expired"), (self._done, "ended"))
+        state = next((name for test, name in states if test), "live")
+        return f"<{type(self).__name__} {self._call.endpoint.name} {state}>"
 
     def _next_pending(self) -> Any:
         event = self._pending.popleft()
@@ -69,14 +89,64 @@ class _StreamBase:
             self._recorded.append(event.model_dump_json(by_alias=True))
         return event
 
+    def _begin_read(self) -> bool:
+        """Mark a read in progress; False when the source is finished (or expired)."""
+        with self._lock:
+            if self._expired:
+                raise StreamExpiredError(
+                    f"This {self._call.endpoint.name} stream was not read for more than "
+                    f"timeout={self._call.seconds:g} s while another call waited for a "
+                    "concurrency slot, so it was closed and its slot given away. Read "
+                    "streams as they arrive, or close the ones you stop reading."
+                )
+            if self._done:
+                return False
+            self._reading = True
+            return True
+
+    def _end_read(self) -> None:
+        with self._lock:
+            self._reading = False
+            self._active = time.monotonic()
+
+    def idle_left(self, now: float) -> float | None:
+        """Seconds until this stream may give its slot away (None while being read)."""
+        if self._reading:
+            return None
+        return self._active + self._call.seconds - now
+
+    def expire(self) -> bool:
+        """Give the slot to a waiting call: called by the limiter from the waiter's thread."""
+        with self._lock:
+            if self._reading or self._done:
+                return False
+            self._expired = self._done = True
+            self._recorded = None
+        self._close_source_now()
+        self.release_slot()
+        return True
+
+    def _close_source_now(self) -> None:
+        """Close the source from any thread if it can be (only sync sources can)."""
+
+    def release_slot(self) -> None:
+        """Give the concurrency slot back now; the stream stays readable."""
+        with self._lock:
+            holding, self._holding = self._holding, False
+        if holding:
+            self._pipeline.concurrency.forget(self)
+            self._pipeline.concurrency.release()
+
     def _finish(self, complete: bool) -> None:
-        if self._done:
-            return
-        self._done = True
-        if complete:
+        with self._lock:
+            if self._done:
+                finished = False
+            else:
+                finished = self._done = True
+        if finished and complete:
             self._pipeline.finish_stream(self._call, self._last_usage, self._recorded)
         self._recorded = None
-        self._pipeline.concurrency.release()
+        self.release_slot()
 
 
 class Stream(_StreamBase):
@@ -88,28 +158,34 @@ class Stream(_StreamBase):
     def __next__(self) -> Any:
         if self._pending:
             return self._next_pending()
-        if self._done:
+        if not self._begin_read():
             raise StopIteration
         scope = _fastsdk.enter()
         try:
             with deadline.within(self._call.seconds, until=self._call.ends):
                 event = next(self._source)
         except StopIteration:
+            self._end_read()
             self._finish(complete=True)
             raise
         except Exception as exc:
+            self._end_read()
             self.close()
             self._pipeline.fail(exc, self._call)
         finally:
             _fastsdk.leave(scope)
+        self._end_read()
         return self._note(event)
+
+    def _close_source_now(self) -> None:
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                self._source.close()
 
     def close(self) -> None:
         """Stop reading; a stream not read to the end is not cached."""
         self._pending.clear()
-        if self._source is not None:
-            with contextlib.suppress(Exception):
-                self._source.close()
+        self._close_source_now()
         self._finish(complete=False)
 
     def __enter__(self) -> Stream:
@@ -119,7 +195,7 @@ class Stream(_StreamBase):
         self.close()
 
     def __del__(self) -> None:
-        if not self._done:
+        if self._holding or not self._done:
             with contextlib.suppress(Exception):
                 self.close()
 
@@ -133,28 +209,41 @@ class AsyncStream(_StreamBase):
     async def __anext__(self) -> Any:
         if self._pending:
             return self._next_pending()
-        if self._done:
+        try:
+            reading = self._begin_read()
+        except StreamExpiredError:
+            await self._close_expired()  # expired from another thread: closed here
+            raise
+        if not reading:
             raise StopAsyncIteration
         scope = _fastsdk.enter()
         try:
             with deadline.within(self._call.seconds, until=self._call.ends):
                 event = await self._source.__anext__()
         except StopAsyncIteration:
+            self._end_read()
             self._finish(complete=True)
             raise
         except Exception as exc:
+            self._end_read()
             await self.aclose()
             self._pipeline.fail(exc, self._call)
         finally:
             _fastsdk.leave(scope)
+        self._end_read()
         return self._note(event)
+
+    async def _close_expired(self) -> None:
+        """Close the source (once); an expired async stream's is closed on its next use."""
+        source, self._source = self._source, None
+        if source is not None:
+            with contextlib.suppress(Exception):
+                await source.close()
 
     async def aclose(self) -> None:
         """Stop reading; a stream not read to the end is not cached."""
         self._pending.clear()
-        if self._source is not None:
-            with contextlib.suppress(Exception):
-                await self._source.close()
+        await self._close_expired()
         self._finish(complete=False)
 
     close = aclose
@@ -167,6 +256,6 @@ class AsyncStream(_StreamBase):
 
     def __del__(self) -> None:
         # Abandoned unclosed: give the concurrency slot back (the source cannot be awaited here).
-        if not self._done:
+        if self._holding or not self._done:
             with contextlib.suppress(Exception):
                 self._finish(complete=False)
