@@ -24,8 +24,9 @@ The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default a sm
 diskcache at ``<cache_root>/<environment>/ratelimit``, so every process (several notebook
 kernels, scripts) using the same cache root shares one budget; without one, in memory.
 The clock is read *inside* the store's atomic update, so updates from several processes are
-ordered by their clock readings and no interval is credited twice; a stored time in the
-future (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
+ordered by their clock readings and no interval is credited twice: the stored time never
+moves backwards; one up to ``CLOCK_SKEW`` ahead (another host's clock) is kept, one further
+ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
 by something else) is a full budget; a store that fails switches this limiter to memory
 with one warning. Clock and sleep are injectable.
 
@@ -64,6 +65,9 @@ _BATCH_SECONDS = 0.1
 _MAX_BATCH = 20
 _STATE_KEY = "bucket"
 _EPSILON = 1e-6
+#: A stored time at most this far ahead of the clock is another host's skew (kept); further
+#: ahead, the clock stepped back (the stored time counts as now).
+CLOCK_SKEW = 1.0
 
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
@@ -124,6 +128,8 @@ class RateLimiter:
         self._held_tok = 0.0
         self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
         self._local_lock = threading.Lock()  # guards _held_req, _held_tok and _adjust
+        #: The clock reading at which this limiter last admitted a request.
+        self.admitted_at = 0.0
 
     def __repr__(self) -> str:
         where = self._store.location
@@ -146,7 +152,12 @@ class RateLimiter:
             return self._store.update(_STATE_KEY, change)
 
     def _parse(self, raw: str | None, now: float) -> tuple[float, float, float]:
-        """``(requests, tokens, last)``; anything unreadable is a full budget as of now."""
+        """``(requests, tokens, last)``; anything unreadable is a full budget as of now.
+
+        ``last`` may be a little ahead of ``now`` (another host's clock on a shared
+        directory): it is kept, so time is never credited twice.  Far ahead (a clock that
+        stepped back), it counts as now: the step costs at most one refill period.
+        """
         if raw:
             try:
                 req, tok, last = (float(x) for x in raw.split(","))
@@ -154,7 +165,9 @@ class RateLimiter:
                 pass
             else:
                 if all(map(_finite, (req, tok, last))):
-                    return min(req, self._req_cap), min(tok, self._tok_cap), min(last, now)
+                    if last - now > CLOCK_SKEW:
+                        last = now
+                    return min(req, self._req_cap), min(tok, self._tok_cap), last
         return self._req_cap, self._tok_cap, now
 
     def _take_held(self, cost: float) -> bool:
@@ -184,7 +197,8 @@ class RateLimiter:
         def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
             now = self.clock()  # inside the transaction: ordered with every other process
             req, tok, last = self._parse(raw, now)
-            elapsed = now - last
+            elapsed = max(0.0, now - last)
+            stamp = max(now, last)  # the stored time never moves backwards
             held_req, held_tok = self._give_back()
             req = min(self._req_cap, req + elapsed * self._req_rate + held_req)
             tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok)
@@ -197,7 +211,7 @@ class RateLimiter:
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
             if wait > 0:
-                return f"{req!r},{tok!r},{now!r}", (wait, now)
+                return f"{req!r},{tok!r},{stamp!r}", (wait, now)
             if self.rpm > 0:
                 req -= 1.0
             if self.tpm > 0:
@@ -213,7 +227,7 @@ class RateLimiter:
                     with self._local_lock:
                         self._held_req += extra
                         self._held_tok += extra * cost if self.tpm > 0 else 0.0
-            return f"{req!r},{tok!r},{now!r}", (0.0, now)
+            return f"{req!r},{tok!r},{stamp!r}", (0.0, now)
 
         result: tuple[float, float] = self._update(change)
         return result
@@ -226,6 +240,7 @@ class RateLimiter:
         while True:
             wait, now = self._try(tokens)
             if wait <= 0:
+                self.admitted_at = now
                 return
             if not announced and (now - started) + wait > LONG_WAIT:
                 announced = True

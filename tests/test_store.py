@@ -138,6 +138,18 @@ def test_a_clock_stepped_back_costs_at_most_one_refill() -> None:
     assert clock.now - started <= 1.0 + 1e-6
 
 
+def test_a_stored_time_slightly_ahead_is_kept_never_credited_twice() -> None:
+    clock = _Clock()
+    store = MemoryStore()
+    store.set("bucket", f"0.0,0.0,{clock.now + 0.5!r}", None)  # another host, 0.5 s ahead
+    rl = RateLimiter(
+        store, requests_per_minute=60, tokens_per_minute=0, clock=clock, sleep=clock.sleep
+    )
+    assert rl.acquire() == pytest.approx(1.5)  # the 0.5 s is not credited, then one refill
+    stored = float(str(store.get("bucket")).split(",")[2])
+    assert stored >= clock.now - 1e-9  # written as the later of the two times
+
+
 class _Broken:
     location = "broken://store"
 
