@@ -41,7 +41,13 @@ def detect(environ: Mapping[str, str], known: Callable[[], Sequence[str]]) -> tu
     a canonical name or alias (an extra section such as ``qa``), so detection alone never
     reads the settings files.
     """
-    value = environ.get("MISTRAL_ENV", "").strip()
+    raw = environ.get("MISTRAL_ENV", "")
+    value = raw.strip()
+    if raw and not value:
+        raise ConfigurationError(
+            f"MISTRAL_ENV is set to {len(raw)} blank character(s), which names no environment. "
+            "Unset it (development is then the default) or set it to an environment name."
+        )
     if value:
         canonical = canonical_or_none(value)
         if canonical is not None:

@@ -241,10 +241,36 @@ def resolve(settings: Settings, fetched: SecretCache | None = None) -> ResolvedK
     """
     local = local_key(settings)
     if local == "remote":
-        return _remote_key(settings, fetched if fetched is not None else SecretCache())
+        return check_shape(_remote_key(settings, fetched if fetched is not None else SecretCache()))
     if local is None or not local.value:
         raise _missing(settings)
-    return local
+    return check_shape(local)
+
+
+def check_shape(key: ResolvedKey) -> ResolvedKey:
+    """Refuse a key an HTTP header cannot carry: whitespace, control or non-ASCII characters.
+
+    A copy-paste often brings a zero-width space or a non-breaking space along; the error
+    gives the character's position and Unicode name, never the key.
+    """
+    import unicodedata
+
+    value = key.value.get_secret_value()
+    for position, char in enumerate(value, 1):
+        code = ord(char)
+        if 0x21 <= code <= 0x7E:
+            continue
+        name = (
+            unicodedata.name(char, "a control character")
+            if code > 0x7E
+            else ("a space" if char == " " else "a control character")
+        )
+        raise ConfigurationError(
+            f"The API key for environment '{key.environment}' (from {key.source}) contains "
+            f"{name} (U+{code:04X}) at position {position} of {len(value)}. A key is printable "
+            "ASCII without spaces: paste it again, or delete that character where it is stored."
+        )
+    return key
 
 
 def _duplicate(key: ResolvedKey, other: ResolvedKey) -> ConfigurationError:

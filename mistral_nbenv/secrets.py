@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-__all__ = ["SHOW_TAIL_FROM", "SecretStr", "mask", "redact"]
+__all__ = ["SHOW_TAIL_FROM", "SecretStr", "forms", "mask", "redact", "redact_bytes"]
 
 #: A secret this long or longer shows its last 4 characters; a shorter one shows none.
 SHOW_TAIL_FROM = 12
@@ -22,12 +22,41 @@ def mask(value: str) -> str:
     return "…" + value[-4:] if len(value) >= SHOW_TAIL_FROM else "…"
 
 
+def forms(secret: str) -> tuple[str, ...]:
+    """The ways ``secret`` can appear in text: itself, and as ``repr`` of its str and bytes.
+
+    A key with a newline or a non-ASCII character shows as ``\\n`` or ``\\xe2\\x80\\x8b``
+    inside ``b'Bearer ...'`` in an HTTP library's error message.
+    """
+    found = [secret]
+    for form in (
+        repr(secret)[1:-1],
+        repr(secret.encode("utf-8", "backslashreplace"))[2:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+    ):
+        if form not in found:
+            found.append(form)
+    return tuple(found)
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of each secret replaced by its :func:`mask`."""
+    """``text`` with every occurrence of each secret (in any of its :func:`forms`) masked."""
     for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, mask(secret))
+        if not secret:
+            continue
+        for form in forms(secret):
+            if form in text:
+                text = text.replace(form, mask(secret))
     return text
+
+
+def redact_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
+    """:func:`redact` for bytes (the UTF-8 encoding of each secret)."""
+    for secret in secrets:
+        raw = secret.encode("utf-8", "backslashreplace") if secret else b""
+        if raw and raw in data:
+            data = data.replace(raw, mask(secret).encode("utf-8"))
+    return data
 
 
 class SecretStr:

@@ -177,7 +177,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         key_masked=key_masked,
         key_source=key_source,
         key_problem=key_problem,
-        cache_enabled=s.cache.enabled,
+        cache_enabled=s.cache.enabled and s.cache.ttl_seconds > 0,
         cache_ttl_seconds=int(s.cache.ttl_seconds),
         cache_entries=entries,
         requests_per_minute=int(s.rate_limits.requests_per_minute),

@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "ratelimit",
         "concurrency",
         "retry",
+        "translate",
         "_fastsdk",
     ),
     "workspace": ("workspace",),

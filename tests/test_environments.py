@@ -63,7 +63,6 @@ def test_every_alias_through_use_environment(alias: str, canonical: str) -> None
         ({"VERCEL_ENV": "something-else", "NODE_ENV": "production"}, "production"),
         ({"NODE_ENV": "test"}, "development"),  # NODE_ENV values we do not know are skipped
         ({"NODE_ENV": "staging"}, "staging"),
-        ({"MISTRAL_ENV": "  ", "NODE_ENV": "prod"}, "production"),
     ],
 )
 def test_detection_precedence(
@@ -72,6 +71,22 @@ def test_detection_precedence(
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert detect_environment() == expected
+
+
+@pytest.mark.parametrize("blank", [" ", "  ", "\t"])
+def test_a_blank_mistral_env_is_an_error_not_development(
+    monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    monkeypatch.setenv("MISTRAL_ENV", blank)
+    monkeypatch.setenv("NODE_ENV", "prod")
+    with pytest.raises(ConfigurationError, match=r"MISTRAL_ENV is set to .* blank"):
+        detect_environment()
+
+
+def test_an_empty_mistral_env_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISTRAL_ENV", "")
+    monkeypatch.setenv("NODE_ENV", "staging")
+    assert detect_environment() == "staging"
 
 
 @pytest.mark.parametrize("value", ["prodution", "test", "qa"])

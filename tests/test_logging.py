@@ -61,13 +61,13 @@ def test_without_debug_nothing_is_written(capsys: pytest.CaptureFixture[str]) ->
 )
 def test_one_mask_in_logs_errors_and_the_scanner(secret: str, shown: str) -> None:
     """The same secret is shown the same way by the log filter, API errors and the scanner."""
-    from mistral_nbenv import retry, scan
+    from mistral_nbenv import scan, translate
     from mistral_nbenv._logging import RedactSecrets
 
     record = logging.LogRecord("mistral_nbenv", logging.INFO, __file__, 1, "k=%s", (secret,), None)
     RedactSecrets(lambda: [secret]).filter(record)
     exc = ValueError(f"server said k={secret}")
-    retry.scrub_secret(exc, secret)
+    translate.scrub_secret(exc, secret)
     assert record.getMessage() == f"k={shown}"
     assert str(exc) == f"server said k={shown}"
     assert scan.mask(secret) == shown

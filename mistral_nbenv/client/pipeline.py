@@ -24,8 +24,9 @@ from ..cache import ResponseCache, cache_dir
 from ..concurrency import ConcurrencyLimiter
 from ..errors import CacheMissError
 from ..ratelimit import RateLimiter
-from ..retry import RetryPolicy, translate_error
+from ..retry import RetryPolicy
 from ..store.local import DiskStore
+from ..translate import translate_error
 from . import deadline
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .transport import RESPONSES, SDK, Transport, response_json
@@ -78,7 +79,9 @@ class Pipeline:
         self.key = key
         self.transport = transport
         self.stats = ClientStats()
-        self.cache_enabled = bool(settings.cache.enabled)
+        # ttl_seconds = 0 means "keep nothing": no caching, even with cache=True.
+        self.cache_storable = float(settings.cache.ttl_seconds) > 0
+        self.cache_enabled = bool(settings.cache.enabled) and self.cache_storable
         self.offline = bool(settings.offline)
         self.cache = ResponseCache.for_settings(settings)
         self.limiter = RateLimiter(
@@ -110,6 +113,7 @@ class Pipeline:
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
         read, write = self._cache_modes(option)
+        write = write and self.cache_storable
         call = Prepared(ep, kwargs)
         key = None
         if read or write:

@@ -72,8 +72,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     import tomllib
 
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigurationError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02X} on line {line}). Save it "
+            "as UTF-8 (TOML files must be); nothing was loaded from it."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         # The decoder's message gives line/column only, never the file's content.
         raise ConfigurationError(
@@ -333,11 +339,10 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
                 f"`{key}` must be {rule.expect}, got {shown} from {sources.get(key, 'nowhere')}"
             )
     url = values.get("server_url")
-    if isinstance(url, str) and url and not url.startswith(("http://", "https://")):
-        problems.append(
-            f"`server_url` must start with http:// or https://, got {url!r} "
-            f"from {sources.get('server_url')}"
-        )
+    problem = url_problem(url) if isinstance(url, str) and url else None
+    if problem is not None:
+        shown = f" {url!r}" if "@" not in str(url) else ""  # never echo credentials in a URL
+        problems.append(f"`server_url`{shown} {problem}, from {sources.get('server_url')}")
     key_ref = values.get("api_key")
     if isinstance(key_ref, str):
         from ..backends import is_reference, parse_reference
@@ -354,6 +359,25 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
             f"Fix the value where it came from; `mistral-nbenv status --env {env}` shows "
             f"every value and its source."
         )
+
+
+def url_problem(url: str) -> str | None:
+    """Why httpx would refuse ``url`` as a base URL (None when it is usable)."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    for position, char in enumerate(url, 1):
+        if ord(char) <= 0x20 or ord(char) == 0x7F:
+            return f"contains a space or control character at position {position}"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        return "has an invalid port"
+    if not parts.hostname:
+        return "has no host (e.g. https://api.mistral.ai)"
+    return None
 
 
 def _build(project: Project, env: str) -> Settings:

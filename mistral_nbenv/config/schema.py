@@ -105,7 +105,9 @@ class CacheSettings:
     """``cache.*``: the response cache of one environment."""
 
     enabled: bool = setting(BOOL, True, "response cache on")
-    ttl_seconds: float = setting(seconds(10 * 365 * DAY), 300, "seconds a response is kept")
+    ttl_seconds: float = setting(
+        seconds(10 * 365 * DAY), 300, "seconds a response is kept (0: nothing is cached)"
+    )
     directory: str = setting(STR, "", "cache root (empty: the user cache directory)")
     size_limit_mb: float = setting(
         Rule((int, float), "a number > 0 and <= 1e+06", gt=0, most=1e6, convert=float),
