@@ -3,11 +3,14 @@
 Two kinds of finding:
 
 - a configured key value (``known_keys``) anywhere in a scanned file;
-- a Mistral-looking key — 32 mixed-case letters and digits — on a line that mentions
-  "mistral", within two lines of one, in a notebook cell whose source mentions it, or
-  assigned to a variable named like ``api_key``.  Hex digests, word-like identifiers and
-  placeholders (containing FAKE, DUMMY, EXAMPLE, PLACEHOLDER, REDACTED or XXXX) are not
-  reported by the pattern; configured keys always are.
+- a Mistral-looking key — 32 mixed-case letters and digits, standing alone (not a piece of
+  a longer base64 run, a path or an identifier) — after ``Bearer`` anywhere; on a line
+  that mentions "mistral", within two lines of one, or in a notebook cell whose source
+  mentions it; assigned to a credential-like name (``api_key``, ``token``, ``secret``,
+  ``password``, ``auth``, ...); or printed as a literal (``print("…")``) or next to such a
+  name.  Hex digests, word-like identifiers and placeholders (containing FAKE, DUMMY,
+  EXAMPLE, PLACEHOLDER, REDACTED or XXXX) are not reported by the pattern; configured keys
+  always are.
 
 Notebooks are read cell by cell, outputs included (stream text, ``text/*`` and JSON data of
 results and displays, error tracebacks).  Directories are recursed, skipping ``.git``,
@@ -69,10 +72,26 @@ MIN_KNOWN_KEY_LENGTH = 8
 #: Lines either side of a "mistral" mention that count as near it.
 CONTEXT_LINES = 2
 
-_TOKEN_RE = re.compile(r"\b[A-Za-z0-9]{32}\b", re.ASCII)
-_WORDS_RE = re.compile(r"[A-Za-z][a-z]*(?:[A-Z][a-z]+)*", re.ASCII)
+# 32 letters and digits, not part of a longer run of base64 / URL-safe / path characters.
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])", re.ASCII)
+# CamelCase words, each of 2+ lower-case letters, digits only at a word's end, or a
+# version-like ``V2`` (``Mistral3ForConditionalGeneration``, ``RunV2ResponseTypedDict``);
+# a random key looks like this about once in 100,000 (measured).
+_WORDS_RE = re.compile(r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+", re.ASCII)
 _MISTRAL_RE = re.compile(r"mistral", re.IGNORECASE)
-_KEY_NAME_RE = re.compile(r"(mistral|api[_\-.]?key)[\w\-.]*[\"']?\s*[:=]", re.IGNORECASE)
+_CREDENTIAL = (
+    r"(?:mistral|api[_\-.]?key|apikey|secret|token|passw(?:or)?d|pwd|credential|auth"
+    r"|bearer|access[_\-.]?key|private[_\-.]?key)"
+)
+# ``name = "``, ``"name": "``, ``name=`` (kwargs), ``name: `` (YAML), just before the token.
+_KEY_NAME_RE = re.compile(
+    _CREDENTIAL + r"[\w\-.]*[\"']?\s*[:=]\s*(?:f?[\"'])?$", re.IGNORECASE
+)
+_BEARER_RE = re.compile(r"\bbearer\s+$", re.IGNORECASE)
+# print("<token>") / print(f"token: <token>") / print("api key", "<token>")
+_PRINT_RE = re.compile(r"\bprint\s*\((.*)$")
+_PRINT_NAME_RE = re.compile(_CREDENTIAL, re.IGNORECASE)
+_LITERAL_START_RE = re.compile(r"^\s*f?[\"']$")
 _PLACEHOLDER_RE = re.compile(r"fake|dummy|example|placeholder|redacted|xxxx", re.IGNORECASE)
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -149,7 +168,23 @@ def _looks_like_key(token: str) -> bool:
         return False
     if _PLACEHOLDER_RE.search(token):
         return False
-    return any(c.isdigit() for c in token) or not _WORDS_RE.fullmatch(token)
+    return not _WORDS_RE.fullmatch(token)
+
+
+def _reason(before: str, near_mistral: bool) -> str | None:
+    """Why a key-shaped token is reported, from the text before it on its line (or None)."""
+    if _BEARER_RE.search(before):
+        return "looks like a Mistral key after 'Bearer'"
+    if near_mistral:
+        return "looks like a Mistral key near 'mistral'"
+    if _KEY_NAME_RE.search(before):
+        return "looks like a Mistral key assigned to a credential-like name"
+    printed = _PRINT_RE.search(before)
+    if printed is not None:
+        args = printed.group(1)
+        if _LITERAL_START_RE.match(args) or _PRINT_NAME_RE.search(args):
+            return "looks like a Mistral key printed by print()"
+    return None
 
 
 class _TextScanner:
@@ -171,11 +206,8 @@ class _TextScanner:
                 if token in seen or not _looks_like_key(token):
                     continue
                 low, high = max(0, index - CONTEXT_LINES), index + CONTEXT_LINES + 1
-                if context or any(mentions[low:high]):
-                    reason = "looks like a Mistral key near 'mistral'"
-                elif _KEY_NAME_RE.search(line[: match.start()]):
-                    reason = "looks like a Mistral key assigned to an API key variable"
-                else:
+                reason = _reason(line[: match.start()], context or any(mentions[low:high]))
+                if reason is None:
                     continue
                 seen.add(token)
                 yield index + 1, mask(token), reason

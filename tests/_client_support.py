@@ -16,7 +16,7 @@ from mistral_nbenv.config import (
 from mistral_nbenv.keys import ResolvedKey
 from mistral_nbenv.secrets import SecretStr
 
-KEY = "Zq3XkP9mWv2LrT8sYb4NcF6hJd1GaE7u"  # 32 characters, fake
+KEY = "Zq3XFakeWv2LrT8sYb4NcF6hJd1GaE7u"  # 32 characters, fake
 OTHER_KEY = "Hy5RtU2oPq8WsX3zLm9NbV4cKj7FgD1a"
 
 

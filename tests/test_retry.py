@@ -168,7 +168,7 @@ def test_translate_transport_errors() -> None:
 
 
 def test_translate_401_names_environment_and_scrubs_key() -> None:
-    key = "Zq3XkP9mWv2LrT8sYb4NcF6hJd1GaE7u"
+    key = "Zq3XFakeWv2LrT8sYb4NcF6hJd1GaE7u"
     exc = SDKError(401, body=f'{{"message": "Unauthorized key {key}"}}')
     mapped = translate_error(exc, environment="production", key_source=".secrets.toml", secret=key)
     text = str(mapped) + str(getattr(mapped, "body", ""))

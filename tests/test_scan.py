@@ -383,3 +383,67 @@ def test_pre_commit_hook_definition() -> None:
         assert files.search(name), name
     for name in ["README.md", "notes.txt", "environment.cfg", "a.envy"]:
         assert not files.search(name), name
+
+
+# ------------------------------------------------------------------ Bearer, names, print()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("h.json", f'{{"headers": {{"Authorization": "Bearer {KEY}"}}}}\n', "after 'Bearer'"),
+        ("c.py", f'headers = {{"Authorization": f"Bearer {KEY}"}}\n', "after 'Bearer'"),
+        ("curl.yaml", f"run: curl -H 'Authorization: Bearer {KEY}' $URL\n", "after 'Bearer'"),
+        ("a.py", f'token = "{KEY}"\n', "credential-like name"),
+        ("a.py", f'connect(client_secret="{KEY}")\n', "credential-like name"),
+        ("a.yaml", f"password: {KEY}\n", "credential-like name"),
+        ("a.py", f'print("{KEY}")\n', "print()"),
+        ("a.py", f'print("auth", "{KEY}")\n', "print()"),
+        ("a.py", f'print(f"token={KEY}")\n', "credential-like name"),
+    ],
+)
+def test_credential_shapes_without_mistral_nearby(
+    tmp_path: Path, name: str, text: str, reason: str
+) -> None:
+    (tmp_path / name).write_text("import os\n\n\n" + text)
+    findings = scan_paths([tmp_path])
+    assert [f.line for f in findings] == [4]
+    assert reason in findings[0].reason
+    assert KEY not in str(findings[0])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'session_id = "{KEY}"\n',
+        f"# {KEY}\n",
+        f'print("done", n)  # {KEY}\n',
+        f"value = compute({KEY!r})\n",
+    ],
+)
+def test_key_shapes_without_a_credential_context_are_not_reported(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / "a.py").write_text(text)
+    assert scan_paths([tmp_path]) == []
+
+
+def test_base64_and_identifiers_near_mistral_are_not_keys(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    blob = "".join(rng.choice(string.ascii_letters + string.digits + "+/") for _ in range(6000))
+    cell = {
+        "cell_type": "code",
+        "source": "from mistralai import Mistral\nfrom transformers import Mistral3ForConditionalGeneration\n",
+        "outputs": [
+            {
+                "output_type": "display_data",
+                "data": {"text/markdown": f"![x](data:image/png;base64,{blob})"},
+            },
+            {"output_type": "stream", "text": "EvaluationRunV2ResponseTypedDict\n"},
+        ],
+    }
+    (tmp_path / "n.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}}))
+    assert scan_paths([tmp_path]) == []
+    cell["outputs"].append({"output_type": "stream", "text": f"key: {KEY}\n"})
+    (tmp_path / "n.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}}))
+    assert [f.output for f in scan_paths([tmp_path])] == [3]  # a real key-shaped one still is
