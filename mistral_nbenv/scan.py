@@ -84,9 +84,7 @@ _CREDENTIAL = (
     r"|bearer|access[_\-.]?key|private[_\-.]?key)"
 )
 # ``name = "``, ``"name": "``, ``name=`` (kwargs), ``name: `` (YAML), just before the token.
-_KEY_NAME_RE = re.compile(
-    _CREDENTIAL + r"[\w\-.]*[\"']?\s*[:=]\s*(?:f?[\"'])?$", re.IGNORECASE
-)
+_KEY_NAME_RE = re.compile(_CREDENTIAL + r"[\w\-.]*[\"']?\s*[:=]\s*(?:f?[\"'])?$", re.IGNORECASE)
 _BEARER_RE = re.compile(r"\bbearer\s+$", re.IGNORECASE)
 # print("<token>") / print(f"token: <token>") / print("api key", "<token>")
 _PRINT_RE = re.compile(r"\bprint\s*\((.*)$")
@@ -206,11 +204,11 @@ class _TextScanner:
                 if token in seen or not _looks_like_key(token):
                     continue
                 low, high = max(0, index - CONTEXT_LINES), index + CONTEXT_LINES + 1
-                reason = _reason(line[: match.start()], context or any(mentions[low:high]))
-                if reason is None:
+                why = _reason(line[: match.start()], context or any(mentions[low:high]))
+                if why is None:
                     continue
                 seen.add(token)
-                yield index + 1, mask(token), reason
+                yield index + 1, mask(token), why
 
 
 def _text(value: object) -> str:

@@ -433,7 +433,10 @@ def test_base64_and_identifiers_near_mistral_are_not_keys(tmp_path: Path) -> Non
     blob = "".join(rng.choice(string.ascii_letters + string.digits + "+/") for _ in range(6000))
     cell = {
         "cell_type": "code",
-        "source": "from mistralai import Mistral\nfrom transformers import Mistral3ForConditionalGeneration\n",
+        "source": (
+            "from mistralai import Mistral\n"
+            "from transformers import Mistral3ForConditionalGeneration\n"
+        ),
         "outputs": [
             {
                 "output_type": "display_data",
