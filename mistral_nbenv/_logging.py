@@ -10,24 +10,15 @@ through :class:`RedactSecrets` first: no key can reach a log line even by mistak
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterable
 
-from .secrets import mask, redact
+from .secrets import scrub
 
 __all__ = ["HANDLER_NAME", "RedactSecrets", "apply_debug"]
 
 HANDLER_NAME = "mistral_nbenv.debug"
 LOGGER_NAME = "mistral_nbenv"
-# The shape of a Mistral key: 32 letters and digits, no prefix.
-_KEY_SHAPE = re.compile(r"\b[A-Za-z0-9]{32}\b")
-
-
-def _mask_match(match: re.Match[str]) -> str:
-    return mask(match.group(0))
-
-
 KnownSecrets = Callable[[], Iterable[str]]
 
 
@@ -36,9 +27,11 @@ def _none() -> Iterable[str]:
 
 
 class RedactSecrets(logging.Filter):
-    """Replace every known secret, and anything shaped like a Mistral key, by its masked form.
+    """Mask every known secret and credential shape in a record: message, exception, stack.
 
-    ``known`` returns the secrets to look for (the workspace's resolved keys).
+    ``known`` returns secrets to look for besides those :func:`~mistral_nbenv.secrets.scrub`
+    already knows (the workspace's resolved keys).  An exception is formatted here, masked,
+    and kept as ``exc_text`` (``exc_info`` is dropped, so no formatter renders it again).
     """
 
     def __init__(self, known: KnownSecrets = _none) -> None:
@@ -47,9 +40,16 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Render the message once, redacted, so formatting cannot reintroduce a secret."""
-        message = redact(record.getMessage(), self.known())
-        record.msg = _KEY_SHAPE.sub(_mask_match, message)
+        extra = list(self.known())
+        record.msg = scrub(record.getMessage(), extra)
         record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text, extra)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info, extra)
         return True
 
 

@@ -11,9 +11,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 from .errors import MistralEnvError
+from .secrets import scrub
 
 __all__ = ["main"]
 
@@ -139,9 +140,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Scrubbed:
+    """A text stream whose every write is scrubbed (known secrets, credential shapes)."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        return self._inner.write(scrub(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    stream = out or sys.stdout
+    """Run the command line; returns the exit code.  Nothing it prints can show a key."""
+    stream = cast(TextIO, _Scrubbed(out or sys.stdout))
     from .commands import environment_of
 
     parser = _parser()
@@ -153,7 +167,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         return int(_HANDLERS[args.command](args, stream))
     except MistralEnvError as exc:
-        print(f"mistral-nbenv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mistral-nbenv {args.command}: error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

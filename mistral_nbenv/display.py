@@ -11,6 +11,7 @@ import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .secrets import scrub
 from .status import ChatAnswer, CheckResult, EnvironmentStatus
 
 __all__ = [
@@ -299,8 +300,8 @@ class Rich:
     """An object IPython displays as HTML in a notebook and as plain text in a terminal."""
 
     def __init__(self, text: str, html_text: str) -> None:
-        self.text = text
-        self.html = html_text
+        self.text = scrub(text)  # nothing displayed can show a key, whatever it quotes
+        self.html = scrub(html_text)
 
     def _repr_html_(self) -> str:
         return self.html

@@ -23,6 +23,8 @@ contain a full API key: keys travel as :class:`mistral_nbenv.secrets.SecretStr`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -37,12 +39,35 @@ __all__ = [
     "ProductionConfirmationRequired",
     "RateLimitError",
     "SecretBackendError",
+    "SecretNotCachedWarning",
     "StreamExpiredError",
 ]
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
+_scrub: Callable[[str], str] = _unchanged
+
+
+def set_message_scrubber(scrub: Callable[[str], str]) -> None:
+    """Install the mask every message goes through (``mistral_nbenv.secrets`` does, at import)."""
+    global _scrub
+    _scrub = scrub
+
+
 class MistralEnvError(Exception):
-    """Base class of every error raised by mistral_nbenv."""
+    """Base class of every error raised by mistral_nbenv.
+
+    Its message is scrubbed when the error is made: known secrets and anything shaped like
+    a credential are masked, whichever code quoted a user's value.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (_scrub(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigurationError(MistralEnvError, ValueError):
@@ -134,6 +159,10 @@ class ConcurrencyLimitError(MistralEnvError, TimeoutError):
 
 class StreamExpiredError(MistralEnvError):
     """A stream left unread past its ``timeout`` gave its slot to another call and closed."""
+
+
+class SecretNotCachedWarning(UserWarning):
+    """An answer held a secret (a server echoing the key), so it was not cached."""
 
 
 class CacheMissError(MistralEnvError):

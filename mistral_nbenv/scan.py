@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from .secrets import mask
+from .secrets import KEY_TOKEN, looks_like_key, mask
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -72,12 +72,6 @@ MIN_KNOWN_KEY_LENGTH = 8
 #: Lines either side of a "mistral" mention that count as near it.
 CONTEXT_LINES = 2
 
-# 32 letters and digits, not part of a longer run of base64 / URL-safe / path characters.
-_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])", re.ASCII)
-# CamelCase words, each of 2+ lower-case letters, digits only at a word's end, or a
-# version-like ``V2`` (``Mistral3ForConditionalGeneration``, ``RunV2ResponseTypedDict``);
-# a random key looks like this about once in 100,000 (measured).
-_WORDS_RE = re.compile(r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+", re.ASCII)
 _MISTRAL_RE = re.compile(r"mistral", re.IGNORECASE)
 _CREDENTIAL = (
     r"(?:mistral|api[_\-.]?key|apikey|secret|token|passw(?:or)?d|pwd|credential|auth"
@@ -162,11 +156,7 @@ def _known(known_keys: KnownKeys) -> list[tuple[str, str]]:
 
 def _looks_like_key(token: str) -> bool:
     """Mixed case (so no hex digest), not a CamelCase run of words, not a placeholder."""
-    if token.lower() == token or token.upper() == token:
-        return False
-    if _PLACEHOLDER_RE.search(token):
-        return False
-    return not _WORDS_RE.fullmatch(token)
+    return looks_like_key(token) and not _PLACEHOLDER_RE.search(token)
 
 
 def _reason(before: str, near_mistral: bool) -> str | None:
@@ -199,7 +189,7 @@ class _TextScanner:
                 if value in line and value not in seen:
                     seen.add(value)
                     yield index + 1, mask(value), reason
-            for match in _TOKEN_RE.finditer(line):
+            for match in KEY_TOKEN.finditer(line):
                 token = match.group()
                 if token in seen or not _looks_like_key(token):
                     continue

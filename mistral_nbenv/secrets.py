@@ -2,16 +2,37 @@
 
 :func:`mask` is the only rule for showing a secret (logs, errors, the CLI, the widget, the
 scanner, the test server): a secret of :data:`SHOW_TAIL_FROM` characters or more shows its
-last 4, a shorter one nothing. :func:`redact` applies it to every occurrence in a text.
+last 4, a shorter one nothing. :func:`redact` applies it to every occurrence of given
+secrets in a text; :func:`scrub` to every secret this process knows (each ``SecretStr``
+made) *and* to anything shaped like a credential (:data:`SHAPES`: a Mistral key, a Vault
+token, AWS keys, the password of a URL); :func:`describe` is ``repr`` with that applied to
+every string inside lists and tables.  Every :class:`~mistral_nbenv.errors.MistralEnvError`
+message goes through :func:`scrub` (registered below), whoever built it.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
+import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-__all__ = ["SHOW_TAIL_FROM", "SecretStr", "forms", "mask", "redact", "redact_bytes"]
+from . import errors
+
+__all__ = [
+    "KEY_TOKEN",
+    "SHAPES",
+    "SHOW_TAIL_FROM",
+    "SecretStr",
+    "describe",
+    "forms",
+    "looks_like_key",
+    "mask",
+    "redact",
+    "redact_bytes",
+    "scrub",
+]
 
 #: A secret this long or longer shows its last 4 characters; a shorter one shows none.
 SHOW_TAIL_FROM = 12
@@ -50,6 +71,105 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+# A Mistral key's shape: 32 letters and digits standing alone (not a piece of a longer
+# base64 / URL-safe / path run).
+KEY_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])", re.ASCII)
+# CamelCase words, each of 2+ lower-case letters, digits only at a word's end, or a
+# version-like ``V2`` (``Mistral3ForConditionalGeneration``, ``RunV2ResponseTypedDict``);
+# a random key looks like this about 26 times in a million (measured).
+_WORDS = re.compile(r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+", re.ASCII)
+
+
+def looks_like_key(token: str) -> bool:
+    """A 32-character token that is mixed case and not a CamelCase identifier."""
+    if token.lower() == token or token.upper() == token:
+        return False
+    return not _WORDS.fullmatch(token)
+
+
+def _mistral(match: re.Match[str]) -> str:
+    token = match.group(0)
+    return mask(token) if looks_like_key(token) else token
+
+
+def _whole(match: re.Match[str]) -> str:
+    return mask(match.group(0))
+
+
+def _url_password(match: re.Match[str]) -> str:
+    return match.group(1) + "…" + match.group(3)
+
+
+#: Credential shapes masked by :func:`scrub`: (pattern, replacement).
+SHAPES: tuple[tuple[re.Pattern[str], Any], ...] = (
+    (KEY_TOKEN, _mistral),
+    (re.compile(r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"), _whole),  # Vault / OpenBao tokens
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), _whole),  # AWS access key ids
+    # AWS secret access keys: 40 base64 characters with a digit, a lower and an upper case
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]{0,39}[0-9])(?=[A-Za-z0-9+/]{0,39}[a-z])"
+            r"(?=[A-Za-z0-9+/]{0,39}[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])"
+        ),
+        _whole,
+    ),
+    (re.compile(r"(://[^:/@\s]+:)([^@\s/]+)(@)"), _url_password),  # a URL's password
+)
+
+_known: set[str] = set()
+_known_lock = threading.Lock()
+_MAX_KNOWN = 1000
+_MIN_KNOWN = 8
+
+
+def remember(secret: str) -> None:
+    """Add a secret to the ones :func:`scrub` masks everywhere (each ``SecretStr`` does)."""
+    if len(secret) >= _MIN_KNOWN:
+        with _known_lock:
+            if len(_known) < _MAX_KNOWN:
+                _known.add(secret)
+
+
+def known() -> list[str]:
+    """The secrets this process has seen (longest first, so a longer one masks whole)."""
+    with _known_lock:
+        return sorted(_known, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every known secret, ``secrets`` and every credential shape masked."""
+    text = redact(text, [*secrets, *known()])
+    for pattern, replace in SHAPES:
+        text = pattern.sub(replace, text)
+    return text
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, strings inside lists and tables scrubbed."""
+    text = _describe(value, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(value: Any, depth: int) -> str:
+    if depth > 4:
+        return "..."
+    if isinstance(value, SecretStr):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(scrub(value))
+    if isinstance(value, bytes):
+        return "b" + repr(scrub(value.decode("utf-8", "replace")))
+    if isinstance(value, dict):
+        inner = ", ".join(
+            f"{_describe(k, depth + 1)}: {_describe(v, depth + 1)}" for k, v in value.items()
+        )
+        return "{" + inner + "}"
+    if isinstance(value, list | tuple | set | frozenset):
+        inner = ", ".join(_describe(item, depth + 1) for item in value)
+        return ("[{}]" if isinstance(value, list) else "({})").format(inner)
+    return scrub(repr(value))
+
+
 def redact_bytes(data: bytes, secrets: Iterable[str]) -> bytes:
     """:func:`redact` for bytes (the UTF-8 encoding of each secret)."""
     for secret in secrets:
@@ -64,10 +184,13 @@ class SecretStr:
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, known: bool = True) -> None:
+        """``known=False`` for a value that is not itself secret (a secret reference)."""
         if not isinstance(value, str):
             raise TypeError("SecretStr holds a str")
         self._value = value
+        if known:
+            remember(value)
 
     def get_secret_value(self) -> str:
         """The full secret: pass it on, never print or store it."""
@@ -106,3 +229,6 @@ class SecretStr:
 
     def __copy__(self) -> SecretStr:
         return self
+
+
+errors.set_message_scrubber(scrub)

@@ -29,7 +29,7 @@ from .retry import (
 )
 from .secrets import redact, redact_bytes
 
-__all__ = ["TRANSLATIONS", "scrub_secret", "translate_error"]
+__all__ = ["TRANSLATIONS", "quotes_secret", "scrub_secret", "translate_error"]
 
 _BODY_SNIPPET = 300
 
@@ -56,6 +56,24 @@ def scrub_secret(exc: BaseException, secret: str | None) -> None:
                     if clean != value:
                         object.__setattr__(current, name, clean)  # the SDK's are frozen
             current.args = tuple(_scrub_any(a, secret) for a in current.args)
+
+
+def quotes_secret(exc: BaseException, secrets: list[str]) -> bool:
+    """Whether ``exc``'s traceback or the repr of anything in its chain still shows a secret.
+
+    Some errors render text the scrub cannot reach (a pydantic ``ValidationError`` keeps its
+    input internally): the caller then raises its own error ``from None``.
+    """
+    import traceback
+
+    shown = "".join(traceback.format_exception(exc))
+    for current in _chain(exc):
+        with contextlib.suppress(Exception):
+            shown += repr(current)
+        for name in ("headers", "body", "raw_response"):
+            with contextlib.suppress(Exception):
+                shown += repr(getattr(current, name, None))
+    return redact(shown, secrets) != shown
 
 
 def _scrub_any(value: Any, secret: str) -> Any:

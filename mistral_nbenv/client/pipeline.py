@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -22,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from .. import _fastsdk
 from ..cache import ResponseCache, cache_dir
 from ..concurrency import ConcurrencyLimiter
-from ..errors import CacheMissError
+from ..errors import APIError, CacheMissError, SecretNotCachedWarning
 from ..ratelimit import RateLimiter
 from ..retry import RetryPolicy
+from ..secrets import known, redact
 from ..store.local import DiskStore
-from ..translate import translate_error
+from ..translate import quotes_secret, translate_error
 from . import deadline
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .transport import RESPONSES, SDK, Transport, response_json
@@ -306,14 +308,28 @@ class Pipeline:
         """Account the usage and store the body as received."""
         self.account(result, call.estimate)
         if call.key is not None:
-            self.cache.set(call.key, response_json(result, call.seen))
+            self._store(call, response_json(result, call.seen))
         return result
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
         """A stream read to the end: account its usage and store its events."""
         self.account(last_usage, call.estimate)
         if call.key is not None and recorded is not None:
-            self.cache.set(call.key, "\n".join(recorded))
+            self._store(call, "\n".join(recorded))
+
+    def _store(self, call: Prepared, text: str) -> None:
+        """Cache ``text`` unless it holds a secret (a server echoing the key): then warn."""
+        assert call.key is not None
+        if redact(text, [self.key.value.get_secret_value(), *known()]) != text:
+            warnings.warn(
+                f"mistral_nbenv: the {call.endpoint.name} answer for environment "
+                f"'{self.environment}' contains a secret (the API key?), so it was not cached. "
+                "Check what the server at server_url echoes.",
+                SecretNotCachedWarning,
+                stacklevel=4,
+            )
+            return
+        self.cache.set(call.key, text)
 
     def account(self, result: Any, estimate: int) -> None:
         """Count a request and its tokens; correct the tpm estimate with the real usage."""
@@ -339,6 +355,15 @@ class Pipeline:
             key_source=self.key.source,
             secret=self.key.value.get_secret_value(),
         )
+        secrets = [self.key.value.get_secret_value(), *known()]
+        if quotes_secret(exc, secrets):  # text the scrub cannot reach: drop the SDK's error
+            if mapped is exc:
+                mapped = APIError(
+                    f"The Mistral API call failed in environment '{self.environment}' "
+                    f"({type(exc).__name__}; its text quoted a secret and is not shown).",
+                    environment=self.environment,
+                )
+            raise mapped from None
         if mapped is exc:
             raise exc
         raise mapped from exc

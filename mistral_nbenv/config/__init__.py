@@ -28,7 +28,7 @@ from typing import Any
 
 from .._names import CANONICAL, canonical_or_none, normalize_name
 from ..errors import ConfigurationError
-from ..secrets import SecretStr
+from ..secrets import SecretStr, describe
 from .schema import (
     BOOL,
     OPTIONAL,
@@ -293,10 +293,13 @@ def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _describe(key: str, value: Any) -> str:
+    """A user's value quoted in a message: a secret setting's masked whole, any other
+    scrubbed of every known secret and credential shape (inside lists and tables too)."""
     if key in SECRET_KEYS and isinstance(value, str):
         return SecretStr(value).masked
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if key in SECRET_KEYS:
+        return f"a {type(value).__name__} (not shown: it is a secret setting)"
+    return describe(value)
 
 
 class _FlatView(dict):

@@ -67,7 +67,12 @@ class Rule:
 
 
 def _secret(value: Any) -> SecretStr | None:
-    return SecretStr(value) if isinstance(value, str) and value else None
+    """A secret setting's value; a secret *reference* (``vault:...``) is not itself secret."""
+    if not isinstance(value, str) or not value:
+        return None
+    from ..backends import is_reference
+
+    return SecretStr(value, known=not is_reference(value.strip()))
 
 
 STR = Rule((str,), "a string")
