@@ -8,9 +8,11 @@ found a problem, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any, TextIO, cast
 
 from .errors import MistralEnvError
@@ -23,11 +25,27 @@ def _ansi(out: TextIO) -> bool:
     return hasattr(out, "isatty") and out.isatty() and not os.environ.get("NO_COLOR")
 
 
+def _json(out: TextIO, schema: str, **fields: Any) -> None:
+    """One JSON document: ``{"schema": "mistral-nbenv/<what>/1", ...}`` (see the README)."""
+    print(json.dumps({"schema": f"mistral-nbenv/{schema}/1", **fields}, indent=2), file=out)
+
+
 def _status(args: argparse.Namespace, out: TextIO) -> int:
     from .display import status_text
     from .status import collect_status
     from .workspace import current_environment, detection_reason, get_settings, project
 
+    if args.json:
+        settings = get_settings(args.env)
+        _json(
+            out,
+            "status",
+            active=current_environment(),
+            detected_from=detection_reason(),
+            environment=asdict(collect_status(args.env, with_cache=True)),
+            settings=[{"key": k, "value": v, "source": src} for k, v, src in settings.explain()],
+        )
+        return 0
     loaded = project()
     settings_file, secrets_file = loaded.settings_file, loaded.secrets_file
     active = current_environment()
@@ -52,6 +70,9 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
     from .workspace import list_environments
 
     statuses = [collect_status(name) for name in list_environments()]
+    if args.json:
+        _json(out, "list", environments=[asdict(st) for st in statuses])
+        return 0
     print(environments_text(statuses, ansi=_ansi(out)), file=out)
     return 0
 
@@ -62,9 +83,34 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
     results = collect_check(args.env, all_environments=args.all)
     findings = collect_findings(results)
+    failed = any(not r.ok for r in results) or any(f.is_error or args.strict for f in findings)
+    code = 1 if failed else 0
+    if args.json:
+        _json(
+            out,
+            "check",
+            ok=not failed,
+            strict=args.strict,
+            exit_code=code,
+            environments=[
+                {
+                    "environment": r.environment,
+                    "ok": r.ok,
+                    "problems": list(r.problems),
+                    "notes": list(r.notes),
+                }
+                for r in results
+            ],
+            findings=[
+                {"severity": f.severity, "message": f.message, "environments": list(f.environments)}
+                for f in findings
+            ],
+        )
+        return code
     print(check_text(results, findings), file=out)
-    failed = any(not r.ok for r in results) or any(f.is_error for f in findings)
-    return 1 if failed else 0
+    if args.strict and findings and not any(not r.ok for r in results):
+        print("--strict: the warnings above fail the check.", file=out)
+    return code
 
 
 def _scan(args: argparse.Namespace, out: TextIO) -> int:
@@ -106,8 +152,19 @@ def _cache(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 0
     stats = cache_stats(env)
+    code = 0 if stats.get("available", True) else 1
+    if args.json:
+        fields = {k: _plain(v) for k, v in stats.items()}
+        fields["environment"] = env
+        _json(out, "cache-stats", **fields)
+        return code
     print(cache_stats_text(env, stats), file=out)
-    return 0 if stats.get("available", True) else 1
+    return code
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value (paths as strings)."""
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:

@@ -21,11 +21,12 @@ __all__ = ["COMMANDS", "Arg", "Command", "build_parser", "environment_of"]
 class Arg:
     """One argument of a command."""
 
-    kind: (
-        str  # "env" (optional environment), "env!" (required), "all", "confirm", "action", "paths"
-    )
+    # "env" (optional environment), "env!" (required), "all", "confirm", "action", "paths",
+    # "strict", "json"
+    kind: str
     help: str = ""
     choices: tuple[str, ...] = ()
+    surfaces: tuple[str, ...] = ("cli", "magic")
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,24 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "status",
         "the active (or given) environment: badge, model, masked key and its source, cache, limits",
-        (Arg("env", "environment name or alias (default: the active one)"),),
+        (
+            Arg("env", "environment name or alias (default: the active one)"),
+            Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
+        ),
     ),
-    Command("list", "every environment with its model and masked key"),
+    Command(
+        "list",
+        "every environment with its model and masked key",
+        (Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),),
+    ),
     Command(
         "check",
         "validate settings and keys (the CLI exits 1 on any problem)",
         (
             Arg("env", "environment name or alias (default: the active one)"),
             Arg("all", "every environment"),
+            Arg("strict", "warnings fail too (a literal key, a readable .secrets.toml, ...)"),
+            Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
     ),
     Command(
@@ -69,6 +79,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg("action", "stats or clear", choices=("stats", "clear")),
             Arg("env", "environment (default: the active one)"),
             Arg("confirm", "confirm clearing a protected environment's cache"),
+            Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
     ),
     Command(
@@ -120,7 +131,13 @@ def build_parser(
             p.add_mutually_exclusive_group() if {"env", "all"} <= kinds else p
         )
         for arg in command.args:
-            if arg.kind == "action":
+            if surface not in arg.surfaces:
+                continue
+            if arg.kind == "strict":
+                p.add_argument("--strict", action="store_true", help=arg.help)
+            elif arg.kind == "json":
+                p.add_argument("--json", action="store_true", help=arg.help)
+            elif arg.kind == "action":
                 p.add_argument("action", choices=arg.choices, help=arg.help)
             elif arg.kind == "env!":
                 _add_env(p, arg, required=True)

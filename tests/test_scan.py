@@ -383,6 +383,10 @@ def test_pre_commit_hook_definition() -> None:
         assert files.search(name), name
     for name in ["README.md", "notes.txt", "environment.cfg", "a.envy"]:
         assert not files.search(name), name
+    (gate,) = [h for h in hooks if h["id"] == "mistral-nbenv-check"]
+    assert gate["entry"] == "mistral-nbenv check --all --strict"
+    assert gate["pass_filenames"] is False
+    assert re.search(gate["files"], "config/settings.toml")
 
 
 # ------------------------------------------------------------------ Bearer, names, print()
