@@ -196,3 +196,22 @@ def test_ipython_shows_no_key_in_a_chained_error(lproject: MistralTestServer) ->
     with pytest.raises(APIError) as caught:
         get_client().chat.complete(messages=[{"role": "user", "content": "z"}], cache=False)
     assert key[:-4] not in _ipython_traceback(caught.value)
+
+
+def test_the_widget_never_shows_it(lproject: MistralTestServer) -> None:
+    from mistral_nbenv.widget import EnvironmentSwitcher
+    from tests.test_widget import _state
+
+    settings = Path(os.environ["MISTRAL_NBENV_SETTINGS"])
+    text = settings.read_text().replace(
+        f'[qa]\napi_key = "{KEYS["qa"]}"\n', f'[qa]\napi_key = "{KEYS["qa"]}"\ntimeout = "{LEAK}"\n'
+    )
+    settings.write_text(text)
+    reset_core()
+    switcher = EnvironmentSwitcher()
+    try:
+        switcher.picker.value = "qa"
+        assert "`timeout`" in switcher.error.value
+        assert TAIL not in _state(switcher)
+    finally:
+        switcher.close()
