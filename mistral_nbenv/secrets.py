@@ -100,9 +100,14 @@ def _url_password(match: re.Match[str]) -> str:
     return match.group(1) + "…" + match.group(3)
 
 
+# For masking, any run of 32 or more letters and digits, wherever it stands (a key with a
+# character typed before or after it, inside a path or a URL): over-masking a message is
+# harmless, under-masking is a leak.
+_KEY_RUN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,}(?![A-Za-z0-9])", re.ASCII)
+
 #: Credential shapes masked by :func:`scrub`: (pattern, replacement).
 SHAPES: tuple[tuple[re.Pattern[str], Any], ...] = (
-    (KEY_TOKEN, _mistral),
+    (_KEY_RUN, _mistral),
     (re.compile(r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"), _whole),  # Vault / OpenBao tokens
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), _whole),  # AWS access key ids
     # AWS secret access keys: 40 base64 characters with a digit, a lower and an upper case
