@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .errors import ConcurrencyLimitError
@@ -120,14 +120,15 @@ class ConcurrencyLimiter:
 
     # -- taking a slot ---------------------------------------------------------------------
 
-    def _enqueue(self, waiter: _AsyncWaiter | _ThreadWaiter) -> bool:
-        """Take a free slot (True) or queue ``waiter`` (False)."""
+    def _enqueue(self, make: Callable[[], _AsyncWaiter | _ThreadWaiter]) -> Any:
+        """Take a free slot (None) or queue and return a new waiter."""
         with self._lock:
             if self._in_flight < self.limit and not self._waiters:
                 self._in_flight += 1
-                return True
+                return None
+            waiter = make()
             self._waiters.append(waiter)
-            return False
+            return waiter
 
     def _give_up(self, waiter: _AsyncWaiter | _ThreadWaiter) -> bool:
         """Leave the queue; True if a slot was handed over meanwhile (the caller has it)."""
@@ -155,8 +156,8 @@ class ConcurrencyLimiter:
 
     def acquire(self, timeout: float | None = None) -> None:
         """Take a slot, blocking the thread at most ``timeout`` seconds while all are busy."""
-        waiter = _ThreadWaiter()
-        if self._enqueue(waiter):
+        waiter: _ThreadWaiter | None = self._enqueue(_ThreadWaiter)
+        if waiter is None:
             return
         ends = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -175,8 +176,9 @@ class ConcurrencyLimiter:
 
     async def acquire_async(self, timeout: float | None = None) -> None:
         """Take a slot, suspending the task at most ``timeout`` seconds while all are busy."""
-        waiter = _AsyncWaiter(asyncio.get_running_loop())
-        if self._enqueue(waiter):
+        loop = asyncio.get_running_loop()
+        waiter: _AsyncWaiter | None = self._enqueue(lambda: _AsyncWaiter(loop))
+        if waiter is None:
             return
         ends = None if timeout is None else time.monotonic() + timeout
         try:

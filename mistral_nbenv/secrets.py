@@ -12,6 +12,7 @@ message goes through :func:`scrub` (registered below), whoever built it.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import threading
@@ -43,6 +44,7 @@ def mask(value: str) -> str:
     return "…" + value[-4:] if len(value) >= SHOW_TAIL_FROM else "…"
 
 
+@functools.lru_cache(maxsize=256)
 def forms(secret: str) -> tuple[str, ...]:
     """The ways ``secret`` can appear in text: itself, and as ``repr`` of its str and bytes.
 
