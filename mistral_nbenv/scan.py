@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from .secrets import KEY_TOKEN, looks_like_key, mask
+from .secrets import key_token, looks_like_key, mask
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -189,7 +189,7 @@ class _TextScanner:
                 if value in line and value not in seen:
                     seen.add(value)
                     yield index + 1, mask(value), reason
-            for match in KEY_TOKEN.finditer(line):
+            for match in key_token().finditer(line):
                 token = match.group()
                 if token in seen or not _looks_like_key(token):
                     continue

@@ -22,12 +22,12 @@ from typing import Any, NoReturn
 from . import errors
 
 __all__ = [
-    "KEY_TOKEN",
     "SHAPES",
     "SHOW_TAIL_FROM",
     "SecretStr",
     "describe",
     "forms",
+    "key_token",
     "looks_like_key",
     "mask",
     "redact",
@@ -75,18 +75,33 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 # A Mistral key's shape: 32 letters and digits standing alone (not a piece of a longer
 # base64 / URL-safe / path run).
-KEY_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])", re.ASCII)
+_KEY_TOKEN = r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])"
 # CamelCase words, each of 2+ lower-case letters, digits only at a word's end, or a
 # version-like ``V2`` (``Mistral3ForConditionalGeneration``, ``RunV2ResponseTypedDict``);
 # a random key looks like this about 26 times in a million (measured).
-_WORDS = re.compile(r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+", re.ASCII)
+_WORDS = r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+"
+# For masking, any run of 32 or more letters and digits, wherever it stands (a key with a
+# character typed before or after it, inside a path or a URL): over-masking a message is
+# harmless, under-masking is a leak.
+_KEY_RUN = r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,}(?![A-Za-z0-9])"
+
+
+@functools.cache
+def key_token() -> re.Pattern[str]:
+    """The Mistral key shape as a compiled pattern (compiled on first use: imports stay fast)."""
+    return re.compile(_KEY_TOKEN, re.ASCII)
+
+
+@functools.cache
+def _words() -> re.Pattern[str]:
+    return re.compile(_WORDS, re.ASCII)
 
 
 def looks_like_key(token: str) -> bool:
     """A 32-character token that is mixed case and not a CamelCase identifier."""
     if token.lower() == token or token.upper() == token:
         return False
-    return not _WORDS.fullmatch(token)
+    return not _words().fullmatch(token)
 
 
 def _mistral(match: re.Match[str]) -> str:
@@ -102,26 +117,25 @@ def _url_password(match: re.Match[str]) -> str:
     return match.group(1) + "…" + match.group(3)
 
 
-# For masking, any run of 32 or more letters and digits, wherever it stands (a key with a
-# character typed before or after it, inside a path or a URL): over-masking a message is
-# harmless, under-masking is a leak.
-_KEY_RUN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,}(?![A-Za-z0-9])", re.ASCII)
-
 #: Credential shapes masked by :func:`scrub`: (pattern, replacement).
-SHAPES: tuple[tuple[re.Pattern[str], Any], ...] = (
+SHAPES: tuple[tuple[str, Any], ...] = (
     (_KEY_RUN, _mistral),
-    (re.compile(r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}"), _whole),  # Vault / OpenBao tokens
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), _whole),  # AWS access key ids
+    (r"\bhv[sbr]\.[A-Za-z0-9_\-]{20,}", _whole),  # Vault / OpenBao tokens
+    (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", _whole),  # AWS access key ids
     # AWS secret access keys: 40 base64 characters with a digit, a lower and an upper case
     (
-        re.compile(
-            r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]{0,39}[0-9])(?=[A-Za-z0-9+/]{0,39}[a-z])"
-            r"(?=[A-Za-z0-9+/]{0,39}[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])"
-        ),
+        r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]{0,39}[0-9])(?=[A-Za-z0-9+/]{0,39}[a-z])"
+        r"(?=[A-Za-z0-9+/]{0,39}[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])",
         _whole,
     ),
-    (re.compile(r"(://[^:/@\s]+:)([^@\s/]+)(@)"), _url_password),  # a URL's password
+    (r"(://[^:/@\s]+:)([^@\s/]+)(@)", _url_password),  # a URL's password
 )
+
+
+@functools.cache
+def _shapes() -> tuple[tuple[re.Pattern[str], Any], ...]:
+    return tuple((re.compile(pattern), replace) for pattern, replace in SHAPES)
+
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
@@ -146,7 +160,7 @@ def known() -> list[str]:
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every known secret, ``secrets`` and every credential shape masked."""
     text = redact(text, [*secrets, *known()])
-    for pattern, replace in SHAPES:
+    for pattern, replace in _shapes():
         text = pattern.sub(replace, text)
     return text
 
