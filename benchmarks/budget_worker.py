@@ -29,5 +29,40 @@ def main() -> None:
     print(json.dumps(admitted))
 
 
+def run_processes(directory: Path, rpm: float, seconds: float, processes: int) -> list[float]:
+    """Start ``processes`` of these on one budget in ``directory``; every admission, sorted."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    start = time.time() + 3.0  # every process is up and has opened the store by then
+    args = [str(directory), str(rpm), repr(start), str(seconds)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.budget_worker", *args],
+            cwd=root,
+            env=dict(os.environ, PYTHONPATH=str(root)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    times: list[float] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=seconds + 120)
+        if worker.returncode != 0:
+            raise RuntimeError(f"a budget worker failed: {err.strip()[-500:]}")
+        times += json.loads(out)
+    return sorted(times)
+
+
+def worst_window(times: list[float], width: float) -> int:
+    """The most admissions in any closed window ``[t, t + width]`` (``times`` sorted)."""
+    import bisect
+
+    return max(bisect.bisect_right(times, start + width) - i for i, start in enumerate(times))
+
+
 if __name__ == "__main__":
     main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -379,33 +378,12 @@ def bench_ratelimit(ctx: Context) -> list[Figure]:
 
 def bench_ratelimit_exact(ctx: Context) -> list[Figure]:
     """8 processes on one budget at 6,000 rpm: the worst 1 s window vs burst + rpm*W/60."""
-    import bisect
-    import json
-    import subprocess
-    import sys
+    from benchmarks.budget_worker import run_processes, worst_window
 
     rpm, seconds, processes, width = 6000.0, ctx.config.pick(6.0, 1.5), 8, 1.0
     rate, burst = rpm / 60, max(1.0, rpm / 60)
-    root = Path(__file__).resolve().parent.parent
-    start = time.time() + 3.0
-    env = dict(os.environ, PYTHONPATH=str(root))
-    args = [str(ctx.root / "budget-exact"), str(rpm), repr(start), str(seconds)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.budget_worker", *args],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    times: list[float] = []
-    for worker in workers:
-        out, _err = worker.communicate(timeout=120)
-        times += json.loads(out)
-    times.sort()
-    worst = max(bisect.bisect_right(times, t + width) - i for i, t in enumerate(times))
+    times = run_processes(ctx.root / "budget-exact", rpm, seconds, processes)
+    worst = worst_window(times, width)
     bound = int(burst + rate * width + 1e-6)
     return [
         Figure(
