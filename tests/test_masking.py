@@ -24,7 +24,7 @@ from mistral_nbenv.errors import SecretNotCachedWarning
 from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import KEYS, reset_core
 
-LEAK = "Rk7pLm2QxWv9TzB4nY6cJh3sDf8GaU1e"  # shaped like a Mistral key, configured nowhere
+LEAK = "Rk7pFakeLeakTzB4nY6cJh3sDf8GaU1e"  # shaped like a Mistral key, configured nowhere
 TAIL = LEAK[:-4]  # what must never appear (the last 4 may: that is the mask)
 
 

@@ -25,7 +25,7 @@ from mistral_nbenv import ConfigurationError, get_settings
 from mistral_nbenv.config.schema import SCHEMA, SECRET_KEYS
 from tests._browser_project import reset_core
 
-LEAK = "Rk7pLm2QxWv9TzB4nY6cJh3sDf8GaU1e"
+LEAK = "Rk7pFakeLeakTzB4nY6cJh3sDf8GaU1e"
 KEYS = sorted(k for k in SCHEMA if k not in SECRET_KEYS and k != "api_key")
 
 scalars = st.one_of(
