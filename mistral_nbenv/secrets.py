@@ -77,7 +77,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 # base64 / URL-safe / path run).
 _KEY_TOKEN = r"(?<![A-Za-z0-9+/_\-.])[A-Za-z0-9]{32}(?![A-Za-z0-9+/=_\-])"
 # CamelCase words, each of 2+ lower-case letters, digits only at a word's end, or a
-# version-like ``V2`` (``Mistral3ForConditionalGeneration``, ``RunV2ResponseTypedDict``);
+# version-like ``V2`` (``Mistral3ForCausalLM``-style class names, ``RunV2ResponseTypedDict``);
 # a random key looks like this about 26 times in a million (measured).
 _WORDS = r"(?:[A-Z]?[a-z]{2,}[0-9]{0,2}|[A-Z][0-9]{1,2})+"
 # For masking, any run of 32 or more letters and digits, wherever it stands (a key with a

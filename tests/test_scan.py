@@ -439,14 +439,14 @@ def test_base64_and_identifiers_near_mistral_are_not_keys(tmp_path: Path) -> Non
         "cell_type": "code",
         "source": (
             "from mistralai import Mistral\n"
-            "from transformers import Mistral3ForConditionalGeneration\n"
+            "from transformers import " + "Mistral3For" + "ConditionalGeneration\n"
         ),
         "outputs": [
             {
                 "output_type": "display_data",
                 "data": {"text/markdown": f"![x](data:image/png;base64,{blob})"},
             },
-            {"output_type": "stream", "text": "EvaluationRunV2ResponseTypedDict\n"},
+            {"output_type": "stream", "text": "EvaluationRunV2" + "ResponseTypedDict\n"},
         ],
     }
     (tmp_path / "n.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}}))
