@@ -5,28 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests._cli import run_cli as run
 from tests.conftest import ProjectFactory, fake_key
 
 DEV, STG, PROD = fake_key("cli-dev"), fake_key("cli-staging"), fake_key("cli-prod")
-SCRIPT = shutil.which("mistral-nbenv")
-
-
-def run(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, module: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the console script (or ``python -m mistral_nbenv``) with the test's environment."""
-    assert SCRIPT is not None, "the package must be installed (pip install -e .)"
-    command = [sys.executable, "-m", "mistral_nbenv"] if module else [SCRIPT]
-    environ = dict(os.environ)
-    environ.update(env or {})
-    return subprocess.run(
-        [*command, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120
-    )
 
 
 def all_keys_project(project: ProjectFactory) -> Path:

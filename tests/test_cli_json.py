@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +15,13 @@ import pytest
 
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import KEYS
+from tests._cli import run_cli
 
 ROOT_FIELDS = {"schema"}
 
 
 def _run(cwd: Path, *args: str) -> tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "mistral_nbenv", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(*args, cwd=cwd, module=True)
     for key in KEYS.values():
         assert key[:-4] not in done.stdout + done.stderr
     return done.returncode, done.stdout, done.stderr

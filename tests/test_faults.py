@@ -6,10 +6,7 @@ against the loopback server, a real IPython shell, the real console script.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ from mistral_nbenv.store import CacheUnavailableWarning
 from mistral_nbenv.store.local import close_all
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import KEYS, reset_core, use_project
+from tests._cli import run_cli
 from tests.test_magic import Outputs, ReRaisingShell
 
 HELLO = [{"role": "user", "content": "hello faults"}]
@@ -144,17 +142,6 @@ def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
 # ------------------------------------------------------------------ the CLI tells the truth
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mistral_nbenv", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_cli_reports_an_unreadable_cache_and_exits_non_zero(
     lproject: MistralTestServer, tmp_path: Path
 ) -> None:
@@ -163,10 +150,10 @@ def test_cli_reports_an_unreadable_cache_and_exits_non_zero(
     directory = cache_dir(get_client().settings)
     close_all()
     (directory / "cache.db").write_bytes(b"not a database" * 100)
-    stats = _cli("cache", "stats", "--env", "staging", cwd=tmp_path)
+    stats = run_cli("cache", "stats", "--env", "staging", cwd=tmp_path, module=True)
     assert stats.returncode == 1
     assert "UNAVAILABLE" in stats.stdout
-    cleared = _cli("cache", "clear", "--env", "staging", cwd=tmp_path)
+    cleared = run_cli("cache", "clear", "--env", "staging", cwd=tmp_path, module=True)
     assert cleared.returncode == 2
     assert "cannot be cleared" in cleared.stderr
     assert "nothing was removed" in cleared.stderr
@@ -177,15 +164,18 @@ def test_clearing_a_protected_cache_needs_confirm(
 ) -> None:
     with environment("production", confirm=True):
         get_client().chat.complete(messages=HELLO)
-    refused = _cli("cache", "clear", "--env", "prod", cwd=tmp_path)
+    refused = run_cli("cache", "clear", "--env", "prod", cwd=tmp_path, module=True)
     assert refused.returncode == 2
     assert "needs confirmation" in refused.stderr
     assert "Nothing was changed" in refused.stderr
-    assert "1 entr" in _cli("cache", "stats", "--env", "prod", cwd=tmp_path).stdout
-    done = _cli("cache", "clear", "--env", "prod", "--confirm", cwd=tmp_path)
+    assert "1 entr" in run_cli("cache", "stats", "--env", "prod", cwd=tmp_path, module=True).stdout
+    done = run_cli("cache", "clear", "--env", "prod", "--confirm", cwd=tmp_path, module=True)
     assert done.returncode == 0, done.stderr
     assert "1 entries removed" in done.stdout
-    assert _cli("cache", "clear", "--env", "prod", "--conf", cwd=tmp_path).returncode == 2
+    assert (
+        run_cli("cache", "clear", "--env", "prod", "--conf", cwd=tmp_path, module=True).returncode
+        == 2
+    )
 
 
 # --------------------------------------------------------------------------- production

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -23,20 +21,14 @@ from mistral_nbenv._logging import apply_debug
 from mistral_nbenv.errors import SecretNotCachedWarning
 from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import KEYS, reset_core
+from tests._cli import run_cli
 
 LEAK = "Rk7pFakeLeakTzB4nY6cJh3sDf8GaU1e"  # shaped like a Mistral key, configured nowhere
 TAIL = LEAK[:-4]  # what must never appear (the last 4 may: that is the mask)
 
 
 def _cli(root: Path, *args: str, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "mistral_nbenv", *args],
-        cwd=root,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli(*args, cwd=root, env=env, module=True)
     return done.stdout + done.stderr
 
 
