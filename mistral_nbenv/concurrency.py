@@ -154,23 +154,37 @@ class ConcurrencyLimiter:
             environment=self.environment,
         )
 
+    def _pause(
+        self,
+        waiter: _AsyncWaiter | _ThreadWaiter,
+        handed: Callable[[], bool],
+        ends: float | None,
+        timeout: float | None,
+    ) -> float | None:
+        """How long to wait before looking again; None once the slot is the waiter's.
+
+        Reclaims idle streams first; past ``ends`` it leaves the queue and raises
+        :class:`ConcurrencyLimitError` (unless a slot was handed over meanwhile).
+        """
+        pause = self._reclaim()
+        if handed():
+            return None
+        if ends is not None:
+            left = ends - time.monotonic()
+            if left <= 0:
+                if self._give_up(waiter):
+                    return None
+                raise self._too_long(float(timeout or 0))
+            pause = min(pause, left)
+        return pause
+
     def acquire(self, timeout: float | None = None) -> None:
         """Take a slot, blocking the thread at most ``timeout`` seconds while all are busy."""
         waiter: _ThreadWaiter | None = self._enqueue(_ThreadWaiter)
         if waiter is None:
             return
         ends = None if timeout is None else time.monotonic() + timeout
-        while True:
-            pause = self._reclaim()
-            if waiter.event.is_set():
-                return
-            if ends is not None:
-                left = ends - time.monotonic()
-                if left <= 0:
-                    if self._give_up(waiter):
-                        return
-                    raise self._too_long(float(timeout or 0))
-                pause = min(pause, left)
+        while (pause := self._pause(waiter, waiter.event.is_set, ends, timeout)) is not None:
             if waiter.event.wait(pause):
                 return  # the slot was handed over by release()
 
@@ -182,20 +196,8 @@ class ConcurrencyLimiter:
             return
         ends = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                pause = self._reclaim()
-                if waiter.future.done():
-                    return
-                if ends is not None:
-                    left = ends - time.monotonic()
-                    if left <= 0:
-                        if self._give_up(waiter):
-                            return
-                        raise self._too_long(float(timeout or 0))
-                    pause = min(pause, left)
+            while (pause := self._pause(waiter, waiter.future.done, ends, timeout)) is not None:
                 await asyncio.wait({waiter.future}, timeout=pause)
-                if waiter.future.done():
-                    return
         except asyncio.CancelledError:
             if self._give_up(waiter):
                 self.release()  # release() already gave us the slot: pass it on
