@@ -6,7 +6,10 @@ for requests for SECONDS; print the limiter's own clock reading of every admissi
 
 from __future__ import annotations
 
+import bisect
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,9 +34,6 @@ def main() -> None:
 
 def run_processes(directory: Path, rpm: float, seconds: float, processes: int) -> list[float]:
     """Start ``processes`` of these on one budget in ``directory``; every admission, sorted."""
-    import os
-    import subprocess
-
     root = Path(__file__).resolve().parent.parent
     start = time.time() + 3.0  # every process is up and has opened the store by then
     args = [str(directory), str(rpm), repr(start), str(seconds)]
@@ -59,8 +59,6 @@ def run_processes(directory: Path, rpm: float, seconds: float, processes: int) -
 
 def worst_window(times: list[float], width: float) -> int:
     """The most admissions in any closed window ``[t, t + width]`` (``times`` sorted)."""
-    import bisect
-
     return max(bisect.bisect_right(times, start + width) - i for i, start in enumerate(times))
 
 

@@ -59,7 +59,11 @@ COMMANDS: tuple[Command, ...] = (
         (
             Arg("env", "environment name or alias (default: the active one)"),
             Arg("all", "every environment"),
-            Arg("strict", "warnings fail too (a literal key, a readable .secrets.toml, ...)"),
+            Arg(
+                "strict",
+                "warnings fail too (a literal key, a readable .secrets.toml, ...)",
+                surfaces=("cli",),  # an exit code is what it changes
+            ),
             Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
     ),

@@ -79,7 +79,9 @@ _LOCAL_HTTPX = ("LocalProtocolError", "UnsupportedProtocol", "InvalidURL")
 
 def is_local(exc: BaseException) -> bool:
     """A request this machine cannot send (an illegal header, a bad URL): never retried."""
-    return isinstance(exc, UnicodeError) or any(_is_httpx_error(exc, n) for n in _LOCAL_HTTPX)
+    # UnicodeEncodeError: a header value httpx cannot encode (a response body that does not
+    # decode is the server's doing, and is not this)
+    return isinstance(exc, UnicodeEncodeError) or any(_is_httpx_error(exc, n) for n in _LOCAL_HTTPX)
 
 
 def is_transport(exc: BaseException) -> bool:

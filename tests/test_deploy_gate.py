@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,13 @@ from mistral_nbenv.secrets import forms, redact
 from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.translate import scrub_secret
 from tests._browser_project import KEYS, reset_core
+from tests._cli import run_cli
 
 DEV_KEY = KEYS["development"]
 
 
-def _check(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mistral_nbenv", "check", "--env", "development"],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _check(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("check", "--env", "development", cwd=cwd, module=True)
 
 
 def _write(root: Path, body: str, *, url: str = "http://127.0.0.1:9") -> Path:
@@ -125,14 +118,7 @@ def test_a_key_with_a_newline_never_reaches_the_network(
 
 def test_a_blank_mistral_env_is_refused(tmp_path: Path) -> None:
     root = _write(tmp_path / "proj", f'api_key = "{DEV_KEY}"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "mistral_nbenv", "check"],
-        cwd=root,
-        env={**os.environ, "MISTRAL_ENV": "   "},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_cli("check", cwd=root, env={"MISTRAL_ENV": "   "}, module=True)
     _assert_refused(done, "MISTRAL_ENV", "blank")
 
 
@@ -186,3 +172,17 @@ def test_the_scrub_masks_every_form_of_a_key() -> None:
         assert all(form not in text for text in shown), form
     assert DEV_KEY[16:] not in "".join(shown)
     assert redact(f"{key!r} {key.encode()!r}", [key]).count("…") == 2
+
+
+def test_only_what_this_machine_cannot_send_counts_as_local() -> None:
+    import httpx2
+
+    from mistral_nbenv.retry import is_local, is_retryable
+
+    header = UnicodeEncodeError("ascii", "Bearer x\u200b", 8, 9, "ordinal not in range")
+    body = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert is_local(header)
+    assert is_local(httpx2.LocalProtocolError("Illegal header value"))
+    assert not is_local(body)  # an answer that does not decode is not our request's fault
+    assert not is_retryable(httpx2.LocalProtocolError("Illegal header value"))
+    assert is_retryable(httpx2.ReadTimeout("slow"))
