@@ -172,3 +172,19 @@ def test_no_deadline_outside_the_wrappers_calls() -> None:
             assert inner is not None
             assert inner > 50
     assert deadline.remaining() is None
+
+
+def test_install_wraps_real_pools_and_falls_back_on_unknown_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx2
+
+    with httpx2.Client() as sync_client:
+        assert deadline.install(sync_client, is_async=False)
+        assert deadline.install(sync_client, is_async=False)  # twice: still wrapped once
+        backend = sync_client._transport._pool._network_backend  # type: ignore[attr-defined]
+        assert type(backend).__name__ == "_Backend"
+        assert type(backend._inner).__name__ != "_Backend"
+    caplog.set_level("DEBUG", logger="mistral_nbenv.client")
+    assert not deadline.install(object(), is_async=True)  # a layout it does not know
+    assert "timeout stays per socket operation" in caplog.text
