@@ -25,11 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CacheUnavailableError
+from .errors import CacheUnavailableError, SharedStoreUnavailableError
 from .store import CacheUnavailableWarning, KeyValue, warn_once
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .shared import Shared
 
 __all__ = [
     "CacheUnavailableWarning",
@@ -113,13 +114,20 @@ class ResponseCache:
         self.problem = ""  # why the cache is off, once it is
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ResponseCache:
-        """The cache of ``settings``' environment, keys namespaced by environment + server URL."""
+    def for_settings(cls, settings: Settings, shared: Shared | None = None) -> ResponseCache:
+        """The cache of ``settings``' environment, keys namespaced by environment + server URL.
+
+        With a shared store (``[E.shared]``, ``cache = true``) the entries live in Redis
+        and the disk cache is only the fallback while Redis is unavailable.
+        """
         from .store.local import DiskStore
 
         limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
+        store: KeyValue = DiskStore(cache_dir(settings), size_limit=limit)
+        if shared is not None and shared.share_cache:
+            store = shared.cache(store)
         return cls(
-            DiskStore(cache_dir(settings), size_limit=limit),
+            store,
             namespace=f"{settings.environment}\0{settings.server_url}",
             ttl_seconds=settings.cache.ttl_seconds,
         )
@@ -134,6 +142,8 @@ class ResponseCache:
         return not self._broken
 
     def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, SharedStoreUnavailableError):
+            raise exc  # on_unavailable = "error": the caller asked to be told
         self._broken = True
         self.problem = f"{type(exc).__name__}: {exc}"
         warn_once(self.store.location, self.problem)
@@ -195,9 +205,11 @@ class ResponseCache:
             return 0
 
 
-def stats_for(settings: Settings) -> dict[str, Any]:
-    """Entries, bytes, directory, enabled flag and TTL of one environment's cache."""
+def stats_for(settings: Settings, shared: Shared | None = None) -> dict[str, Any]:
+    """Entries, bytes, directory (or shared URL), enabled flag and TTL of one environment's
+    cache."""
     directory = cache_dir(settings)
+    on_redis = shared is not None and shared.share_cache
     info: dict[str, Any] = {
         "environment": settings.environment,
         "directory": str(directory),
@@ -208,17 +220,18 @@ def stats_for(settings: Settings) -> dict[str, Any]:
         "entries": 0,
         "bytes": 0,
         "available": True,
+        "shared": shared.url if on_redis and shared is not None else None,
     }
-    if directory.is_dir():
-        info.update(ResponseCache.for_settings(settings).stats())
+    if directory.is_dir() or on_redis:
+        info.update(ResponseCache.for_settings(settings, shared).stats())
     return info
 
 
-def clear_for(settings: Settings) -> int:
+def clear_for(settings: Settings, shared: Shared | None = None) -> int:
     """Remove every cached response of one environment (never another's); return how many."""
-    if not cache_dir(settings).is_dir():
+    if not cache_dir(settings).is_dir() and not (shared is not None and shared.share_cache):
         return 0
-    cache = ResponseCache.for_settings(settings)
+    cache = ResponseCache.for_settings(settings, shared)
     removed = cache.clear()
     if not cache.available:
         raise CacheUnavailableError(

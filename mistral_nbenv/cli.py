@@ -1,4 +1,5 @@
-"""``mistral-nbenv`` (and ``python -m mistral_nbenv``): status, list, check, scan, cache, demo.
+"""``mistral-nbenv`` (and ``python -m mistral_nbenv``): status, list, check, cache, usage,
+scan, demo.
 
 Thin by design: each subcommand parses its arguments, calls the same core functions as the
 magic and the widget, and renders plain text. Exit codes: 0 fine, 1 ``check``/``scan``
@@ -141,7 +142,8 @@ def _configured_keys() -> dict[str, str]:
 
 def _cache(args: argparse.Namespace, out: TextIO) -> int:
     from .display import cache_stats_text
-    from .workspace import cache_stats, clear_cache, environment_name
+    from .stores import cache_stats, clear_cache
+    from .workspace import environment_name
 
     env = environment_name(args.env)
     if args.action == "clear":
@@ -162,6 +164,26 @@ def _cache(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
+def _usage(args: argparse.Namespace, out: TextIO) -> int:
+    from .stores import collect_usage
+    from .usage_view import usage_text
+
+    report = collect_usage(args.env, all_environments=args.env is None)
+    code = 1 if report.problems else 0
+    if args.json:
+        _json(
+            out,
+            "usage",
+            rows=[{**asdict(r), "tokens": r.tokens} for r in report.rows],
+            totals=report.totals(),
+            ledgers=report.ledgers,
+            problems=list(report.problems),
+        )
+        return code
+    print(usage_text(report), file=out)
+    return code
+
+
 def _plain(value: Any) -> Any:
     """A JSON-ready value (paths as strings)."""
     return value if isinstance(value, str | int | float | bool | None) else str(value)
@@ -179,6 +201,7 @@ _HANDLERS = {
     "check": _check,
     "scan": _scan,
     "cache": _cache,
+    "usage": _usage,
     "demo": _demo,
 }
 

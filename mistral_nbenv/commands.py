@@ -87,6 +87,14 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "usage",
+        "requests, tokens, cache hits, waits and cost per day, environment and model",
+        (
+            Arg("env", "one environment (default: every environment)"),
+            Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
+        ),
+    ),
+    Command(
         "scan",
         "find Mistral keys in notebooks and files (exit 1 if any)",
         (Arg("paths", "files or directories"),),

@@ -154,7 +154,7 @@ def format_bytes(n: float) -> str:
 
 def _cache_summary(stats: Mapping[str, Any]) -> str:
     if stats.get("available") is False:
-        where = stats.get("directory") or "?"
+        where = stats.get("shared") or stats.get("directory") or "?"
         return f"cache: UNAVAILABLE at {where} ({stats.get('problem') or 'cannot be read'})"
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
@@ -162,7 +162,7 @@ def _cache_summary(stats: Mapping[str, Any]) -> str:
     state = f"on, ttl {ttl:g}s" if stats.get("enabled") else "off (per call: cache=True)"
     if stats.get("offline"):
         state += ", offline"
-    where = stats.get("directory") or "?"
+    where = stats.get("shared") or stats.get("directory") or "?"
     return f"cache: {entries} entr{'y' if entries == 1 else 'ies'}, {size} in {where} ({state})"
 
 
@@ -175,7 +175,7 @@ def cache_line_html(stats: Mapping[str, Any]) -> str:
     """``cached: 3 responses, 4.1 KB`` with the directory as a tooltip (the widget's cache row)."""
     entries = int(stats.get("entries", 0) or 0)
     size = format_bytes(float(stats.get("bytes", 0) or 0))
-    where = str(stats.get("directory") or "")
+    where = str(stats.get("shared") or stats.get("directory") or "")
     return (
         f'<span title="{_E(where)}" style="{_FONT}">cached: {entries} '
         f"response{'' if entries == 1 else 's'}, {size}</span>"

@@ -15,7 +15,8 @@ Every error this package raises on purpose is a ``MistralEnvError``::
     ├── ConcurrencyLimitError         no concurrency slot within timeout (also a TimeoutError)
     ├── StreamExpiredError            an unread stream gave its slot away and was closed
     ├── CacheMissError                offline mode and the answer is not cached
-    └── CacheUnavailableError         the cache cannot be read or changed (CLI/magic/widget)
+    ├── CacheUnavailableError         the cache cannot be read or changed (CLI/magic/widget)
+    └── SharedStoreUnavailableError   [E.shared] Redis is down and on_unavailable = "error"
 
 Messages say what happened, in which environment, and what to do.  They never
 contain a full API key: keys travel as :class:`mistral_nbenv.secrets.SecretStr`.
@@ -40,6 +41,7 @@ __all__ = [
     "RateLimitError",
     "SecretBackendError",
     "SecretNotCachedWarning",
+    "SharedStoreUnavailableError",
     "StreamExpiredError",
 ]
 
@@ -174,3 +176,13 @@ class CacheUnavailableError(MistralEnvError):
 
     Calls never raise it: for them an unusable cache is a miss with one warning.
     """
+
+
+class SharedStoreUnavailableError(MistralEnvError):
+    """The shared store (``[E.shared] url``, Redis) cannot be reached and
+    ``on_unavailable = "error"``. ``url`` is shown without its password."""
+
+    def __init__(self, message: str, *, environment: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.environment = environment
+        self.url = url

@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 from ._names import key_variable
-from .backends import is_reference, load_backend, parse_reference
+from .backends import (
+    SecretReference,
+    is_known_reference,
+    is_reference,
+    load_backend,
+    parse_reference,
+)
 from .config import Settings
 from .errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
-from .secrets import SecretStr
+from .secrets import SecretStr, secret_url, url_without_password
 
 __all__ = [
     "ResolvedKey",
@@ -39,6 +45,7 @@ __all__ = [
     "local_key",
     "project_getenv",
     "resolve",
+    "shared_url",
 ]
 
 GENERIC_VARIABLE = "MISTRAL_API_KEY"
@@ -199,16 +206,17 @@ def _missing(settings: Settings) -> MissingAPIKeyError:
     )
 
 
-def _remote_key(settings: Settings, fetched: SecretCache) -> ResolvedKey:
+def _fetch(
+    settings: Settings, name: str, ref: SecretReference, fetched: SecretCache, what: str
+) -> str:
+    """The value a secret store holds for ``ref`` (setting ``name``), cached in ``fetched``."""
     env = settings.environment
-    assert settings.api_key is not None
-    ref = parse_reference(settings.api_key.get_secret_value())
-    origin = settings.source_of("api_key")
-    cache_key = (env, ref.raw, settings.secrets, settings.project_dir)
+    origin = settings.source_of(name)
+    cache_key = (env, name, ref.raw, settings.secrets, settings.project_dir)
     now = time.monotonic()
     hit = fetched.get(cache_key, now)
     if hit is not None:
-        return ResolvedKey(env, hit, f"{ref.raw} (from {origin}; cached in memory)")
+        return hit.get_secret_value()
     try:
         backend = load_backend(ref.scheme)
         value = backend.fetch(ref, settings.secrets, project_getenv(settings.project_dir))
@@ -222,15 +230,68 @@ def _remote_key(settings: Settings, fetched: SecretCache) -> ResolvedKey:
     value = value.strip() if isinstance(value, str) else ""
     if not value:
         raise SecretBackendError(
-            f"Environment '{env}': {ref.raw} (from {origin}) is empty. Store the key there.",
+            f"Environment '{env}': {ref.raw} (from {origin}) is empty. Store {what} there.",
             environment=env,
             backend=ref.scheme,
             reference=ref.raw,
         )
-    secret = SecretStr(value)
     if settings.secrets.cache_seconds > 0:
-        fetched.put(cache_key, secret, now + settings.secrets.cache_seconds)
-    return ResolvedKey(env, secret, f"{ref.raw} (from {origin})")
+        fetched.put(cache_key, SecretStr(value), now + settings.secrets.cache_seconds)
+    return value
+
+
+def _remote_key(settings: Settings, fetched: SecretCache) -> ResolvedKey:
+    assert settings.api_key is not None
+    ref = parse_reference(settings.api_key.get_secret_value().strip())
+    origin = settings.source_of("api_key")
+    cached = (
+        fetched.get(
+            (settings.environment, "api_key", ref.raw, settings.secrets, settings.project_dir),
+            time.monotonic(),
+        )
+        is not None
+    )
+    value = _fetch(settings, "api_key", ref, fetched, "the key")
+    note = "; cached in memory" if cached else ""
+    return ResolvedKey(settings.environment, SecretStr(value), f"{ref.raw} (from {origin}{note})")
+
+
+def shared_url(settings: Settings, fetched: SecretCache | None = None) -> SecretStr | None:
+    """``shared.url`` resolved (a reference read from its variable or store); None if unset.
+
+    The URL's password is remembered by the mask; the URL itself is shown without it.
+    """
+    configured = settings.shared.url
+    if configured is None:
+        return None
+    raw = configured.get_secret_value().strip()
+    if not is_known_reference(raw):
+        return configured
+    ref = parse_reference(raw)
+    origin = settings.source_of("shared.url")
+    if ref.scheme == "env":
+        found = lookup_variable(ref.path, settings.project_dir)
+        if found is None or not found[0].strip():
+            raise ConfigurationError(
+                f"Environment '{settings.environment}': shared.url = {ref.raw!r} (from "
+                f"{origin}) but {ref.path} is not set. Looked for "
+                f"{_places(ref.path, settings.project_dir)}. Set {ref.path} to the Redis URL "
+                "(redis://:PASSWORD@HOST:6379/0), or remove shared.url."
+            )
+        value = found[0].strip()
+    else:
+        value = _fetch(settings, "shared.url", ref, fetched or SecretCache(), "the Redis URL")
+    url = secret_url(value)
+    from .config import shared_url_problem
+
+    problem = shared_url_problem(value)
+    if problem is not None or is_known_reference(value):
+        raise ConfigurationError(
+            f"Environment '{settings.environment}': shared.url = {ref.raw!r} (from {origin}) "
+            f"gives {url_without_password(value)!r}, which "
+            f"{problem or 'is another reference'}. Store the Redis URL itself there."
+        )
+    return url
 
 
 def resolve(settings: Settings, fetched: SecretCache | None = None) -> ResolvedKey:

@@ -142,6 +142,8 @@ class MistralMagics(Magics):
                 self._check(args.env, args.all)
             elif args.command == "use":
                 self._use(args.env, args.confirm)
+            elif args.command == "usage":
+                self._usage(args.env)
             else:
                 self._cache(args.action, args.env, args.confirm)
         except ProductionConfirmationRequired as exc:
@@ -188,8 +190,16 @@ class MistralMagics(Magics):
         st = collect_status(None)
         _show(status_text(st), status_html(st))
 
+    def _usage(self, env: str | None) -> None:
+        from .stores import collect_usage
+        from .usage_view import usage_html, usage_text
+
+        report = collect_usage(env, all_environments=env is None)
+        _show(usage_text(report), usage_html(report))
+
     def _cache(self, action: str, env: str | None, confirm: bool) -> None:
-        from .workspace import cache_stats, clear_cache, environment_name
+        from .stores import cache_stats, clear_cache
+        from .workspace import environment_name
 
         name = environment_name(env)
         if action == "stats":

@@ -30,6 +30,12 @@ ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt
 by something else) is a full budget; a store that fails switches this limiter to memory
 with one warning. Clock and sleep are injectable.
 
+With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis instead and
+every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
+the same arithmetic as :meth:`RateLimiter._try_local`, without batching): every host using
+that Redis and the same API key shares one budget. While Redis is unavailable a request is
+admitted against the local budget (:mod:`mistral_nbenv.shared`).
+
 (Concurrency slots are :mod:`mistral_nbenv.concurrency`.)
 
 A wait longer than :data:`LONG_WAIT` seconds is logged once per call at INFO level and
@@ -43,11 +49,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from .store import Budget, warn_once
 from .store.local import MemoryStore
+
+if TYPE_CHECKING:
+    from .shared import SharedBudget
 
 __all__ = [
     "LONG_WAIT",
@@ -110,8 +119,10 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        shared: SharedBudget | None = None,
     ) -> None:
         self._store: Budget = store if store is not None else MemoryStore()
+        self._shared = shared
         self.environment = environment
         self.rpm = float(requests_per_minute or 0)
         self.tpm = float(tokens_per_minute or 0)
@@ -132,7 +143,7 @@ class RateLimiter:
         self.admitted_at = 0.0
 
     def __repr__(self) -> str:
-        where = self._store.location
+        where = self._shared.location if self._shared is not None else self._store.location
         return f"RateLimiter({self.environment!r}, rpm={self.rpm:g}, tpm={self.tpm:g}, {where})"
 
     @property
@@ -189,8 +200,47 @@ class RateLimiter:
             self._held_req, self._held_tok, self._adjust = 0, 0.0, 0.0
         return req, tok
 
+    def _shared_args(self, cost: float, *, admit: bool = True) -> list[float | int | str]:
+        """The shared admission's arguments; takes this process's pending token corrections."""
+        with self._local_lock:
+            adjust, self._adjust = self._adjust, 0.0
+        return [
+            repr(self._req_rate if self.rpm > 0 else 0.0),
+            repr(self._req_cap),
+            repr(self._tok_rate if self.tpm > 0 else 0.0),
+            repr(self._tok_cap),
+            repr(float(cost)),
+            repr(adjust),
+            1 if admit else 0,
+        ]
+
+    def _unsent(self, args: list[float | int | str]) -> None:
+        """The shared store did not take ``args``: its correction goes to the local budget."""
+        with self._local_lock:
+            self._adjust += float(args[5])
+
     def _try(self, cost: float) -> tuple[float, float]:
         """Debit the buckets if possible: ``(0, now)`` on success, else ``(seconds, now)``."""
+        if self._shared is not None:
+            args = self._shared_args(cost)
+            got = self._shared.admit(args)
+            if got is not None:
+                return got[0], self.clock()
+            self._unsent(args)
+        return self._try_local(cost)
+
+    async def _try_async(self, cost: float) -> tuple[float, float]:
+        """:meth:`_try`, with the shared store's round trip awaited."""
+        if self._shared is not None:
+            args = self._shared_args(cost)
+            got = await self._shared.admit_async(args)
+            if got is not None:
+                return got[0], self.clock()
+            self._unsent(args)
+        return self._try_local(cost)
+
+    def _try_local(self, cost: float) -> tuple[float, float]:
+        """:meth:`_try` on the local (disk or memory) budget."""
         if self._take_held(cost):
             return 0.0, self.clock()
 
@@ -234,26 +284,25 @@ class RateLimiter:
 
     # -- public ----------------------------------------------------------------------------
 
-    def _waits(self, tokens: float, started: float) -> Iterator[float]:
-        """The waits before a request of ``tokens`` fits; the first long one is announced."""
-        announced = False
-        while True:
-            wait, now = self._try(tokens)
-            if wait <= 0:
-                self.admitted_at = now
-                return
-            if not announced and (now - started) + wait > LONG_WAIT:
-                announced = True
-                _announce(self.environment, wait)
-            yield wait
+    def _admitted(self, wait: float, now: float, started: float, announced: list[bool]) -> bool:
+        """True when admitted; announces the first long wait of a call."""
+        if wait <= 0:
+            self.admitted_at = now
+            return True
+        if not announced[0] and (now - started) + wait > LONG_WAIT:
+            announced[0] = True
+            _announce(self.environment, wait)
+        return False
 
     def acquire(self, tokens: float = 0) -> float:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
         if not self.enabled:
             return 0.0
-        started = self.clock()
-        slept = False
-        for wait in self._waits(tokens, started):
+        started, announced, slept = self.clock(), [False], False
+        while True:
+            wait, now = self._try(tokens)
+            if self._admitted(wait, now, started, announced):
+                break
             slept = True
             self.sleep(wait)
         return self.clock() - started if slept else 0.0
@@ -262,9 +311,11 @@ class RateLimiter:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
         if not self.enabled:
             return 0.0
-        started = self.clock()
-        slept = False
-        for wait in self._waits(tokens, started):
+        started, announced, slept = self.clock(), [False], False
+        while True:
+            wait, now = await self._try_async(tokens)
+            if self._admitted(wait, now, started, announced):
+                break
             slept = True
             await self.async_sleep(wait)
         return self.clock() - started if slept else 0.0
@@ -284,6 +335,13 @@ class RateLimiter:
         """Write pending token corrections and return held (batched) budget now."""
         if not self._adjust and not self._held_req and not self._held_tok:
             return
+        if self._shared is not None:
+            if self._adjust:
+                args = self._shared_args(0.0, admit=False)
+                if self._shared.admit(args) is None:
+                    self._unsent(args)
+            if not self._adjust and not self._held_req and not self._held_tok:
+                return  # nothing was taken from the local budget meanwhile
 
         def change(raw: str | None) -> tuple[str, None]:
             req, tok, last = self._parse(raw, self.clock())
@@ -297,6 +355,8 @@ class RateLimiter:
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""
         self._give_back()
+        if self._shared is not None:
+            self._shared.reset()
         self._update(lambda _raw: (f"{self._req_cap!r},{self._tok_cap!r},{self.clock()!r}", None))
 
 

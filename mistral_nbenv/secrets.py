@@ -33,6 +33,8 @@ __all__ = [
     "redact",
     "redact_bytes",
     "scrub",
+    "secret_url",
+    "url_without_password",
 ]
 
 #: A secret this long or longer shows its last 4 characters; a shorter one shows none.
@@ -114,6 +116,8 @@ def _whole(match: re.Match[str]) -> str:
 
 
 def _url_password(match: re.Match[str]) -> str:
+    if match.group(2) == "****":  # already masked (url_without_password)
+        return match.group(0)
     return match.group(1) + "…" + match.group(3)
 
 
@@ -128,7 +132,7 @@ SHAPES: tuple[tuple[str, Any], ...] = (
         r"(?=[A-Za-z0-9+/]{0,39}[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])",
         _whole,
     ),
-    (r"(://[^:/@\s]+:)([^@\s/]+)(@)", _url_password),  # a URL's password
+    (r"(://[^:/@\s]*:)([^@\s/]+)(@)", _url_password),  # a URL's password (user optional)
 )
 
 
@@ -163,6 +167,46 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     for pattern, replace in _shapes():
         text = pattern.sub(replace, text)
     return text
+
+
+def url_without_password(url: str) -> str:
+    """``url`` for display: its password (``user:PASSWORD@`` or ``?password=``) as ``****``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:****@" + netloc.rsplit("@", 1)[1]
+        query = parts.query
+        if "password=" in query.lower():
+            pairs = [
+                (k, "****" if k.lower() == "password" else v)
+                for k, v in parse_qsl(query, keep_blank_values=True)
+            ]
+            query = urlencode(pairs, safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return scrub(url)
+
+
+def secret_url(url: str) -> SecretStr:
+    """A URL that may carry a password: its password is remembered (masked everywhere),
+    the URL itself is not, so messages can show it without the password."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        passwords = [parts.password or ""] + [
+            v for k, v in parse_qsl(parts.query) if k.lower() == "password"
+        ]
+    except ValueError:
+        passwords = [url]  # unparseable: mask all of it
+    for password in passwords:
+        if password:
+            remember(password)
+    return SecretStr(url, known=False)
 
 
 def describe(value: Any, limit: int = 60) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 
 from .checks import project_findings
 from .errors import MistralEnvError
+from .stores import cache_stats
 from .workspace import (
-    cache_stats,
     current_environment,
     environment_name,
     get_api_key,

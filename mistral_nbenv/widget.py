@@ -1,7 +1,8 @@
 """The environment switcher widget that ``%mistral_env`` displays (ipywidgets).
 
 It drives the same core functions as the magic and the CLI (``use_environment``,
-``cache_stats``, ``clear_cache``) and follows switches made elsewhere through
+``cache_stats``, ``clear_cache``, ``collect_usage`` for its tokens-per-day chart) and
+follows switches made elsewhere through
 ``add_switch_listener``.  A protected environment is switched to only after the explicit
 confirm button; cancelling snaps the picker back and changes nothing.  Errors appear as a
 single line in the error area, never as a traceback.
@@ -25,11 +26,11 @@ from .display import (
 )
 from .errors import MistralEnvError, ProductionConfirmationRequired
 from .status import collect_status, one_line
+from .stores import cache_stats, clear_cache, collect_usage
+from .usage_view import usage_chart_svg
 from .workspace import (
     add_switch_listener,
     awaiting_confirmation,
-    cache_stats,
-    clear_cache,
     current_environment,
     list_environments,
     use_environment,
@@ -71,6 +72,7 @@ class EnvironmentSwitcher(widgets.VBox):
         self.cache_info = widgets.HTML()
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.clear_button = widgets.Button(description="Clear cache", icon="trash")
+        self.usage = widgets.HTML()  # tokens per day per environment (the usage ledger)
         self.error = widgets.HTML()
         super().__init__(
             children=[
@@ -82,6 +84,7 @@ class EnvironmentSwitcher(widgets.VBox):
                     [self.cache_info, self.clear_button, self.refresh_button],
                     layout=widgets.Layout(align_items="center"),
                 ),
+                self.usage,
                 self.error,
             ],
             layout=widgets.Layout(padding="6px 10px", border="1px solid #e5e7eb"),
@@ -106,6 +109,15 @@ class EnvironmentSwitcher(widgets.VBox):
         self.status.value = status_html(st, badge=False)
         self.layout.border_left = f"6px solid {colour_for(env)}"
         self._refresh_cache(env)
+        self._refresh_usage()
+
+    def _refresh_usage(self) -> None:
+        try:
+            report = collect_usage()
+        except Exception as exc:  # an unreadable ledger is shown, not raised
+            self.usage.value = message_html(f"usage unavailable: {_one_line(exc)}")
+            return
+        self.usage.value = usage_chart_svg(report) if report.rows else ""
 
     def _refresh_cache(self, env: str) -> None:
         try:

@@ -1,12 +1,11 @@
 """The composition root: the one owner of this process's state.
 
-A :class:`Workspace` holds what the rest of the package computes from: the current reading
-of the settings files (read again when a file or a ``MISTRAL_NBENV_*`` variable changes),
-the active environment and its switch listeners, the keys resolved per environment, the
-secrets fetched from stores, and the clients made per environment. The modules below it
-(:mod:`config`, :mod:`keys`, :mod:`environments`, :mod:`client`) take settings and
-arguments and keep nothing; the public functions of :mod:`mistral_nbenv` are this module's
-functions, which act on one process-wide workspace. :func:`reset` forgets all of it.
+A :class:`Workspace` holds what the rest of the package computes from: the settings read
+(again when a file or a ``MISTRAL_NBENV_*`` variable changes), the active environment and
+its switch listeners, the keys resolved, the secrets fetched, the shared stores and the
+clients, per environment. The modules below it take settings and arguments and keep
+nothing; the public functions of :mod:`mistral_nbenv` are this module's functions, which
+act on one process-wide workspace. :func:`reset` forgets all of it.
 
 One ``get_client()`` reads the settings once: the same :class:`Settings` object goes to key
 resolution, the isolation check (which takes the other environments' settings as its
@@ -30,13 +29,12 @@ if TYPE_CHECKING:  # keys, the client and logging are imported on first use: imp
     from .client import Client
     from .config import FeatureFlags, Project, Settings
     from .keys import ResolvedKey, SecretCache
+    from .shared import Shared
 
 __all__ = [
     "Workspace",
     "add_switch_listener",
     "awaiting_confirmation",
-    "cache_stats",
-    "clear_cache",
     "close_clients",
     "current_environment",
     "detect_environment",
@@ -73,6 +71,7 @@ class Workspace:
         self._listeners: list[SwitchListener] = []
         self._resolved: dict[str, tuple[Settings, ResolvedKey]] = {}
         self._clients: dict[str, Client] = {}
+        self._shared: dict[str, tuple[Settings, Shared | None]] = {}
         self._secrets: SecretCache | None = None
         self.interactive = False  # a notebook kernel / IPython shell (set by %load_ext)
         self._awaiting: str | None = None  # protected, entered by detection, not confirmed
@@ -268,6 +267,27 @@ class Workspace:
             values = [key.value.get_secret_value() for _, key in self._resolved.values()]
         return values + (self._secrets.values() if self._secrets is not None else [])
 
+    # -- the shared store ----------------------------------------------------------------
+
+    def shared(self, settings: Settings) -> Shared | None:
+        """``settings``' shared store (``[E.shared]``; its ``url`` resolved like a key), made
+        once per settings reading; None when the environment shares nothing."""
+        with self._lock:
+            found = self._shared.get(settings.environment)
+            if found is not None and found[0] is settings:
+                return found[1]
+        if settings.shared.url is None:
+            made = None
+        else:
+            from . import keys
+            from .shared import Shared
+
+            url = keys.shared_url(settings, self.secrets)
+            made = Shared(settings, url) if url is not None else None
+        with self._lock:
+            self._shared[settings.environment] = (settings, made)
+        return made
+
     # -- clients -------------------------------------------------------------------------
 
     def client(self, env: str | None = None) -> Client:
@@ -287,7 +307,7 @@ class Workspace:
                 return client
         from .client import Client
 
-        new = Client(settings, self.key_for(settings))
+        new = Client(settings, self.key_for(settings), shared=self.shared(settings))
         with self._lock:
             old = self._clients.get(name)
             if old is not None and old.settings is settings:
@@ -311,6 +331,7 @@ class Workspace:
         self.close_clients()
         with self._lock:
             self._resolved.clear()
+            self._shared.clear()
             self._active = None
             self._awaiting = None
             self._by_user = False
@@ -427,22 +448,3 @@ def get_client(env: str | None = None) -> Client:
 def close_clients() -> None:
     """Close every client made by :func:`get_client` (they reopen lazily if used again)."""
     _workspace.close_clients()
-
-
-def cache_stats(env: str | None = None) -> dict[str, Any]:
-    """Entries, bytes, directory, enabled flag and TTL of one environment's cache."""
-    from .cache import stats_for
-
-    return stats_for(_workspace.settings(env))
-
-
-def clear_cache(env: str | None = None, *, confirm: bool = False) -> int:
-    """Remove every cached response of one environment (never another's); return how many.
-
-    A protected environment's cache is cleared only with ``confirm=True``.
-    """
-    from .cache import clear_for
-
-    settings = _workspace.settings(env)
-    environments.check_destructive(settings, "clearing its response cache", confirm=confirm)
-    return clear_for(settings)

@@ -12,6 +12,7 @@ from mistral_nbenv.config import (
     RateLimitSettings,
     SecretsSettings,
     Settings,
+    SharedSettings,
 )
 from mistral_nbenv.keys import ResolvedKey
 from mistral_nbenv.secrets import SecretStr
@@ -49,6 +50,8 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         rate_limits=RateLimitSettings(**limits),
         features=FeatureFlags(**flags),  # type: ignore[arg-type]
         secrets=SecretsSettings(300, "", None, "", "", "", ""),
+        shared=SharedSettings(None, True, True, "local", 0.5),
+        prices={},
         fast_sdk=True,
         confirm_in_notebooks=True,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.secret_servers"]
+pytest_plugins = ["tests.secret_servers", "tests.redis_server"]
 
 # Variables that could leak a developer's real configuration (or a real key) into a test.
 _PREFIXES = ("MISTRAL_", "VAULT_", "AWS_", "GOOGLE_", "SECRET_MANAGER_")

@@ -28,10 +28,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "retry",
         "translate",
         "_fastsdk",
+        "shared",
+        "usage",
     ),
     "workspace": ("workspace",),
-    "services": ("status", "checks", "scan", "commands"),
-    "ui": ("display", "magic", "widget", "cli", "demo", "__main__", "__init__"),
+    "services": ("status", "checks", "scan", "commands", "stores"),
+    "ui": ("display", "usage_view", "magic", "widget", "cli", "demo", "__main__", "__init__"),
 }
 # The loopback test server is for users' test suites: the standard library, itself and the
 # one mask (secrets, stdlib-only) and nothing else; the ui layer (the demo) may use it.

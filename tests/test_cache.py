@@ -111,7 +111,7 @@ def test_unusable_directory_warns_once(tmp_path: Path) -> None:
 def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Path) -> None:
     from mistral_nbenv import workspace
     from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.workspace import cache_stats, clear_cache
+    from mistral_nbenv.stores import cache_stats, clear_cache
 
     root = tmp_path / "shared-cache"
     project(f'[default.cache]\ndirectory = "{root}"\n')

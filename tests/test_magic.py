@@ -267,7 +267,7 @@ def test_bad_arguments_are_one_line_usage_errors(
 
 def test_help_prints_the_grammar(ip: ReRaisingShell, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_cell("%mistral_env --help")
-    assert "{status,list,check,use,cache}" in capsys.readouterr().out
+    assert "{status,list,check,use,cache,usage}" in capsys.readouterr().out
 
 
 def test_magic_follows_use_environment(ip: ReRaisingShell, out: Outputs) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "backend_error",
     "decode_utf8",
     "import_dependency",
+    "is_known_reference",
     "is_reference",
     "json_or_none",
     "key_field",
@@ -97,6 +98,13 @@ class SecretReference:
 def is_reference(value: str) -> bool:
     """Whether ``value`` starts with a ``scheme:`` prefix (a Mistral key never does)."""
     return _SCHEME_RE.match(value.strip()) is not None
+
+
+def is_known_reference(value: str) -> bool:
+    """Whether ``value`` starts with a scheme this package resolves (``env:``, ``vault:``,
+    ...): a URL such as ``redis://...`` is not a reference."""
+    match = _SCHEME_RE.match(value.strip())
+    return match is not None and match.group(1).lower() in KNOWN_SCHEMES
 
 
 def _bad(raw: str, why: str) -> ConfigurationError:

@@ -28,6 +28,7 @@ from .transport import Transport, response_json
 if TYPE_CHECKING:
     from ..config import Settings
     from ..keys import ResolvedKey
+    from ..shared import Shared
 
 __all__ = ["AsyncStream", "CacheOption", "Client", "ClientStats", "Stream", "response_json"]
 
@@ -41,7 +42,12 @@ class Client:
     models: Any
 
     def __init__(
-        self, settings: Settings, api_key: ResolvedKey, *, fast_sdk: bool | None = None
+        self,
+        settings: Settings,
+        api_key: ResolvedKey,
+        *,
+        fast_sdk: bool | None = None,
+        shared: Shared | None = None,
     ) -> None:
         from .namespaces import build_namespaces
 
@@ -50,7 +56,7 @@ class Client:
         self._key = api_key
         fast = settings.fast_sdk if fast_sdk is None else fast_sdk
         self._transport = Transport(settings, api_key, fast_sdk=fast)
-        self._pipeline = Pipeline(settings, api_key, self._transport)
+        self._pipeline = Pipeline(settings, api_key, self._transport, shared)
         self.stats: ClientStats = self._pipeline.stats
         # the pipeline's parts, named as tests and benchmarks know them
         self._cache = self._pipeline.cache
@@ -81,9 +87,12 @@ class Client:
         return self._transport.sync_raw
 
     def close(self) -> None:
-        """Release HTTP connections and held budget; the client reopens lazily if used again."""
+        """Release HTTP connections and held budget, write the usage counts; the client
+        reopens lazily if used again."""
         with contextlib.suppress(Exception):
             self._limiter.flush()
+        with contextlib.suppress(Exception):
+            self._pipeline.usage.flush()
         self._transport.close()
 
     def __enter__(self) -> Client:

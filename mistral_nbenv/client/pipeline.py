@@ -29,6 +29,7 @@ from ..retry import RetryPolicy
 from ..secrets import known, redact
 from ..store.local import DiskStore
 from ..translate import quotes_secret, translate_error
+from ..usage import UsageRecorder, ledger_for
 from . import deadline
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .transport import RESPONSES, SDK, Transport, response_json
@@ -36,6 +37,8 @@ from .transport import RESPONSES, SDK, Transport, response_json
 if TYPE_CHECKING:
     from ..config import Settings
     from ..keys import ResolvedKey
+    from ..shared import Shared
+    from ..store import Ledger
     from .streams import AsyncStream, Stream
 
 __all__ = ["CacheOption", "ClientStats", "Pipeline"]
@@ -75,8 +78,15 @@ class ClientStats:
 class Pipeline:
     """The policy of one environment's client applied to every call."""
 
-    def __init__(self, settings: Settings, key: ResolvedKey, transport: Transport) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        key: ResolvedKey,
+        transport: Transport,
+        shared: Shared | None = None,
+    ) -> None:
         self.settings = settings
+        self.shared = shared
         self.environment = settings.environment
         self.key = key
         self.transport = transport
@@ -85,13 +95,19 @@ class Pipeline:
         self.cache_storable = float(settings.cache.ttl_seconds) > 0
         self.cache_enabled = bool(settings.cache.enabled) and self.cache_storable
         self.offline = bool(settings.offline)
-        self.cache = ResponseCache.for_settings(settings)
+        self.cache = ResponseCache.for_settings(settings, shared)
+        budget = None
+        if shared is not None and shared.share_budget:
+            budget = shared.budget(key.value.get_secret_value())
         self.limiter = RateLimiter(
             DiskStore(cache_dir(settings) / "ratelimit"),
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
+            shared=budget,
         )
+        self._ledger: Ledger | None = None
+        self.usage = UsageRecorder(self.ledger, settings.environment)
         self.concurrency = ConcurrencyLimiter(
             settings.features.max_concurrent_requests, environment=settings.environment
         )
@@ -101,6 +117,12 @@ class Pipeline:
             retry_max_wait=float(settings.retry_max_wait),
             on_retry=self._on_retry,
         )
+
+    def ledger(self) -> Ledger:
+        """Where usage goes: the shared store's ledger, else ``<cache>/<env>/usage``."""
+        if self._ledger is None:
+            self._ledger = ledger_for(self.settings, self.shared)
+        return self._ledger
 
     # -- prepare -------------------------------------------------------------------------
 
@@ -129,6 +151,7 @@ class Pipeline:
                     self.cache.drop(key, f"{type(exc).__name__} rebuilding {ep.name}")
                 else:
                     self.stats.add(hits=1)
+                    self.usage.record(kwargs.get("model"), hits=1)
                     call.cached = True
                     return call
         if self.offline:
@@ -193,7 +216,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            self._waited(self.limiter.acquire(call.estimate))
+            self._waited(call, self.limiter.acquire(call.estimate))
             return self._send(call, method)
 
         self.concurrency.acquire(call.seconds)
@@ -213,7 +236,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
-            self._waited(await self.limiter.acquire_async(call.estimate))
+            self._waited(call, await self.limiter.acquire_async(call.estimate))
             call.seen.clear()
             token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
             try:  # set around the await: the response hooks and reads run inside it
@@ -242,7 +265,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
-            self._waited(self.limiter.acquire(call.estimate))
+            self._waited(call, self.limiter.acquire(call.estimate))
             scope = _fastsdk.enter()
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -277,7 +300,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:
-            self._waited(await self.limiter.acquire_async(call.estimate))
+            self._waited(call, await self.limiter.acquire_async(call.estimate))
             scope = _fastsdk.enter()
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -306,14 +329,14 @@ class Pipeline:
 
     def finish(self, call: Prepared, result: Any) -> Any:
         """Account the usage and store the body as received."""
-        self.account(result, call.estimate)
+        self.account(result, call)
         if call.key is not None:
             self._store(call, response_json(result, call.seen))
         return result
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
         """A stream read to the end: account its usage and store its events."""
-        self.account(last_usage, call.estimate)
+        self.account(last_usage, call)
         if call.key is not None and recorded is not None:
             self._store(call, "\n".join(recorded))
 
@@ -331,18 +354,25 @@ class Pipeline:
             return
         self.cache.set(call.key, text)
 
-    def account(self, result: Any, estimate: int) -> None:
+    def account(self, result: Any, call: Prepared) -> None:
         """Count a request and its tokens; correct the tpm estimate with the real usage."""
         prompt, completion, total = usage_of(result)
         self.stats.add(
             requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
         )
+        self.usage.record(
+            call.kwargs.get("model"),
+            requests=1,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
         if total:
-            self.limiter.reconcile(estimate, total)
+            self.limiter.reconcile(call.estimate, total)
 
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
         self.stats.add(errors=1)
+        self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
         limit = ("timeout", call.seconds or self.transport.timeout_ms / 1000)
         if call.ends is not None and time.monotonic() >= call.ends:
             limit = ("stream_timeout", self.stream_timeout)
@@ -368,9 +398,10 @@ class Pipeline:
             raise exc
         raise mapped from exc
 
-    def _waited(self, seconds: float) -> None:
+    def _waited(self, call: Prepared, seconds: float) -> None:
         if seconds > 0:
             self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
+            self.usage.record(call.kwargs.get("model"), waits=1, wait_seconds=seconds)
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.stats.add(retries=1)

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._names import CANONICAL, canonical_or_none, normalize_name
 from ..errors import ConfigurationError
-from ..secrets import SecretStr, describe
+from ..secrets import SecretStr, describe, url_without_password
 from .schema import (
     BOOL,
     OPTIONAL,
@@ -40,6 +40,7 @@ from .schema import (
     RateLimitSettings,
     SecretsSettings,
     Settings,
+    SharedSettings,
     build,
     packaged_defaults,
     reference,
@@ -53,6 +54,7 @@ __all__ = [
     "RateLimitSettings",
     "SecretsSettings",
     "Settings",
+    "SharedSettings",
     "find_project",
     "fingerprint",
     "load",
@@ -295,6 +297,8 @@ def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
 def _describe(key: str, value: Any) -> str:
     """A user's value quoted in a message: a secret setting's masked whole, any other
     scrubbed of every known secret and credential shape (inside lists and tables too)."""
+    if key == "shared.url" and isinstance(value, str):
+        return repr(url_without_password(value))
     if key in SECRET_KEYS and isinstance(value, str):
         return SecretStr(value).masked
     if key in SECRET_KEYS:
@@ -346,15 +350,24 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
     if problem is not None:
         shown = f" {url!r}" if "@" not in str(url) else ""  # never echo credentials in a URL
         problems.append(f"`server_url`{shown} {problem}, from {sources.get('server_url')}")
-    key_ref = values.get("api_key")
-    if isinstance(key_ref, str):
-        from ..backends import is_reference, parse_reference
+    shared = values.get("shared.url")
+    if isinstance(shared, str) and shared.strip():
+        problem = shared_url_problem(shared.strip())
+        if problem is not None:
+            problems.append(
+                f"`shared.url` {url_without_password(shared.strip())!r} {problem}, "
+                f"from {sources.get('shared.url')}"
+            )
+    for name, is_ref in (("api_key", "is_reference"), ("shared.url", "is_known_reference")):
+        ref = values.get(name)
+        if isinstance(ref, str):
+            from .. import backends
 
-        try:
-            if is_reference(key_ref):
-                parse_reference(key_ref)
-        except ConfigurationError as exc:
-            problems.append(f"`api_key` from {sources.get('api_key')}: {exc}")
+            try:
+                if getattr(backends, is_ref)(ref.strip()):
+                    backends.parse_reference(ref.strip())
+            except ConfigurationError as exc:
+                problems.append(f"`{name}` from {sources.get(name)}: {exc}")
     if problems:
         detail = "\n  - ".join(problems)
         raise ConfigurationError(
@@ -380,6 +393,34 @@ def url_problem(url: str) -> str | None:
         return "has an invalid port"
     if not parts.hostname:
         return "has no host (e.g. https://api.mistral.ai)"
+    return None
+
+
+def shared_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a Redis server (None when it can, or is a secret reference)."""
+    from urllib.parse import urlsplit
+
+    from ..backends import is_known_reference
+
+    if is_known_reference(url):
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "must start with redis://, rediss:// or unix:// (or be a secret reference)"
+    for position, char in enumerate(url, 1):
+        if ord(char) <= 0x20 or ord(char) == 0x7F:
+            return f"contains a space or control character at position {position}"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        return "has an invalid port"
+    if parts.scheme == "unix":
+        return None if parts.path else "has no socket path (e.g. unix:///run/redis.sock)"
+    if not parts.hostname:
+        return "has no host (e.g. redis://127.0.0.1:6379/0)"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return "has a database that is not a number (e.g. redis://host:6379/0)"
     return None
 
 

@@ -11,10 +11,12 @@ that turns validated values into a :class:`Settings`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..secrets import SecretStr
@@ -31,6 +33,7 @@ __all__ = [
     "Rule",
     "SecretsSettings",
     "Settings",
+    "SharedSettings",
     "build",
     "packaged_defaults",
     "reference",
@@ -48,6 +51,7 @@ class Rule:
     most: float | None = None  # a stated maximum (numbers)
     non_blank: bool = False
     secret: bool = False
+    valid: Callable[[Any], bool] | None = field(default=None, compare=False)  # a deeper check
     convert: Callable[[Any], Any] = field(default=lambda value: value, compare=False)
 
     def accepts(self, value: Any) -> bool:
@@ -63,7 +67,9 @@ class Rule:
                 return False
             if self.most is not None and value > self.most:
                 return False
-        return not (self.non_blank and isinstance(value, str) and not value.strip())
+        if self.non_blank and isinstance(value, str) and not value.strip():
+            return False
+        return self.valid is None or bool(self.valid(value))
 
 
 def _secret(value: Any) -> SecretStr | None:
@@ -75,11 +81,64 @@ def _secret(value: Any) -> SecretStr | None:
     return SecretStr(value, known=not is_reference(value.strip()))
 
 
+def _shared_url(value: Any) -> SecretStr | None:
+    """``shared.url``: its password is masked everywhere; a reference is not secret."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    from ..backends import is_known_reference
+    from ..secrets import secret_url
+
+    value = value.strip()
+    return SecretStr(value, known=False) if is_known_reference(value) else secret_url(value)
+
+
+def one_of(*choices: str) -> Rule:
+    """One of a few words."""
+    return Rule((str,), " or ".join(repr(c) for c in choices), valid=lambda v: v in choices)
+
+
+def _price_table(value: Any) -> bool:
+    """``prices``: ``{model = {input = USD, output = USD}}`` per million tokens."""
+    if not isinstance(value, Mapping):
+        return False
+    for model, price in value.items():
+        if not isinstance(model, str) or not model.strip() or not isinstance(price, Mapping):
+            return False
+        if not price or set(price) - {"input", "output"}:
+            return False
+        for amount in price.values():
+            if isinstance(amount, bool) or not isinstance(amount, int | float):
+                return False
+            if not math.isfinite(amount) or not 0 <= amount <= 1e6:
+                return False
+    return True
+
+
+def _prices(value: Any) -> Mapping[str, Mapping[str, float]]:
+    if not isinstance(value, Mapping):
+        return MappingProxyType({})
+    return MappingProxyType(
+        {str(m): MappingProxyType({k: float(v) for k, v in p.items()}) for m, p in value.items()}
+    )
+
+
 STR = Rule((str,), "a string")
 URL = Rule((str,), "a string", convert=lambda value: value.rstrip("/"))
 NAME = Rule((str,), "a non-blank model name", non_blank=True)
 BOOL = Rule((bool,), "true or false")
 SECRET = Rule((str,), "a string", secret=True, convert=_secret)
+SHARED_URL = Rule(
+    (str,),
+    "a redis://, rediss:// or unix:// URL, or a secret reference (env:REDIS_URL, vault:...)",
+    secret=True,
+    convert=_shared_url,
+)
+PRICES = Rule(
+    (dict, Mapping),
+    "a table of model = { input = USD, output = USD } per million tokens (numbers >= 0)",
+    valid=_price_table,
+    convert=_prices,
+)
 DAY = 86_400.0
 
 
@@ -156,6 +215,25 @@ class SecretsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """``shared.*``: one budget, cache and usage ledger for many hosts, in Redis or Valkey."""
+
+    url: SecretStr | None = setting(
+        SHARED_URL, "", "Redis/Valkey URL or a secret reference (empty: nothing is shared)"
+    )
+    cache: bool = setting(BOOL, True, "share the response cache through it")
+    rate_limits: bool = setting(BOOL, True, "share the rate budget (per environment and key)")
+    on_unavailable: str = setting(
+        one_of("local", "error"),
+        "local",
+        "Redis down: 'local' goes on with the local stores (one warning), 'error' raises",
+    )
+    timeout: float = setting(
+        seconds(60, positive=True), 0.5, "seconds to connect to or wait for Redis"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated, read-only settings of one environment."""
 
@@ -183,6 +261,10 @@ class Settings:
     rate_limits: RateLimitSettings = table(RateLimitSettings)
     features: FeatureFlags = table(FeatureFlags)
     secrets: SecretsSettings = table(SecretsSettings)
+    shared: SharedSettings = table(SharedSettings)
+    prices: Mapping[str, Mapping[str, float]] = setting(
+        PRICES, {}, "USD per million tokens by model: { input = ..., output = ... }"
+    )
     fast_sdk: bool = setting(BOOL, True, "the SDK speed-up in the wrapper's own calls")
     confirm_in_notebooks: bool = setting(
         BOOL, True, "a kernel started in this protected environment waits for --confirm"
@@ -210,13 +292,23 @@ class Settings:
                 value = getattr(value, part)
             if value is None:
                 shown = "(not set)"
+            elif key == "shared.url" and isinstance(value, SecretStr):
+                from ..secrets import url_without_password
+
+                shown = url_without_password(value.get_secret_value())
             elif isinstance(value, SecretStr):
                 shown = value.masked
+            elif isinstance(value, Mapping):
+                shown = json.dumps(_plain(value), sort_keys=True)
             elif isinstance(value, bool):
                 shown = str(value).lower()
             else:
                 shown = repr(value) if isinstance(value, str) else str(value)
             yield key, shown, self.source_of(key)
+
+
+def _plain(value: Any) -> Any:
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, Mapping) else value
 
 
 def _declared(cls: type, prefix: str = "") -> Iterator[tuple[str, Field[Any]]]:

@@ -5,7 +5,8 @@ The response cache (:mod:`mistral_nbenv.cache`), the rate limiter
 bytes live is a store's business. :mod:`mistral_nbenv.store.local` is the embedded default
 (diskcache on local disk: 0700 directories, 0600 files, JSON text only, cross-process safe
 through SQLite transactions) plus an in-memory twin. A shared store for many hosts (Redis)
-is one more module implementing the same protocols.
+is :mod:`mistral_nbenv.store.redis`, implementing the same protocols (its budget is an
+atomic admission script rather than ``Budget.update``: Redis runs Lua, not Python).
 
 Every method may raise; callers treat any exception as "store unavailable" and degrade with
 one :class:`CacheUnavailableWarning` (:func:`warn_once`), never failing the call.
@@ -78,6 +79,10 @@ class Ledger(Protocol):
 
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """Add ``amounts`` to the counters of ``bucket`` (e.g. ``day|environment|model``)."""
+        ...
+
+    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
+        """:meth:`add` for several buckets at once (one transaction or round trip)."""
         ...
 
     def totals(self) -> dict[str, dict[str, float]]:

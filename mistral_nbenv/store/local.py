@@ -229,6 +229,14 @@ class DiskStore:
         """Add to one bucket's counters (one transaction)."""
         self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
 
+    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
+        """Add to several buckets in one transaction."""
+        db = self.db()
+        with db.transact(retry=True):
+            for bucket, amounts in buckets.items():
+                key = _LEDGER_PREFIX + bucket
+                db.set(key, _added(_text(db.get(key, None, retry=True)), amounts), retry=True)
+
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters."""
         db = self.db()
@@ -299,6 +307,11 @@ class MemoryStore:
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """Add to one bucket's counters."""
         self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
+
+    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
+        """Add to several buckets."""
+        for bucket, amounts in buckets.items():
+            self.add(bucket, amounts)
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters."""

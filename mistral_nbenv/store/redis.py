@@ -1,0 +1,306 @@
+"""The shared store: Redis (or Valkey) for many hosts, through redis-py.
+
+One :class:`Connection` per URL and timeout in a process (a sync client, and an async one
+per event loop from ``redis.asyncio``), and three views of it:
+
+* :class:`RedisKeyValue`: the :class:`~mistral_nbenv.store.KeyValue` protocol under a key
+  prefix (``mistral-nbenv:cache:<environment>:``), TTL kept by Redis (``SET ... PX``);
+* :class:`RedisLedger`: the :class:`~mistral_nbenv.store.Ledger` protocol, one hash per
+  bucket (``HINCRBYFLOAT``, one pipelined round trip per flush);
+* :class:`RedisBudget`: the rate budget's admission as one Lua script (:data:`ADMIT`), run
+  atomically with Redis's own clock (``TIME``), so the hosts' clocks do not matter; one
+  round trip (``EVALSHA``) per admission.
+
+Commands are never retried by redis-py (``retries=0``): a script whose reply was lost is
+not sent twice, so nothing is counted twice after a reconnect. Connect and read wait at most
+``timeout`` seconds. Every failure raises (redis-py's errors); the caller decides what an
+unavailable store means (:mod:`mistral_nbenv.shared`). The URL is never part of a message
+here: :attr:`Connection.location` is it without its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
+
+#: The admission: two token buckets (requests, tokens) in one hash, refilled from Redis's
+#: clock. ARGV: request rate/s, request cap, token rate/s, token cap, this request's token
+#: estimate, a token correction (actual - estimated, from earlier calls), admit (1) or only
+#: correct (0). The state expires once both buckets would be full again. Returns {wait
+#: seconds, Redis time} as strings (a Lua number would be truncated to an integer).
+ADMIT = """
+local key = KEYS[1]
+local req_rate, req_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tok_rate, tok_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cost, adjust, admit = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local s = redis.call('HMGET', key, 'req', 'tok', 'last')
+local req, tok, last = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+if req == nil or tok == nil or last == nil then
+  req, tok, last = req_cap, tok_cap, now
+end
+if last > now then last = now end
+local elapsed = now - last
+req = math.min(req_cap, req + elapsed * req_rate)
+tok = math.min(tok_cap, tok + elapsed * tok_rate - adjust)
+local wait = 0
+if admit then
+  if req_rate > 0 and req < 1 - 1e-6 then wait = (1 - req) / req_rate end
+  if tok_rate > 0 then
+    local need = math.min(cost, tok_cap)
+    if tok < need - 1e-6 * math.max(1, need) then
+      wait = math.max(wait, (need - tok) / tok_rate)
+    end
+  end
+  if wait <= 0 then
+    if req_rate > 0 then req = req - 1 end
+    if tok_rate > 0 then tok = tok - cost end
+  end
+end
+redis.call('HSET', key, 'req', string.format('%.17g', req),
+           'tok', string.format('%.17g', tok), 'last', string.format('%.17g', now))
+-- kept until both buckets would be full again (then a missing state means the same)
+local full = 1
+if req_rate > 0 then full = math.max(full, (req_cap - req) / req_rate) end
+if tok_rate > 0 then full = math.max(full, (tok_cap - tok) / tok_rate) end
+redis.call('PEXPIRE', key, math.ceil((full + 1) * 1000))
+return {string.format('%.17g', wait), string.format('%.17g', now)}
+"""
+
+_SCAN_COUNT = 500
+#: Usage buckets are kept this long (about 13 months).
+LEDGER_TTL = 400 * 86_400
+
+
+class Connection:
+    """A Redis server at one URL: a sync client and one async client per event loop."""
+
+    def __init__(self, url: str, *, timeout: float, location: str) -> None:
+        self._url = url
+        self.timeout = timeout
+        self.location = location
+        self._lock = threading.Lock()
+        self._sync: Any = None
+        self._async: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Connection({self.location!r})"
+
+    def _options(self) -> dict[str, Any]:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return {
+            "socket_connect_timeout": self.timeout,
+            "socket_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "decode_responses": True,
+            "health_check_interval": 0,
+        }
+
+    def sync(self) -> Any:
+        """The ``redis.Redis`` client (made on first use)."""
+        client = self._sync
+        if client is None:
+            import redis
+
+            with self._lock:
+                if self._sync is None:
+                    self._sync = redis.Redis.from_url(self._url, **self._options())
+                client = self._sync
+        return client
+
+    def async_(self) -> Any:
+        """The ``redis.asyncio.Redis`` client of the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            found = self._async.get(id(loop))
+            if found is not None and found[0] is loop:
+                return found[1]
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(self._url, **self._options())
+            for key in [k for k, (lp, _) in self._async.items() if lp.is_closed()]:
+                del self._async[key]
+            self._async[id(loop)] = (loop, client)
+            return client
+
+    def close(self) -> None:
+        """Drop the connections (they reopen on next use)."""
+        with self._lock:
+            client, self._sync = self._sync, None
+            self._async.clear()
+        if client is not None:
+            client.close()
+
+
+_connections: dict[tuple[str, float], Connection] = {}
+_connections_lock = threading.Lock()
+
+
+def connect(url: str, *, timeout: float, location: str) -> Connection:
+    """The process's :class:`Connection` to ``url`` (made once per URL and timeout)."""
+    with _connections_lock:
+        found = _connections.get((url, timeout))
+        if found is None:
+            found = _connections[(url, timeout)] = Connection(
+                url, timeout=timeout, location=location
+            )
+        return found
+
+
+def close_all() -> None:
+    """Close every connection this process opened (tests)."""
+    with _connections_lock:
+        found = list(_connections.values())
+        _connections.clear()
+    for connection in found:
+        connection.close()
+
+
+class RedisKeyValue:
+    """JSON text under ``prefix + key``, TTL kept by Redis."""
+
+    def __init__(self, connection: Connection, prefix: str) -> None:
+        self.connection = connection
+        self.prefix = prefix
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return self.connection.location
+
+    def get(self, key: str) -> str | None:
+        """One GET."""
+        value = self.connection.sync().get(self.prefix + key)
+        return value if isinstance(value, str) else None
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        """One SET, with PX when ``ttl`` is given."""
+        px = max(1, int(ttl * 1000)) if ttl else None
+        self.connection.sync().set(self.prefix + key, value, px=px)
+
+    def delete(self, key: str) -> None:
+        """One DEL."""
+        self.connection.sync().delete(self.prefix + key)
+
+    def _keys(self) -> list[str]:
+        client = self.connection.sync()
+        return list(client.scan_iter(match=_glob(self.prefix) + "*", count=_SCAN_COUNT))
+
+    def count(self) -> tuple[int, int]:
+        """``(entries, bytes)``: SCAN, then STRLEN of each (pipelined)."""
+        keys = self._keys()
+        if not keys:
+            return 0, 0
+        pipe = self.connection.sync().pipeline(transaction=False)
+        for key in keys:
+            pipe.strlen(key)
+        sizes = [int(n or 0) for n in pipe.execute()]
+        live = [n for n in sizes if n > 0]
+        return len(live), sum(live)
+
+    def clear(self) -> int:
+        """UNLINK every key under the prefix; return how many."""
+        keys = self._keys()
+        client = self.connection.sync()
+        removed = 0
+        for start in range(0, len(keys), _SCAN_COUNT):
+            removed += int(client.unlink(*keys[start : start + _SCAN_COUNT]))
+        return removed
+
+
+class RedisLedger:
+    """Usage counters: one hash per bucket under ``prefix``."""
+
+    def __init__(self, connection: Connection, prefix: str) -> None:
+        self.connection = connection
+        self.prefix = prefix
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return self.connection.location
+
+    def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        """HINCRBYFLOAT each counter and EXPIRE the bucket, in one round trip."""
+        self.add_many({bucket: amounts})
+
+    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
+        """Several buckets in one pipelined round trip."""
+        pipe = self.connection.sync().pipeline(transaction=False)
+        for bucket, amounts in buckets.items():
+            key = self.prefix + bucket
+            for name, amount in amounts.items():
+                if amount:
+                    pipe.hincrbyfloat(key, name, float(amount))
+            pipe.expire(key, LEDGER_TTL)
+        pipe.execute()
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every bucket's counters (SCAN, then HGETALL pipelined)."""
+        client = self.connection.sync()
+        keys = list(client.scan_iter(match=_glob(self.prefix) + "*", count=_SCAN_COUNT))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        out: dict[str, dict[str, float]] = {}
+        for key, fields in zip(keys, pipe.execute() if keys else [], strict=True):
+            counters = {}
+            for name, value in (fields or {}).items():
+                try:
+                    counters[name] = float(value)
+                except ValueError:
+                    continue
+            if counters:
+                out[key[len(self.prefix) :]] = counters
+        return out
+
+
+class RedisBudget:
+    """One rate budget in Redis: :data:`ADMIT` on one key (hash-tagged: one cluster slot)."""
+
+    def __init__(self, connection: Connection, key: str) -> None:
+        self.connection = connection
+        self.key = key
+        self._script: Any = None
+        self._async_scripts: dict[int, Any] = {}
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return self.connection.location
+
+    def admit(self, args: Sequence[float | int | str]) -> tuple[float, float]:
+        """Run the admission; ``(seconds to wait, Redis time)`` (0 wait: admitted)."""
+        script = self._script
+        if script is None:
+            script = self._script = self.connection.sync().register_script(ADMIT)
+        wait, now = script(keys=[self.key], args=list(args))
+        return float(wait), float(now)
+
+    async def admit_async(self, args: Sequence[float | int | str]) -> tuple[float, float]:
+        """:meth:`admit` on the running loop's async client."""
+        client = self.connection.async_()
+        script = self._async_scripts.get(id(client))
+        if script is None:
+            script = self._async_scripts[id(client)] = client.register_script(ADMIT)
+        wait, now = await script(keys=[self.key], args=list(args))
+        return float(wait), float(now)
+
+    def reset(self) -> None:
+        """Forget the state (a full budget)."""
+        self.connection.sync().delete(self.key)
+
+
+def _glob(prefix: str) -> str:
+    """``prefix`` with SCAN's pattern characters escaped."""
+    out = []
+    for char in prefix:
+        out.append("\\" + char if char in "*?[]\\" else char)
+    return "".join(out)

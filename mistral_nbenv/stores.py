@@ -1,0 +1,151 @@
+"""What the ui asks of the stores: cache statistics, clearing a cache, the usage report.
+
+Each function takes an environment name (None: the active one) and finds its stores the way
+its client does: the shared store of ``[E.shared]`` when one is set (its URL resolved by the
+workspace), else the local ones under the cache root.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import environments
+from .errors import MistralEnvError
+from .workspace import get_settings, list_environments, workspace
+
+__all__ = ["UsageReport", "UsageRow", "cache_stats", "clear_cache", "collect_usage"]
+
+
+def cache_stats(env: str | None = None) -> dict[str, Any]:
+    """Entries, bytes, where (directory or shared URL), enabled flag and TTL of one
+    environment's cache."""
+    from .cache import stats_for
+
+    settings = get_settings(env)
+    return stats_for(settings, workspace().shared(settings))
+
+
+def clear_cache(env: str | None = None, *, confirm: bool = False) -> int:
+    """Remove every cached response of one environment (never another's); return how many.
+
+    A protected environment's cache is cleared only with ``confirm=True``. A shared cache is
+    cleared for every host using it.
+    """
+    from .cache import clear_for
+
+    settings = get_settings(env)
+    environments.check_destructive(settings, "clearing its response cache", confirm=confirm)
+    return clear_for(settings, workspace().shared(settings))
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One bucket of the ledger: a UTC day, an environment, a model, and its counters."""
+
+    day: str
+    environment: str
+    model: str
+    requests: int = 0
+    errors: int = 0
+    hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    waits: int = 0
+    wait_seconds: float = 0.0
+    cost: float | None = None  # USD, from the environment's `prices` (None: no price)
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """The ledger's buckets for some environments, newest day first."""
+
+    rows: tuple[UsageRow, ...]
+    ledgers: dict[str, str] = field(default_factory=dict)  # environment -> where (no password)
+    problems: tuple[str, ...] = ()
+
+    def tokens_by_day(self, days: int = 14) -> list[tuple[str, dict[str, int]]]:
+        """``[(day, {environment: tokens})]`` for the last ``days`` days with usage, oldest
+        first (the chart)."""
+        by_day: dict[str, dict[str, int]] = {}
+        for row in self.rows:
+            per_env = by_day.setdefault(row.day, {})
+            per_env[row.environment] = per_env.get(row.environment, 0) + row.tokens
+        return sorted(by_day.items())[-days:]
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Per environment: requests, hits, tokens and cost (None when a model has no price)."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.rows:
+            t = out.setdefault(
+                row.environment, {"requests": 0, "hits": 0, "tokens": 0, "cost": 0.0}
+            )
+            t["requests"] += row.requests
+            t["hits"] += row.hits
+            t["tokens"] += row.tokens
+            t["cost"] = None if t["cost"] is None or row.cost is None else t["cost"] + row.cost
+        return out
+
+
+def collect_usage(env: str | None = None, *, all_environments: bool = True) -> UsageReport:
+    """The usage of ``env`` (or of every environment), this process's pending counts first."""
+    from .cache import cache_dir
+    from .usage import bucket_parts, cost_of, flush_all, ledger_for
+
+    flush_all()
+    names: Iterable[str] = (
+        list_environments() if all_environments and env is None else [get_settings(env).environment]
+    )
+    rows: list[UsageRow] = []
+    ledgers: dict[str, str] = {}
+    problems: list[str] = []
+    for name in names:
+        try:
+            settings = get_settings(name)
+            shared = workspace().shared(settings)
+            if shared is None and not (cache_dir(settings) / "usage").is_dir():
+                continue  # nothing recorded here yet: do not create the directory
+            ledger = ledger_for(settings, shared)
+            totals = ledger.totals()
+        except MistralEnvError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        except Exception as exc:  # an unreadable local ledger
+            problems.append(f"{name}: usage could not be read ({type(exc).__name__}: {exc})")
+            continue
+        ledgers[name] = shared.url if shared is not None else str(cache_dir(settings) / "usage")
+        for bucket, counters in totals.items():
+            parts = bucket_parts(bucket)
+            if parts is None or parts[1] != name:
+                continue
+            day, _, model = parts
+            rows.append(
+                UsageRow(
+                    day,
+                    name,
+                    model,
+                    **{k: int(counters.get(k, 0)) for k in _COUNTS},
+                    wait_seconds=round(counters.get("wait_seconds", 0.0), 3),
+                    cost=cost_of(model, counters, settings.prices),
+                )
+            )
+    rows.sort(key=lambda r: (_negated(r.day), r.environment, r.model))
+    return UsageReport(tuple(rows), ledgers, tuple(problems))
+
+
+_COUNTS = ("requests", "errors", "hits", "prompt_tokens", "completion_tokens", "waits")
+
+
+def _negated(day: str) -> float:
+    """Newest day first."""
+    try:
+        return -time.mktime(time.strptime(day, "%Y-%m-%d"))
+    except ValueError:
+        return 0.0

@@ -1,0 +1,161 @@
+"""The usage ledger's writer: what this process spent, per day, environment and model.
+
+A :class:`UsageRecorder` counts in memory (a hit costs a lock and a few dict updates) and
+adds its counts to a :class:`~mistral_nbenv.store.Ledger` in one batch at most every
+:data:`FLUSH_EVERY` seconds (at the next call), when its client closes, when the process
+exits, and before a usage report is read. The ledger is the shared store's (Redis, every
+host adds to the same buckets) or the environment's local one
+(``<cache_root>/<environment>/usage``). Buckets are ``YYYY-MM-DD|environment|model`` (UTC
+days); counters are :data:`COUNTERS`. A child made by ``fork`` starts with nothing pending,
+so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .shared import Shared
+    from .store import Ledger
+
+__all__ = [
+    "COUNTERS",
+    "FLUSH_EVERY",
+    "UsageRecorder",
+    "bucket_parts",
+    "cost_of",
+    "flush_all",
+    "ledger_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two writes of one recorder's counts (at most).
+FLUSH_EVERY = 2.0
+COUNTERS = (
+    "requests",
+    "errors",
+    "hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "waits",
+    "wait_seconds",
+)
+
+_recorders: weakref.WeakSet[UsageRecorder] = weakref.WeakSet()
+
+
+def ledger_for(settings: Settings, shared: Shared | None) -> Ledger:
+    """Where ``settings``' environment's usage goes: the shared store, else local disk."""
+    from .cache import cache_dir
+    from .store.local import DiskStore
+
+    local = DiskStore(cache_dir(settings) / "usage")
+    return shared.ledger(local) if shared is not None else local
+
+
+def bucket_parts(bucket: str) -> tuple[str, str, str] | None:
+    """``(day, environment, model)`` of a bucket name, or None if it is not one."""
+    parts = bucket.split("|", 2)
+    if len(parts) != 3 or len(parts[0]) != 10:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def cost_of(
+    model: str, counters: Mapping[str, float], prices: Mapping[str, Mapping[str, float]]
+) -> float | None:
+    """USD for a bucket from ``prices`` (per million tokens); None when the model has none."""
+    price = prices.get(model)
+    if price is None:
+        return None
+    return (
+        counters.get("prompt_tokens", 0.0) * price.get("input", 0.0)
+        + counters.get("completion_tokens", 0.0) * price.get("output", 0.0)
+    ) / 1e6
+
+
+class UsageRecorder:
+    """One environment's usage, counted here and added to a ledger in batches."""
+
+    def __init__(
+        self,
+        ledger: Callable[[], Ledger],
+        environment: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self.environment = environment
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, dict[str, float]] = {}
+        self._last_flush = clock()
+        _recorders.add(self)
+
+    def __repr__(self) -> str:
+        return f"UsageRecorder({self.environment!r}, {len(self._pending)} pending)"
+
+    def record(self, model: str | None, **amounts: float) -> None:
+        """Count ``amounts`` for ``model`` today; write the batch when it is due."""
+        now = self.clock()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        bucket = f"{day}|{self.environment}|{model or '-'}"
+        with self._lock:
+            counters = self._pending.setdefault(bucket, {})
+            for name, amount in amounts.items():
+                counters[name] = counters.get(name, 0.0) + amount
+            due = now - self._last_flush >= FLUSH_EVERY
+        if due:
+            self.flush()
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """The pending counts, now no longer pending."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last_flush = self.clock()
+        return pending
+
+    def flush(self) -> None:
+        """Add the pending counts to the ledger (a failing ledger loses them, with a log)."""
+        pending = self.take()
+        if not pending:
+            return
+        try:
+            self._ledger().add_many(pending)
+        except Exception as exc:  # usage is bookkeeping: it never fails a call
+            log.warning(
+                "mistral_nbenv: %s: usage counts could not be written (%s)",
+                self.environment,
+                type(exc).__name__,
+            )
+
+    def _forget(self) -> None:
+        self._pending = {}
+        self._lock = threading.Lock()
+
+
+def flush_all() -> None:
+    """Write every recorder's pending counts (before a report; at exit)."""
+    for recorder in list(_recorders):
+        with contextlib.suppress(Exception):
+            recorder.flush()
+
+
+def _after_fork() -> None:
+    for recorder in list(_recorders):
+        recorder._forget()
+
+
+atexit.register(flush_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,432 @@
+"""``[E.shared]`` in one process (issue 11): settings, masking, the Redis views, faults.
+
+The real Debian ``redis-server`` (``tests/redis_server.py``) and the loopback Mistral
+server; several processes are in ``test_shared_hosts.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mistral_nbenv
+from mistral_nbenv import shared as shared_module
+from mistral_nbenv.errors import ConfigurationError, SharedStoreUnavailableError
+from mistral_nbenv.shared import SharedStoreWarning
+from mistral_nbenv.testing import MistralTestServer
+from mistral_nbenv.workspace import close_clients
+from tests._browser_project import KEYS, loopback_project, use_project
+from tests._cli import run_cli
+from tests.conftest import reset_state
+from tests.redis_server import RedisServer
+
+MESSAGES = [{"role": "user", "content": "hello shared"}]
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MistralTestServer]:
+    with loopback_project(tmp_path / "p", monkeypatch) as srv:
+        yield srv
+
+
+def _share(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: MistralTestServer,
+    url: str,
+    *,
+    extra: str = "",
+    rpm: int | None = None,
+) -> Path:
+    """The loopback project with ``[development.shared] url`` (and ``extra`` lines there)."""
+    text = (
+        "[development.cache]\nenabled = true\nttl_seconds = 300\n"
+        f'[development.shared]\nurl = "{url}"\n{extra}\n'
+    )
+    path = use_project(tmp_path / "p", server.url, monkeypatch, extra=text)
+    if rpm is not None:
+        old = "[development.rate_limits]\nrequests_per_minute = 100000\n"
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, old.replace("100000", str(rpm))))
+    return path
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    ("line", "expect"),
+    [
+        ('url = "http://127.0.0.1:6379"', "must start with redis://, rediss:// or unix://"),
+        ('url = "redis://:Pw-Not-Shown-1234@/0"', "has no host"),
+        ('url = "redis://127.0.0.1:99999/0"', "has an invalid port"),
+        ('url = "redis://127.0.0.1:6379/zero"', "database that is not a number"),
+        ('url = "vault:nomount"', "shared.url"),
+        ('on_unavailable = "maybe"', "`shared.on_unavailable` must be 'local' or 'error'"),
+        ("timeout = 0", "`shared.timeout` must be a number > 0"),
+        ("cache = 1", "`shared.cache` must be true or false"),
+    ],
+)
+def test_bad_shared_settings_name_the_key_and_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: MistralTestServer,
+    line: str,
+    expect: str,
+) -> None:
+    use_project(tmp_path / "p", server.url, monkeypatch, extra=f"[development.shared]\n{line}\n")
+    with pytest.raises(ConfigurationError) as info:
+        mistral_nbenv.get_settings("development")
+    message = str(info.value)
+    assert expect in message
+    assert "settings.toml [development]" in message
+    assert "Pw-Not-Shown-1234" not in message
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        'prices = { "mistral-small-latest" = { input = -1 } }',
+        'prices = { "mistral-small-latest" = { input = 0.1, outptu = 0.3 } }',
+        'prices = { "mistral-small-latest" = 3 }',
+        'prices = "cheap"',
+    ],
+)
+def test_bad_prices_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, prices: str
+) -> None:
+    path = use_project(tmp_path / "p", server.url, monkeypatch)
+    path.write_text(path.read_text().replace("[development]\n", f"[development]\n{prices}\n"))
+    with pytest.raises(ConfigurationError, match=r"`prices` must be a table of model"):
+        mistral_nbenv.get_settings("development")
+
+
+def test_env_reference_must_be_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer
+) -> None:
+    _share(tmp_path, monkeypatch, server, "env:TEAM_REDIS_URL")
+    with pytest.raises(ConfigurationError, match="TEAM_REDIS_URL is not set"):
+        mistral_nbenv.get_client("development")
+    monkeypatch.setenv("TEAM_REDIS_URL", "http://nope")
+    reset_state()
+    with pytest.raises(ConfigurationError, match="must start with redis://"):
+        mistral_nbenv.get_client("development")
+
+
+# ------------------------------------------------------------------------- the shared views
+
+
+def test_cache_budget_and_ledger_live_in_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    _share(tmp_path, monkeypatch, server, redis_server.url)
+    client = mistral_nbenv.get_client("development")
+    first = client.chat.complete(messages=MESSAGES)
+    again = client.chat.complete(messages=MESSAGES)
+    assert server.count("/v1/chat/completions") == 1
+    assert again.model_dump() == first.model_dump()
+    redis = redis_server.client()
+    cached = redis.keys("mistral-nbenv:cache:development:*")
+    assert len(cached) == 1
+    assert json.loads(redis.get(cached[0]))["id"] == first.id
+    assert 0 < redis.pttl(cached[0]) <= 300_000  # the TTL is Redis's
+    # the budget: one hash-tagged key per environment and key fingerprint, no key inside
+    (budget,) = redis.keys("mistral-nbenv:{development:*}:budget")
+    assert KEYS["development"] not in budget
+    assert set(redis.hgetall(budget)) == {"req", "tok", "last"}
+    assert redis_server.calls("evalsha") + redis_server.calls("eval") == 1  # one admission
+    client.close()  # writes the usage counts
+    (bucket,) = redis.keys("mistral-nbenv:usage:*")
+    model = mistral_nbenv.get_settings("development").chat_model
+    assert bucket.endswith(f"|development|{model}")
+    counters = redis.hgetall(bucket)
+    assert float(counters["requests"]) == 1
+    assert float(counters["hits"]) == 1
+    assert float(counters["prompt_tokens"]) == first.usage.prompt_tokens
+    # nothing went to the local stores
+    root = tmp_path / "p" / "cache" / "development"
+    assert not (root / "ratelimit").exists()
+    assert not (root / "usage").exists()
+
+
+def test_two_keys_have_two_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    path = _share(tmp_path, monkeypatch, server, redis_server.url)
+    path.write_text(
+        path.read_text()
+        + f'[staging.shared]\nurl = "{redis_server.url}"\n'
+        + f'[qa.shared]\nurl = "{redis_server.url}"\n'
+    )
+    reset_state()
+    for env in ("development", "staging", "qa"):
+        mistral_nbenv.get_client(env).chat.complete(messages=MESSAGES, cache=False)
+    budgets = redis_server.client().keys("mistral-nbenv:*:budget")
+    assert len(budgets) == 3
+    assert len({b.split(":")[2].rstrip("}") for b in budgets}) == 3  # three fingerprints
+
+
+def test_async_calls_are_admitted_through_redis_asyncio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    _share(tmp_path, monkeypatch, server, redis_server.url)
+    client = mistral_nbenv.get_client("development")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                client.chat.complete_async(messages=[{"role": "user", "content": f"n{i}"}])
+                for i in range(5)
+            )
+        )
+
+    answers = asyncio.run(main())
+    assert len(answers) == 5
+    assert server.count("/v1/chat/completions") == 5
+    assert redis_server.calls("evalsha") + redis_server.calls("eval") == 5
+    assert len(redis_server.client().keys("mistral-nbenv:cache:development:*")) == 5
+
+
+def test_the_rate_is_enforced_by_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    _share(tmp_path, monkeypatch, server, redis_server.url, rpm=600)  # 10/s, a burst of 10
+    client = mistral_nbenv.get_client("development")
+    for i in range(13):
+        client.chat.complete(messages=[{"role": "user", "content": f"r{i}"}], cache=False)
+    assert client.stats.rate_limit_waits >= 2  # the burst of 10 went at once, then spacing
+    first = min(r.timestamp for r in server.requests)
+    last = max(r.timestamp for r in server.requests)
+    assert last - first >= 0.25  # 3 requests past the burst need 0.3 s of refill
+
+
+# --------------------------------------------------------------------------- password
+
+
+def test_a_password_protected_redis_and_its_password_appear_nowhere(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: MistralTestServer,
+    redis_with_password: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = redis_with_password.password
+    assert password
+    _share(tmp_path, monkeypatch, server, redis_with_password.url)
+    client = mistral_nbenv.get_client("development")
+    with caplog.at_level("DEBUG"):
+        client.chat.complete(messages=MESSAGES)
+        client.chat.complete(messages=MESSAGES)
+    assert client.stats.hits == 1
+    settings = mistral_nbenv.get_settings("development")
+    shown = dict((k, v) for k, v, _ in settings.explain())["shared.url"]
+    assert shown == f"redis://:****@127.0.0.1:{redis_with_password.port}/0"
+    outputs = [repr(settings), repr(client), repr(client._cache), repr(client._limiter), shown]
+    for args in (
+        ("status", "development"),
+        ("status", "development", "--json"),
+        ("check", "--all", "--json"),
+        ("cache", "stats", "--env", "development", "--json"),
+        ("usage", "--json"),
+    ):
+        done = run_cli(*args, cwd=tmp_path / "p")
+        outputs += [done.stdout, done.stderr]
+    stats = json.loads(run_cli("cache", "stats", "--env", "development", "--json").stdout)
+    assert stats["shared"] == f"redis://:****@127.0.0.1:{redis_with_password.port}/0"
+    assert stats["entries"] == 1
+    # wrong password: a clear error that does not quote it
+    path = tmp_path / "p" / "settings.toml"
+    path.write_text(path.read_text().replace(password, "Wrong-Pass-Fake-0000"))
+    path.write_text(path.read_text() + 'on_unavailable = "error"\n')
+    reset_state()
+    with pytest.raises(SharedStoreUnavailableError) as info:
+        mistral_nbenv.get_client("development").chat.complete(messages=MESSAGES, cache=False)
+    outputs += [str(info.value), repr(info.value)]
+    assert "redis://:****@127.0.0.1" in str(info.value)
+    assert "development" in str(info.value)
+    blob = "\n".join([*outputs, caplog.text])
+    assert password not in blob
+    assert "Wrong-Pass-Fake-0000" not in blob
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_redis_down_goes_local_with_one_warning_then_rejoins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    monkeypatch.setattr(shared_module, "REJOIN_AFTER", 0.2)
+    _share(tmp_path, monkeypatch, server, redis_server.url, rpm=600)
+    client = mistral_nbenv.get_client("development")
+    client.chat.complete(messages=[{"role": "user", "content": "before"}])
+    redis_server.stop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(3):
+            client.chat.complete(messages=[{"role": "user", "content": f"down {i}"}])
+    shared_warnings = [w for w in caught if issubclass(w.category, SharedStoreWarning)]
+    assert len(shared_warnings) == 1
+    assert "development" in str(shared_warnings[0].message)
+    assert f"127.0.0.1:{redis_server.port}" in str(shared_warnings[0].message)
+    assert server.count("/v1/chat/completions") == 4  # every call went on
+    local = tmp_path / "p" / "cache" / "development"
+    assert (local / "ratelimit").is_dir()  # admitted by the local budget meanwhile
+    # Redis is back (empty: persistence is off); after REJOIN_AFTER the next call uses it
+    redis_server.start()
+    import time
+
+    time.sleep(0.3)
+    for i in range(3):
+        client.chat.complete(messages=[{"role": "user", "content": f"back {i}"}], cache=False)
+    redis = redis_server.client()
+    (budget,) = redis.keys("mistral-nbenv:{development:*}:budget")
+    # exactly the three calls made after the rejoin were taken from the fresh budget
+    # (a burst of 10, refilling at 10/s: 10 - 3 + the refill of a few milliseconds)
+    assert 7.0 <= float(redis.hget(budget, "req")) < 8.0
+    assert redis_server.calls("evalsha") + redis_server.calls("eval") == 3
+
+
+def test_redis_down_with_on_unavailable_error_raises_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    _share(tmp_path, monkeypatch, server, redis_server.url, extra='on_unavailable = "error"')
+    client = mistral_nbenv.get_client("development")
+    redis_server.stop()
+    with pytest.raises(SharedStoreUnavailableError) as info:
+        client.chat.complete(messages=MESSAGES)
+    message = str(info.value)
+    assert "environment 'development'" in message
+    assert f"redis://127.0.0.1:{redis_server.port}/0" in message
+    assert 'on_unavailable = "local"' in message
+    assert info.value.environment == "development"
+    assert server.count() == 0  # nothing was sent without the shared budget
+    done = run_cli("cache", "stats", "--env", "development", cwd=tmp_path / "p")
+    assert done.returncode != 0
+    assert "unavailable" in done.stdout + done.stderr
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_redis_that_never_answers_does_not_hang_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, silent_port: int
+) -> None:
+    url = f"redis://127.0.0.1:{silent_port}/0"
+    _share(tmp_path, monkeypatch, server, url, extra="timeout = 0.3")
+    client = mistral_nbenv.get_client("development")
+    with pytest.warns(SharedStoreWarning, match="Timeout"):
+        answer = client.chat.complete(messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert server.count("/v1/chat/completions") == 1
+
+
+# ------------------------------------------------------------------------------ usage
+
+
+def test_usage_report_with_prices_and_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    path = _share(tmp_path, monkeypatch, server, redis_server.url)
+    path.write_text(
+        path.read_text().replace(
+            "[default]\n",
+            '[default]\nprices = { "mistral-medium-latest" = { input = 2.0, output = 6.0 } }\n',
+        )
+    )
+    reset_state()
+    client = mistral_nbenv.get_client("development")
+    a = client.chat.complete(messages=MESSAGES)
+    client.chat.complete(messages=MESSAGES)
+    b = client.chat.complete(messages=[{"role": "user", "content": "other"}])
+    staging = mistral_nbenv.get_client("staging")  # not shared: its local ledger
+    s = staging.chat.complete(messages=MESSAGES)
+    close_clients()
+    done = run_cli("usage", "--json", cwd=tmp_path / "p")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["schema"] == "mistral-nbenv/usage/1"
+    by_env = {r["environment"]: r for r in report["rows"]}
+    dev = by_env["development"]
+    assert (dev["requests"], dev["hits"]) == (2, 1)
+    prompt = a.usage.prompt_tokens + b.usage.prompt_tokens
+    completion = a.usage.completion_tokens + b.usage.completion_tokens
+    assert (dev["prompt_tokens"], dev["completion_tokens"]) == (prompt, completion)
+    assert dev["cost"] == pytest.approx((prompt * 2.0 + completion * 6.0) / 1e6)
+    assert by_env["staging"]["requests"] == 1
+    assert by_env["staging"]["prompt_tokens"] == s.usage.prompt_tokens
+    assert report["ledgers"]["development"].startswith("redis://127.0.0.1:")
+    assert report["ledgers"]["staging"].endswith("usage")
+    text = run_cli("usage", cwd=tmp_path / "p").stdout
+    assert "tokens per day" in text
+    assert "█" in text
+    assert "development: 2 requests, 1 cache hits" in text
+
+
+def test_usage_is_counted_on_local_disk_without_a_shared_store(
+    server: MistralTestServer, tmp_path: Path
+) -> None:
+    client = mistral_nbenv.get_client("development")
+    for _ in range(2):
+        client.chat.complete(messages=MESSAGES, cache=True)
+    from mistral_nbenv.stores import collect_usage
+
+    report = collect_usage()
+    (row,) = report.rows
+    assert (row.environment, row.requests, row.hits, row.cost) == ("development", 1, 1, None)
+    assert report.ledgers["development"] == str(tmp_path / "p" / "cache" / "development" / "usage")
+    from mistral_nbenv.usage_view import usage_chart_svg
+
+    svg = usage_chart_svg(report)
+    assert 'data-environment="development"' in svg
+    assert f'data-tokens="{row.tokens}"' in svg
+
+
+def test_a_forked_child_does_not_count_the_parents_pending_usage(
+    server: MistralTestServer, tmp_path: Path
+) -> None:
+    import os
+
+    client = mistral_nbenv.get_client("development")
+    client.chat.complete(messages=MESSAGES)  # pending in memory (flushed every 2 s)
+    pid = os.fork()
+    if pid == 0:  # the child exits at once; its atexit would flush what the parent holds
+        os._exit(0 if not client._pipeline.usage.take() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    from mistral_nbenv.stores import collect_usage
+
+    (row,) = collect_usage().rows
+    assert row.requests == 1

@@ -1,0 +1,169 @@
+"""Several hosts, one Redis (issue 11): processes with their own HOME and cache root.
+
+Each "host" is a process running ``tests/_shared_worker.py`` through ``get_client()`` against
+the loopback Mistral server, with its own HOME and ``cache.directory`` and the same
+``[development.shared] url`` (a secret reference: ``env:REDIS_URL``). What is asserted is
+what the Mistral server saw: how many requests arrived, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mistral_nbenv.testing import MistralTestServer
+from tests._browser_project import KEYS, scrubbed_environ
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _project(directory: Path, server: MistralTestServer, *, rpm: int, tpm: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "settings.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[default]",
+                f'server_url = "{server.url}"',
+                "max_retries = 0",
+                "[development]",
+                f'api_key = "{KEYS["development"]}"',
+                "[development.cache]",
+                "enabled = true",
+                "[development.rate_limits]",
+                f"requests_per_minute = {rpm}",
+                f"tokens_per_minute = {tpm}",
+                "[development.shared]",
+                'url = "env:REDIS_URL"',
+                'on_unavailable = "error"',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _host(tmp_path: Path, name: str, settings: Path, redis: RedisServer) -> dict[str, str]:
+    home = tmp_path / name / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return dict(
+        scrubbed_environ(),
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        MISTRAL_NBENV_SETTINGS=str(settings),
+        MISTRAL_NBENV_CACHE__DIRECTORY=str(tmp_path / name / "cache"),
+        REDIS_URL=redis.url,
+        PYTHONPATH=str(ROOT),
+    )
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests._shared_worker", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(worker: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    out, err = worker.communicate(timeout=timeout)
+    assert worker.returncode == 0, err[-2000:]
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_a_hit_made_by_host_a_is_served_to_host_b(tmp_path: Path, redis_server: RedisServer):
+    with MistralTestServer() as server:
+        settings = _project(tmp_path / "project", server, rpm=6000, tpm=0)
+        a = _result(_run(_host(tmp_path, "a", settings, redis_server), "ask", "shared prompt"))
+        b = _result(_run(_host(tmp_path, "b", settings, redis_server), "ask", "shared prompt"))
+        assert server.count("/v1/chat/completions") == 1  # host B did not pay again
+    assert (a["misses"], a["hits"]) == (1, 0)
+    assert (b["misses"], b["hits"]) == (0, 1)
+    assert a["content"] == b["content"]
+    # each host's own disk cache stayed empty: the entry lives in Redis only
+    for host in ("a", "b"):
+        db = tmp_path / host / "cache" / "development" / "cache.db"
+        assert not db.exists() or b"shared prompt" not in db.read_bytes()
+    keys = redis_server.client().keys("mistral-nbenv:cache:development:*")
+    assert len(keys) == 1
+
+
+def _budget_run(
+    tmp_path: Path,
+    redis: RedisServer,
+    *,
+    rpm: int,
+    tpm: int,
+    processes: int,
+    seconds: float,
+    max_tokens: int,
+) -> tuple[MistralTestServer, float, list[dict[str, Any]]]:
+    server = MistralTestServer().start()
+    settings = _project(tmp_path / "project", server, rpm=rpm, tpm=tpm)
+    start = time.time() + 4.0  # every process is up and connected by then
+    args = (repr(start), str(seconds), str(max_tokens))
+    workers = [
+        _run(_host(tmp_path, f"h{i}", settings, redis), "budget", *args) for i in range(processes)
+    ]
+    results = [_result(w, timeout=seconds + 120) for w in workers]
+    server.stop()
+    return server, start, results
+
+
+def test_four_hosts_share_one_requests_per_minute_budget(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    rpm, seconds, processes = 3000, 5.0, 4
+    server, start, results = _budget_run(
+        tmp_path, redis_server, rpm=rpm, tpm=0, processes=processes, seconds=seconds, max_tokens=8
+    )
+    times = [r.timestamp for r in server.requests if r.path == "/v1/chat/completions"]
+    assert min(times) >= start - 0.01  # nothing was spent before the start line
+    # the window opens with the first request the server saw (a process woken late on a
+    # busy machine would otherwise count against the budget)
+    first = min(times)
+    inside = sum(1 for t in times if t <= first + seconds + 0.005)
+    expected = rpm / 60 + rpm * seconds / 60  # burst + R*T/60 = 50 + 250
+    assert abs(inside - expected) <= 0.02 * expected, (inside, expected)
+    assert all(r["calls"] > 0 for r in results)  # every host got a share
+    assert sum(r["rate_limit_waits"] for r in results) > 0  # the budget really held them back
+    # one EVALSHA per admission: the budget lives in Redis, not in four local directories
+    assert redis_server.calls("evalsha") >= len(times)
+    assert not (tmp_path / "h0" / "cache" / "development" / "ratelimit").exists()
+
+
+def test_four_hosts_share_one_tokens_per_minute_budget(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    tpm, seconds, processes = 60_000, 5.0, 4  # 1,000 tokens/s; the bucket holds 10,000
+    server, _start, results = _budget_run(
+        tmp_path, redis_server, rpm=0, tpm=tpm, processes=processes, seconds=seconds, max_tokens=60
+    )
+    by_time = sorted(server.requests, key=lambda r: r.timestamp)
+    assert by_time
+    tokens = sum(r["tokens"] for r in results)
+    expected = tpm / 60 * 10 + tpm * seconds / 60  # bucket + rate * T
+    # the last request of each host may still go into debt: at most one request's tokens each
+    per_request = tokens / max(1, sum(r["calls"] for r in results))
+    assert expected * 0.98 - processes * per_request <= tokens <= expected * 1.02, (
+        tokens,
+        expected,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_variables() -> None:
+    assert "REDIS_URL" not in os.environ
