@@ -208,15 +208,16 @@ def _missing(settings: Settings) -> MissingAPIKeyError:
 
 def _fetch(
     settings: Settings, name: str, ref: SecretReference, fetched: SecretCache, what: str
-) -> str:
-    """The value a secret store holds for ``ref`` (setting ``name``), cached in ``fetched``."""
+) -> tuple[str, bool]:
+    """``(the value a secret store holds for ref, whether it came from fetched)``; setting
+    ``name``'s value is kept in ``fetched`` for ``secrets.cache_seconds``."""
     env = settings.environment
     origin = settings.source_of(name)
     cache_key = (env, name, ref.raw, settings.secrets, settings.project_dir)
     now = time.monotonic()
     hit = fetched.get(cache_key, now)
     if hit is not None:
-        return hit.get_secret_value()
+        return hit.get_secret_value(), True
     try:
         backend = load_backend(ref.scheme)
         value = backend.fetch(ref, settings.secrets, project_getenv(settings.project_dir))
@@ -237,21 +238,14 @@ def _fetch(
         )
     if settings.secrets.cache_seconds > 0:
         fetched.put(cache_key, SecretStr(value), now + settings.secrets.cache_seconds)
-    return value
+    return value, False
 
 
 def _remote_key(settings: Settings, fetched: SecretCache) -> ResolvedKey:
     assert settings.api_key is not None
     ref = parse_reference(settings.api_key.get_secret_value().strip())
     origin = settings.source_of("api_key")
-    cached = (
-        fetched.get(
-            (settings.environment, "api_key", ref.raw, settings.secrets, settings.project_dir),
-            time.monotonic(),
-        )
-        is not None
-    )
-    value = _fetch(settings, "api_key", ref, fetched, "the key")
+    value, cached = _fetch(settings, "api_key", ref, fetched, "the key")
     note = "; cached in memory" if cached else ""
     return ResolvedKey(settings.environment, SecretStr(value), f"{ref.raw} (from {origin}{note})")
 
@@ -280,7 +274,7 @@ def shared_url(settings: Settings, fetched: SecretCache | None = None) -> Secret
             )
         value = found[0].strip()
     else:
-        value = _fetch(settings, "shared.url", ref, fetched or SecretCache(), "the Redis URL")
+        value, _ = _fetch(settings, "shared.url", ref, fetched or SecretCache(), "the Redis URL")
     url = secret_url(value)
     from .config import shared_url_problem
 

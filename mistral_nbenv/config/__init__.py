@@ -377,20 +377,29 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
         )
 
 
-def url_problem(url: str) -> str | None:
-    """Why httpx would refuse ``url`` as a base URL (None when it is usable)."""
+def _split_url(url: str, schemes: tuple[str, ...], what: str) -> tuple[Any, str | None]:
+    """``(urlsplit(url), None)``, or ``(None, why)`` when the scheme, a character or the
+    port is wrong (the checks every URL setting shares)."""
     from urllib.parse import urlsplit
 
-    if not url.startswith(("http://", "https://")):
-        return "must start with http:// or https://"
+    if not url.startswith(schemes):
+        return None, f"must start with {', '.join(schemes[:-1])} or {schemes[-1]}{what}"
     for position, char in enumerate(url, 1):
         if ord(char) <= 0x20 or ord(char) == 0x7F:
-            return f"contains a space or control character at position {position}"
+            return None, f"contains a space or control character at position {position}"
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     except ValueError:
-        return "has an invalid port"
+        return None, "has an invalid port"
+    return parts, None
+
+
+def url_problem(url: str) -> str | None:
+    """Why httpx would refuse ``url`` as a base URL (None when it is usable)."""
+    parts, problem = _split_url(url, ("http://", "https://"), "")
+    if parts is None:
+        return problem
     if not parts.hostname:
         return "has no host (e.g. https://api.mistral.ai)"
     return None
@@ -398,22 +407,14 @@ def url_problem(url: str) -> str | None:
 
 def shared_url_problem(url: str) -> str | None:
     """Why ``url`` cannot name a Redis server (None when it can, or is a secret reference)."""
-    from urllib.parse import urlsplit
-
     from ..backends import is_known_reference
 
     if is_known_reference(url):
         return None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return "must start with redis://, rediss:// or unix:// (or be a secret reference)"
-    for position, char in enumerate(url, 1):
-        if ord(char) <= 0x20 or ord(char) == 0x7F:
-            return f"contains a space or control character at position {position}"
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-    except ValueError:
-        return "has an invalid port"
+    schemes = ("redis://", "rediss://", "unix://")
+    parts, problem = _split_url(url, schemes, " (or be a secret reference)")
+    if parts is None:
+        return problem
     if parts.scheme == "unix":
         return None if parts.path else "has no socket path (e.g. unix:///run/redis.sock)"
     if not parts.hostname:

@@ -189,13 +189,9 @@ class RedisKeyValue:
         """One DEL."""
         self.connection.sync().delete(self.prefix + key)
 
-    def _keys(self) -> list[str]:
-        client = self.connection.sync()
-        return list(client.scan_iter(match=_glob(self.prefix) + "*", count=_SCAN_COUNT))
-
     def count(self) -> tuple[int, int]:
         """``(entries, bytes)``: SCAN, then STRLEN of each (pipelined)."""
-        keys = self._keys()
+        keys = _scan(self.connection, self.prefix)
         if not keys:
             return 0, 0
         pipe = self.connection.sync().pipeline(transaction=False)
@@ -207,7 +203,7 @@ class RedisKeyValue:
 
     def clear(self) -> int:
         """UNLINK every key under the prefix; return how many."""
-        keys = self._keys()
+        keys = _scan(self.connection, self.prefix)
         client = self.connection.sync()
         removed = 0
         for start in range(0, len(keys), _SCAN_COUNT):
@@ -244,9 +240,8 @@ class RedisLedger:
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters (SCAN, then HGETALL pipelined)."""
-        client = self.connection.sync()
-        keys = list(client.scan_iter(match=_glob(self.prefix) + "*", count=_SCAN_COUNT))
-        pipe = client.pipeline(transaction=False)
+        keys = _scan(self.connection, self.prefix)
+        pipe = self.connection.sync().pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
         out: dict[str, dict[str, float]] = {}
@@ -296,6 +291,12 @@ class RedisBudget:
     def reset(self) -> None:
         """Forget the state (a full budget)."""
         self.connection.sync().delete(self.key)
+
+
+def _scan(connection: Connection, prefix: str) -> list[str]:
+    """Every key under ``prefix`` (SCAN, never KEYS: the server is not blocked)."""
+    pattern = _glob(prefix) + "*"
+    return list(connection.sync().scan_iter(match=pattern, count=_SCAN_COUNT))
 
 
 def _glob(prefix: str) -> str:
