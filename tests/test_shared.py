@@ -22,11 +22,11 @@ from mistral_nbenv import shared as shared_module
 from mistral_nbenv.errors import ConfigurationError, SharedStoreUnavailableError
 from mistral_nbenv.shared import SharedStoreWarning
 from mistral_nbenv.testing import MistralTestServer
+from mistral_nbenv.testing.redis import RedisTestServer
 from mistral_nbenv.workspace import close_clients
 from tests._browser_project import KEYS, loopback_project, use_project
 from tests._cli import run_cli
 from tests.conftest import reset_state
-from tests.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hello shared"}]
 
@@ -215,7 +215,7 @@ def test_a_password_protected_redis_and_its_password_appear_nowhere(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     server: MistralTestServer,
-    redis_with_password: RedisServer,
+    redis_with_password: RedisTestServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     password = redis_with_password.password

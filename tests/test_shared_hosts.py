@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from mistral_nbenv.testing import MistralTestServer
+from mistral_nbenv.testing.redis import RedisTestServer
 from tests._browser_project import KEYS, scrubbed_environ
-from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def _project(directory: Path, server: MistralTestServer, *, rpm: int, tpm: int) 
     return path
 
 
-def _host(tmp_path: Path, name: str, settings: Path, redis: RedisServer) -> dict[str, str]:
+def _host(tmp_path: Path, name: str, settings: Path, redis: RedisTestServer) -> dict[str, str]:
     home = tmp_path / name / "home"
     home.mkdir(parents=True, exist_ok=True)
     return dict(
@@ -84,7 +84,7 @@ def _result(worker: subprocess.Popen[str], timeout: float = 120) -> dict[str, An
     return result
 
 
-def test_a_hit_made_by_host_a_is_served_to_host_b(tmp_path: Path, redis_server: RedisServer):
+def test_a_hit_made_by_host_a_is_served_to_host_b(tmp_path: Path, redis_server: RedisTestServer):
     with MistralTestServer() as server:
         settings = _project(tmp_path / "project", server, rpm=6000, tpm=0)
         a = _result(_run(_host(tmp_path, "a", settings, redis_server), "ask", "shared prompt"))
@@ -103,7 +103,7 @@ def test_a_hit_made_by_host_a_is_served_to_host_b(tmp_path: Path, redis_server: 
 
 def _budget_run(
     tmp_path: Path,
-    redis: RedisServer,
+    redis: RedisTestServer,
     *,
     rpm: int,
     tpm: int,
@@ -124,7 +124,7 @@ def _budget_run(
 
 
 def test_four_hosts_share_one_requests_per_minute_budget(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisTestServer
 ) -> None:
     rpm, seconds, processes = 3000, 5.0, 4
     server, start, results = _budget_run(
@@ -146,7 +146,7 @@ def test_four_hosts_share_one_requests_per_minute_budget(
 
 
 def test_four_hosts_share_one_tokens_per_minute_budget(
-    tmp_path: Path, redis_server: RedisServer
+    tmp_path: Path, redis_server: RedisTestServer
 ) -> None:
     tpm, seconds, processes = 60_000, 5.0, 4  # 1,000 tokens/s; the bucket holds 10,000
     server, _start, results = _budget_run(
