@@ -14,6 +14,8 @@ PACKAGES = (
     "dynaconf",
     "tenacity",
     "diskcache",
+    "redis",
+    "hiredis",
     "ipython",
     "ipywidgets",
     "pytest",
@@ -39,3 +41,4 @@ def _tool(command: list[str]) -> str:
 print(f"versions: Python {platform.python_version()} ({platform.machine()})")
 print("versions: " + ", ".join(f"{name} {_version(name)}" for name in PACKAGES))
 print(f"versions: chromium: {_tool(['chromium', '--version'])}")
+print(f"versions: redis-server: {_tool(['redis-server', '--version'])}")

@@ -109,8 +109,10 @@ def write_project(
     tokens_per_minute: int = 1_000_000_000,
     max_concurrent_requests: int = 10,
     cache_enabled: bool = True,
+    shared_url: str | None = None,
 ) -> Path:
-    """A project directory whose development and staging point at ``server_url``.
+    """A project directory whose development and staging point at ``server_url``
+    (and share cache and budget through Redis at ``shared_url`` when one is given).
 
     The packaged defaults give development its own values (debug on, cache off, 10 rpm), and
     a ``[development]`` value beats any ``[default]`` one, so both sections are spelled out.
@@ -139,6 +141,8 @@ tokens_per_minute = {tokens_per_minute}
 max_concurrent_requests = {max_concurrent_requests}
 """
         )
+        if shared_url:
+            sections.append(f"\n[{env}.shared]\nurl = {_toml_str(shared_url)}\n")
     settings = directory / "settings.toml"
     settings.write_text("# written by benchmarks/_support.py\n" + "".join(sections))
     return settings

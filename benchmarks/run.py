@@ -175,6 +175,7 @@ def run(only: Sequence[str], config: Config, *, log: Any = sys.stderr) -> dict[s
         "seconds": timings,
         "total_seconds": round(time.perf_counter() - started, 2),
         "figures": [f.as_dict() for f in ordered],
+        "skipped": list(ctx.skipped),
         "_figures": ordered,
     }
 
@@ -195,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for f in figures:
         print(f"[{f.id}] {f.notes}")
+    for note in results["skipped"]:
+        print(f"skipped: {note}")
     m = results["machine"]
     print(
         f"\n{m['cpu_count']} CPUs, Python {m['python']}, mistralai {m['mistralai']}, "

@@ -1,4 +1,4 @@
-"""The seven benchmarks of issue 6; each returns its :class:`~benchmarks._support.Figure` rows."""
+"""The benchmarks (1-7: issue 6, 8: issue 11); each returns its ``Figure`` rows."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ class Context:
     root: Path
     config: Config
     _servers: dict[float, Any] = field(default_factory=dict)
+    _extra: dict[str, Any] = field(default_factory=dict)
+    #: Benchmarks that could not run here, with the reason (printed after the table).
+    skipped: list[str] = field(default_factory=list)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     #: Set once the rate-limit window is open (light benchmarks may then run alongside it).
     window_open: threading.Event = field(default_factory=threading.Event)
@@ -44,6 +47,21 @@ class Context:
             server = self._stack.enter_context(MistralTestServer(latency=latency))
             self._servers[latency] = server
         return server
+
+    def redis(self) -> Any:
+        """A loopback ``redis-server`` for this run (None when the binary is missing)."""
+        if "redis" not in self._extra:
+            from mistral_nbenv.testing.redis import RedisNotInstalledError, RedisTestServer
+
+            try:
+                server = RedisTestServer(self.root / "redis")
+            except RedisNotInstalledError as exc:
+                self.skipped.append(f"8 (shared store): {exc}")
+                server = None
+            else:
+                self._stack.enter_context(server)
+            self._extra["redis"] = server
+        return self._extra["redis"]
 
     def project(self, name: str, **settings: Any) -> tuple[dict[str, str], Path]:
         """A fresh project directory; returns (process environment, working directory)."""
@@ -323,16 +341,29 @@ def bench_switch(ctx: Context) -> list[Figure]:
 # --------------------------------------------------------------------------- 5. rate limit
 
 
-def bench_ratelimit(ctx: Context) -> list[Figure]:
-    """120 rpm over 30 s shared by two processes: requests the server saw vs expected."""
+@dataclass
+class Window:
+    """What the server saw of processes calling as fast as one budget admits them."""
+
+    admitted: int
+    expected: float
+    burst: float
+    seconds: float
+    grace: float
+    per_process: list[int]
+    late_start: float
+
+
+def _window(
+    ctx: Context, name: str, rpm: int, seconds: float, processes: int, **settings: Any
+) -> Window:
+    """``processes`` workers on one budget of ``rpm`` for ``seconds``, counted at the server."""
     from mistral_nbenv.testing import MistralTestServer
 
-    rpm, seconds = 120, ctx.config.pick(30.0, 2.0)
-    processes = 2
     burst = max(1.0, rpm / 60)  # RateLimiter._req_cap: one second's worth, at least 1
     grace = min(0.25, 30 / rpm)  # delivery slack, at most half a refill interval
     with MistralTestServer() as server:
-        env, cwd = ctx.project("ratelimit", server_url=server.url, requests_per_minute=rpm)
+        env, cwd = ctx.project(name, server_url=server.url, requests_per_minute=rpm, **settings)
         with contextlib.ExitStack() as stack:
             workers = [
                 stack.enter_context(Worker("ratelimit_serve", {}, env, cwd))
@@ -356,22 +387,35 @@ def bench_ratelimit(ctx: Context) -> list[Figure]:
         sum(1 for req in seen if req.body["messages"][0]["content"].startswith(f"rl{i}-"))
         for i in range(processes)
     ]
-    admitted = len(seen)
-    expected = burst + rpm * seconds / 60
+    return Window(
+        admitted=len(seen),
+        expected=burst + rpm * seconds / 60,
+        burst=burst,
+        seconds=seconds,
+        grace=grace,
+        per_process=per_process,
+        late_start=max(o["late_start_s"] for o in outs),
+    )
+
+
+def bench_ratelimit(ctx: Context) -> list[Figure]:
+    """120 rpm over 30 s shared by two processes: requests the server saw vs expected."""
+    rpm, processes = 120, 2
+    w = _window(ctx, "ratelimit", rpm, ctx.config.pick(30.0, 2.0), processes)
     return [
         Figure(
             "5",
             f"rate limit {rpm} rpm, {processes} processes",
-            admitted,
+            w.admitted,
             "requests",
-            f"{burst:g} burst + {rpm} rpm x {seconds:g} s",
-            expected,
+            f"{w.burst:g} burst + {rpm} rpm x {w.seconds:g} s",
+            w.expected,
             "within 5 %",
-            abs(admitted / expected - 1) <= 0.05,
-            {"per_process": [float(x) for x in per_process]},
-            f"counted at the server over {seconds:g} s (+{grace:g} s delivery slack) from the "
-            f"common start; per process {per_process}; each called as fast as admitted "
-            f"(late start {max(o['late_start_s'] for o in outs):.3f} s)",
+            abs(w.admitted / w.expected - 1) <= 0.05,
+            {"per_process": [float(x) for x in w.per_process]},
+            f"counted at the server over {w.seconds:g} s (+{w.grace:g} s delivery slack) from "
+            f"the common start; per process {w.per_process}; each called as fast as admitted "
+            f"(late start {w.late_start:.3f} s)",
         )
     ]
 
@@ -504,6 +548,75 @@ def bench_memory(ctx: Context) -> list[Figure]:
     ]
 
 
+# --------------------------------------------------------------------------- 8. shared store
+
+
+def bench_shared(ctx: Context) -> list[Figure]:
+    """[E.shared] through a real redis-server: hit vs its floor, admission vs a round trip,
+    one budget over 4 processes."""
+    redis = ctx.redis()
+    if redis is None:
+        return []
+    params = {
+        "n": ctx.config.pick(300, 20),
+        "rounds": ctx.config.pick(15, 3),
+        "redis_url": redis.url,
+    }
+    env, cwd = ctx.project("shared_hit", shared_url=redis.url)
+    hit = run_task("shared_hit", params, env, cwd).result
+    env, cwd = ctx.project("shared_admit", shared_url=redis.url, cache_enabled=False)
+    admit = run_task("shared_admit", params, env, cwd).result
+    rpm, processes = 600, 4
+    w = _window(
+        ctx, "shared_budget", rpm, ctx.config.pick(20.0, 2.0), processes, shared_url=redis.url
+    )
+    wrapper, floor = (median(hit["samples_ms"][k]) for k in ("wrapper", "floor"))
+    admission, ping = (median(admit["samples_ms"][k]) for k in ("admission", "ping"))
+    blocks = (
+        f"median of {params['rounds']} blocks of {params['n']} calls, interleaved in one process"
+    )
+    return [
+        Figure(
+            "8a",
+            "Redis cache hit, chat.complete",
+            wrapper,
+            "ms",
+            "redis GET + model_validate_json",
+            floor,
+            "<= 1.5x floor",
+            wrapper / floor <= 1.5,
+            hit["samples_ms"],
+            f"{hit['response_bytes']} B response; {blocks}; Redis {redis.version} on loopback",
+        ),
+        Figure(
+            "8b",
+            "shared admission per call (Lua, Redis TIME)",
+            admission,
+            "ms",
+            "bare round trip: PING",
+            ping,
+            "<= 1.5 round trips",
+            admission / ping <= 1.5 and admit["evalsha_per_admission"] <= 1.0,
+            admit["samples_ms"],
+            f"acquire + reconcile, as each call does; {admit['evalsha_per_admission']:.2f} "
+            f"EVALSHA per admission; {blocks}",
+        ),
+        Figure(
+            "8c",
+            f"shared budget {rpm} rpm, {processes} processes",
+            w.admitted,
+            "requests",
+            f"{w.burst:g} burst + {rpm} rpm x {w.seconds:g} s",
+            w.expected,
+            "within 2 %",
+            abs(w.admitted / w.expected - 1) <= 0.02,
+            {"per_process": [float(x) for x in w.per_process]},
+            f"one budget in Redis, counted at the server over {w.seconds:g} s "
+            f"(+{w.grace:g} s slack); per process {w.per_process}",
+        ),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "1": bench_cache_hit,
     "2": bench_cache_miss,
@@ -513,4 +626,5 @@ BENCHMARKS: dict[str, Callable[[Context], list[Figure]]] = {
     "5b": bench_ratelimit_exact,
     "6": bench_async,
     "7": bench_memory,
+    "8": bench_shared,
 }

@@ -50,6 +50,24 @@ def _commands() -> Iterator[Params]:
 # --------------------------------------------------------------------------- 1. cache hit
 
 
+def _interleave(contenders: dict[str, Callable[[], Any]], params: Params) -> dict[str, list[float]]:
+    """ms per call of each contender: a warm-up block each, then ``rounds`` blocks of ``n``
+    calls taking turns, the order flipped every round."""
+    n, rounds = int(params["n"]), int(params["rounds"])
+    order = list(contenders.items())
+    for _name, fn in order:  # warm-up
+        for _ in range(n):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(rounds):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            started = perf()
+            for _ in range(n):
+                fn()
+            samples[name].append((perf() - started) / n * 1e3)
+    return samples
+
+
 def cache_hit(params: Params) -> Any:
     """Warm cache hits through ``client.chat.complete`` vs diskcache get + model_validate_json."""
     from mistralai.client.models import ChatCompletionResponse
@@ -78,18 +96,7 @@ def cache_hit(params: Params) -> Any:
 
     if wrapper() != first or floor() != first:
         raise RuntimeError("cache hit does not rebuild the same response")
-    contenders: list[tuple[str, Callable[[], Any]]] = [("wrapper", wrapper), ("floor", floor)]
-    n, rounds = int(params["n"]), int(params["rounds"])
-    for _name, fn in contenders:  # warm-up
-        for _ in range(n):
-            fn()
-    samples: dict[str, list[float]] = {"wrapper": [], "floor": []}
-    for r in range(rounds):
-        for name, fn in contenders if r % 2 == 0 else contenders[::-1]:
-            started = perf()
-            for _ in range(n):
-                fn()
-            samples[name].append((perf() - started) / n * 1e3)  # ms per call
+    samples = _interleave({"wrapper": wrapper, "floor": floor}, params)
     stats = client.stats
     return {
         "samples_ms": samples,
@@ -322,7 +329,72 @@ def ratelimit_serve(params: Params) -> None:
         )
 
 
+# --------------------------------------------------------------------------- 8. shared store
+
+
+def shared_hit(params: Params) -> Any:
+    """Redis cache hits through ``client.chat.complete`` vs redis GET + model_validate_json."""
+    from mistralai.client.models import ChatCompletionResponse
+
+    import mistral_nbenv
+    from mistral_nbenv.store.redis import connect
+
+    client = mistral_nbenv.get_client()
+    messages = _messages("shared-hit")
+    first = client.chat.complete(model=MODEL, messages=messages)
+    # the floor uses the wrapper's own redis-py client: same socket options, same connection
+    redis = connect(params["redis_url"], timeout=client.settings.shared.timeout, location="-")
+    keys = list(redis.sync().scan_iter("mistral-nbenv:cache:*"))
+    if len(keys) != 1:
+        raise RuntimeError(f"expected one response in Redis, found {len(keys)}")
+    key, db = keys[0], redis.sync()
+
+    def wrapper() -> Any:
+        return client.chat.complete(model=MODEL, messages=messages)
+
+    def floor() -> Any:
+        return ChatCompletionResponse.model_validate_json(db.get(key))
+
+    if wrapper() != first or floor() != first:
+        raise RuntimeError("a Redis hit does not rebuild the same response")
+    samples = _interleave({"wrapper": wrapper, "floor": floor}, params)
+    stats = client.stats
+    if stats.requests != 1:
+        raise RuntimeError(f"expected one HTTP request (the first miss), saw {stats.requests}")
+    return {"samples_ms": samples, "response_bytes": len(db.get(key).encode())}
+
+
+def shared_admit(params: Params) -> Any:
+    """One admission against the Redis budget (``acquire`` + ``reconcile``, as every call
+    does) vs one bare round trip (PING) on the same connection."""
+    import mistral_nbenv
+    from mistral_nbenv.store.redis import connect
+
+    client = mistral_nbenv.get_client()
+    limiter = client._limiter
+    if limiter._shared is None:
+        raise RuntimeError("the budget is not shared: check the project's [development.shared]")
+    redis = connect(params["redis_url"], timeout=client.settings.shared.timeout, location="-")
+    db = redis.sync()
+    before = db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    def admission() -> Any:
+        limiter.acquire(120)
+        limiter.reconcile(120, 100)
+
+    samples = _interleave({"admission": admission, "ping": db.ping}, params)
+    after = db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    admissions = (int(params["rounds"]) + 1) * int(params["n"])
+    return {
+        "samples_ms": samples,
+        "evalsha_per_admission": (after - before) / admissions,
+        "waits": client.stats.rate_limit_waits,
+    }
+
+
 TASKS: dict[str, Callable[[Params], Any]] = {
+    "shared_hit": shared_hit,
+    "shared_admit": shared_admit,
     "cache_hit": cache_hit,
     "miss_wrapper_serve": miss_wrapper_serve,
     "miss_raw_serve": miss_raw_serve,
