@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,28 @@ def test_clearing_a_protected_cache_needs_confirm(ip: ReRaisingShell, out: Outpu
         ip.run_cell("%mistral_env cache clear --env prod")
     ip.run_cell("%mistral_env cache clear --env prod --confirm")
     assert "removed 0 cached responses" in out.text
+
+
+def test_usage_shows_the_ledger_as_a_table_and_a_chart(
+    ip: ReRaisingShell, out: Outputs, lproject: MistralTestServer
+) -> None:
+    ip.run_cell("%mistral_env usage")
+    assert "nothing recorded yet" in out.text
+    ip.run_cell("%mistral_env staging")
+    first = ip.run_cell("%%mistral\nHow many tokens?").result
+    ip.run_cell("%%mistral\nHow many tokens?")  # a cache hit: counted, no tokens spent
+    tokens = first.response.usage.prompt_tokens + first.response.usage.completion_tokens
+    out.bundles.clear()
+    ip.run_cell("%mistral_env usage")
+    assert "staging: 1 requests, 1 cache hits" in out.text
+    assert f"{tokens:,} tokens" in out.text
+    assert "tokens per day" in out.text
+    assert "█" in out.text
+    assert "<svg" in out.html
+    assert re.search(
+        f'data-environment="staging" data-day="[0-9-]+" data-tokens="{tokens}"', out.html
+    )
+    out.bundles.clear()
+    ip.run_cell("%mistral_env usage --env development")
+    assert "nothing recorded yet" in out.text
+    assert "staging" not in out.text

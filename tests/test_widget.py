@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,17 @@ def test_clearing_a_protected_cache_asks_first(
     switcher.clear_button.click()
     switcher.confirm_button.click()
     assert "removed 1 cached response" in switcher.error.value
+
+
+def test_usage_chart_shows_tokens_per_day_after_refresh(
+    switcher: EnvironmentSwitcher, lproject: MistralTestServer
+) -> None:
+    assert switcher.usage.value == ""  # nothing recorded: no empty chart
+    switcher.picker.value = "staging"
+    answer = get_client().chat.complete(messages=[{"role": "user", "content": "chart me"}])
+    tokens = answer.usage.prompt_tokens + answer.usage.completion_tokens
+    switcher.refresh_button.click()
+    chart = switcher.usage.value
+    assert chart.startswith("<svg")
+    assert re.search(f'data-environment="staging" data-day="[0-9-]+" data-tokens="{tokens}"', chart)
+    assert "#f59e0b" in chart  # the bar in staging's badge colour
