@@ -75,10 +75,12 @@ def cache_hit(params: Params) -> Any:
     import mistral_nbenv
     from mistral_nbenv.cache import cache_dir
     from mistral_nbenv.store.local import open_diskcache
+    from mistral_nbenv.store.writebehind import flush_all
 
     client = mistral_nbenv.get_client()
     messages = _messages("hit")
     first = client.chat.complete(model=MODEL, messages=messages)
+    flush_all()  # the store is written behind the call; the floor reads the disk itself
     db = open_diskcache(cache_dir(client.settings))
     keys = list(db)
     if len(keys) != 1:

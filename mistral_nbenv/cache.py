@@ -31,6 +31,7 @@ from .store import CacheUnavailableWarning, KeyValue, warn_once
 if TYPE_CHECKING:
     from .config import Settings
     from .shared import Shared
+    from .store.writebehind import WriteBehind
 
 __all__ = [
     "CacheUnavailableWarning",
@@ -112,6 +113,7 @@ class ResponseCache:
         self.ttl = float(ttl_seconds) if ttl_seconds and ttl_seconds > 0 else None
         self._broken = False
         self.problem = ""  # why the cache is off, once it is
+        self._behind: WriteBehind | None = None  # the disk's write-behind, when it has one
 
     @classmethod
     def for_settings(cls, settings: Settings, shared: Shared | None = None) -> ResponseCache:
@@ -121,16 +123,21 @@ class ResponseCache:
         and the disk cache is only the fallback while Redis is unavailable.
         """
         from .store.local import DiskStore
+        from .store.writebehind import write_behind
 
         limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
-        store: KeyValue = DiskStore(cache_dir(settings), size_limit=limit)
+        disk = DiskStore(cache_dir(settings), size_limit=limit)
+        behind = write_behind(disk, write_many=disk.set_many)
+        store: KeyValue = behind
         if shared is not None and shared.share_cache:
             store = shared.cache(store)
-        return cls(
+        cache = cls(
             store,
             namespace=f"{settings.environment}\0{settings.server_url}",
             ttl_seconds=settings.cache.ttl_seconds,
         )
+        cache._behind = behind
+        return cache
 
     def __repr__(self) -> str:
         state = "off" if self._broken else "ok"
@@ -147,6 +154,11 @@ class ResponseCache:
         self._broken = True
         self.problem = f"{type(exc).__name__}: {exc}"
         warn_once(self.store.location, self.problem)
+
+    def flush(self) -> None:
+        """Write what the disk's write-behind still holds (a closing client calls this)."""
+        if self._behind is not None:
+            self._behind.flush()  # a failed write warns, never raises
 
     def key(self, endpoint: str, params: Mapping[str, Any]) -> str:
         """Cache key of a request to ``endpoint`` with ``params``."""

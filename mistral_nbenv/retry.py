@@ -206,29 +206,62 @@ class RetryPolicy:
     def call(self, fn: Callable[[], T]) -> tuple[T, int]:
         """Run ``fn`` under the policy; return its result and the number of attempts.
 
-        On failure the original exception propagates with ``__attempts__`` set on it.
+        On failure the original exception propagates with ``__attempts__`` set on it. The
+        first attempt runs outside tenacity (most calls succeed at once, and building the
+        retry loop costs more than the rest of the wrapper); a failure is handed to the
+        tenacity loop as its first attempt, so waits and counts are exactly tenacity's.
         """
+        try:
+            return fn(), 1
+        except Exception as exc:
+            first: Exception | None = exc
+        except BaseException as exc:
+            _remember_attempts(exc, 1)
+            raise
+
+        def again() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return fn()
+
         retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs())
         attempt_number = 0
         try:
             for attempt in retrying:
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
-                    return fn(), attempt_number
+                    return again(), attempt_number
         except BaseException as exc:
             _remember_attempts(exc, attempt_number)
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def call_async(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
-        """Async twin of :meth:`call`."""
+        """Async twin of :meth:`call` (the first attempt outside tenacity too)."""
+        try:
+            return await fn(), 1
+        except Exception as exc:
+            first: Exception | None = exc
+        except BaseException as exc:
+            _remember_attempts(exc, 1)
+            raise
+
+        async def again() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await fn()
+
         retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._kwargs())
         attempt_number = 0
         try:
             async for attempt in retrying:
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
-                    return await fn(), attempt_number
+                    return await again(), attempt_number
         except BaseException as exc:
             _remember_attempts(exc, attempt_number)
             raise

@@ -557,6 +557,7 @@ def test_responses_are_stored_as_received(
             client.embeddings.create(inputs=["a", "b"]),
             client.fim.complete(prompt="def f():"),
         ]
+    client.close()  # entries are written behind the calls; closing writes them now
     stored = _stored_values(tmp_path)
     assert len(stored) == 3
     for answer in answers:
@@ -589,6 +590,7 @@ def test_stored_body_falls_back_to_the_model_dump() -> None:
 def test_values_are_json_not_pickle(make: Any, tmp_path: Path) -> None:
     client = make()
     client.chat.complete(messages=hello())
+    client.close()
     db = sqlite3.connect(tmp_path / "cache" / "staging" / "cache.db")
     rows = db.execute("SELECT mode, value FROM Cache").fetchall()
     db.close()

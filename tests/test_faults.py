@@ -92,6 +92,7 @@ def test_a_corrupt_entry_is_a_miss_one_warning_and_dropped(
         )
 
     expected = call()
+    client.close()  # the entry is written behind the call; closing writes it now
     db = cache_dir(client.settings) / "cache.db"
     assert len(_rows(db)) == 1
     _set_value(db, value=value, mode=mode, filename=filename)

@@ -87,12 +87,13 @@ class Client:
         return self._transport.sync_raw
 
     def close(self) -> None:
-        """Release HTTP connections and held budget, write the usage counts; the client
-        reopens lazily if used again."""
+        """Release HTTP connections and held budget, write the usage counts and pending cache
+        entries; the client reopens lazily if used again."""
         with contextlib.suppress(Exception):
             self._limiter.flush()
         with contextlib.suppress(Exception):
             self._pipeline.usage.flush()
+        self._pipeline.cache.flush()
         self._transport.close()
 
     def __enter__(self) -> Client:

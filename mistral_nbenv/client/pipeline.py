@@ -162,8 +162,10 @@ class Pipeline:
             )
         if read:
             self.stats.add(misses=1)
-        kwargs.setdefault("timeout_ms", self.transport.timeout_ms)
-        call.seconds = _seconds_of(kwargs["timeout_ms"], self.transport.timeout_ms)
+        if "timeout_ms" in kwargs:  # else the SDK object's own (the settings' timeout)
+            call.seconds = _seconds_of(kwargs["timeout_ms"], self.transport.timeout_ms)
+        else:
+            call.seconds = self.transport.timeout_ms / 1000
         if ep.stream and self.stream_timeout > 0:
             call.ends = time.monotonic() + self.stream_timeout
         call.key = key if write else None

@@ -139,7 +139,11 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
 
 
 def close_all() -> None:
-    """Close every diskcache this process opened (tests, interpreter shutdown)."""
+    """Close every diskcache this process opened (tests, interpreter shutdown), after the
+    write-behind stores have written what they hold."""
+    from .writebehind import flush_all
+
+    flush_all()
     with _open_lock:
         for cache in _open.values():
             with contextlib.suppress(Exception):
@@ -196,6 +200,16 @@ class DiskStore:
             db.set(key, value, expire=ttl, retry=True)
         self._writes += 1
         if self._writes % CULL_EVERY == 1:
+            db.cull(retry=True)
+
+    def set_many(self, items: list[tuple[str, str, float | None]]) -> None:
+        """Store ``(key, value, ttl)`` items in one transaction (the write-behind's batch)."""
+        db = self.db()
+        with private_umask(), db.transact(retry=True):
+            for key, value, ttl in items:
+                db.set(key, value, expire=ttl, retry=True)
+        before, self._writes = self._writes, self._writes + len(items)
+        if before // CULL_EVERY != self._writes // CULL_EVERY or before == 0:
             db.cull(retry=True)
 
     def delete(self, key: str) -> None:
