@@ -36,6 +36,7 @@ __all__ = [
     "is_retryable",
     "is_timeout",
     "is_transport",
+    "is_unsent",
     "parse_retry_after",
     "retry_after_of",
     "status_of",
@@ -141,6 +142,24 @@ def is_retryable(exc: BaseException, *, retry_max_wait: float = float("inf")) ->
     return is_timeout(exc) or is_transport(exc)
 
 
+#: ``httpx2`` errors raised before a byte of the request reached the server.
+_UNSENT_HTTPX = ("ConnectError", "ConnectTimeout", "PoolTimeout")
+#: Answers that say the server did nothing and when to come back (with ``Retry-After``).
+_COME_BACK = frozenset({429, 503})
+
+
+def is_unsent(exc: BaseException, *, retry_max_wait: float = float("inf")) -> bool:
+    """Retryable even for a write: the request cannot have reached the server (a connect
+    error), or the server answered 429/503 with a ``Retry-After`` within the cap."""
+    if isinstance(exc, MistralEnvError) or is_local(exc):
+        return False
+    status = status_of(exc)
+    if status is not None:
+        retry_after = retry_after_of(exc)
+        return status in _COME_BACK and retry_after is not None and retry_after <= retry_max_wait
+    return any(_is_httpx_error(exc, name) for name in _UNSENT_HTTPX)
+
+
 @dataclass
 class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
     """Wait for the server's ``Retry-After`` when present, else exponential backoff + jitter."""
@@ -170,16 +189,17 @@ class RetryPolicy:
     async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     on_retry: Callable[[int, BaseException, float], None] | None = None
 
-    def _kwargs(self) -> dict[str, Any]:
-        state = (self.max_retries, self.retry_max_wait, self.initial_wait, self.jitter)
-        cached = self.__dict__.get("_kwargs_cache")
+    def _kwargs(self, mode: str = "always") -> dict[str, Any]:
+        state = (self.max_retries, self.retry_max_wait, self.initial_wait, self.jitter, mode)
+        cache: dict[str, Any] = self.__dict__.setdefault("_kwargs_cache", {})
+        cached = cache.get(mode)
         if cached is not None and cached[0] == state:
             return dict(cached[1])
-        kwargs = self._build_kwargs()
-        self.__dict__["_kwargs_cache"] = (state, kwargs)
+        kwargs = self._build_kwargs(mode)
+        cache[mode] = (state, kwargs)
         return dict(kwargs)
 
-    def _build_kwargs(self) -> dict[str, Any]:
+    def _build_kwargs(self, mode: str = "always") -> dict[str, Any]:
         cap = max(0.0, float(self.retry_max_wait))
         wait = _WaitRetryAfterOrBackoff(
             cap=cap,
@@ -195,16 +215,21 @@ class RetryPolicy:
                 if exc is not None:
                     self.on_retry(state.attempt_number, exc, delay)
 
+        test = is_unsent if mode == "unsent" else is_retryable
+        retries = 0 if mode == "never" else max(0, int(self.max_retries))
         return {
-            "stop": tenacity.stop_after_attempt(max(0, int(self.max_retries)) + 1),
+            "stop": tenacity.stop_after_attempt(retries + 1),
             "wait": wait,
-            "retry": tenacity.retry_if_exception(lambda exc: is_retryable(exc, retry_max_wait=cap)),
+            "retry": tenacity.retry_if_exception(lambda exc: test(exc, retry_max_wait=cap)),
             "reraise": True,
             "before_sleep": before_sleep,
         }
 
-    def call(self, fn: Callable[[], T]) -> tuple[T, int]:
+    def call(self, fn: Callable[[], T], *, mode: str = "always") -> tuple[T, int]:
         """Run ``fn`` under the policy; return its result and the number of attempts.
+
+        ``mode``: ``"always"`` retries every retryable failure, ``"unsent"`` only those that
+        cannot have reached the server (:func:`is_unsent`: a write), ``"never"`` none.
 
         On failure the original exception propagates with ``__attempts__`` set on it. The
         first attempt runs outside tenacity (most calls succeed at once, and building the
@@ -226,7 +251,7 @@ class RetryPolicy:
                 raise failed
             return fn()
 
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs())
+        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(mode))
         attempt_number = 0
         try:
             for attempt in retrying:
@@ -238,7 +263,9 @@ class RetryPolicy:
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def call_async(self, fn: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    async def call_async(
+        self, fn: Callable[[], Awaitable[T]], *, mode: str = "always"
+    ) -> tuple[T, int]:
         """Async twin of :meth:`call` (the first attempt outside tenacity too)."""
         try:
             return await fn(), 1
@@ -255,7 +282,7 @@ class RetryPolicy:
                 raise failed
             return await fn()
 
-        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._kwargs())
+        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._kwargs(mode))
         attempt_number = 0
         try:
             async for attempt in retrying:

@@ -1,19 +1,22 @@
 """The Mistral client wrapper: one environment, cache, retries, rate limits, concurrency.
 
 A :class:`Client` is bound to one environment for its whole life (the workspace makes one
-per environment: ``mistral_nbenv.get_client``). It mirrors the official SDK
-(``from mistralai.client import Mistral``): ``chat.complete``, ``chat.stream``,
-``embeddings.create``, ``fim.complete``, ``fim.stream``, ``models.list``, each with an
-``_async`` twin, same keyword arguments, the SDK's own response objects, plus the keyword
-``cache=True|False|"refresh"``.
+per environment: ``mistral_nbenv.get_client``). It mirrors the installed official SDK
+(``from mistralai.client import Mistral``): every namespace and operation it has
+(``chat.complete``, ``chat.parse``, ``files.upload``, ``beta.conversations.start_stream``
+...), discovered from the SDK, each with its ``_async`` twin, the same keyword arguments and
+the SDK's own response objects, plus the keywords ``cache=True|False|"refresh"`` and
+``retry=True|False|"unsent"``. Each goes through one pipeline whose policy comes from the
+operation's HTTP method and kind (:mod:`.policy`).
 
 The parts, one concern each:
 
 * :mod:`.transport`: the SDK objects and HTTP clients (one per event loop), made lazily;
-* :mod:`.request`: the endpoint table, canonical parameters, token estimate, usage;
+* :mod:`.request`: endpoints (from discovery), canonical parameters, token estimate, usage;
+* :mod:`.policy`: the policy table (inference / conversation / read / write);
 * :mod:`.pipeline`: prepare -> execute -> finish, the same for every endpoint;
 * :mod:`.streams`: streamed events, recorded and cached when read to the end;
-* :mod:`.namespaces`: ``client.chat`` etc., generated from the endpoint table.
+* :mod:`.namespaces`: ``client.chat`` etc., mirrored from the SDK on first use.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ if TYPE_CHECKING:
 __all__ = ["AsyncStream", "CacheOption", "Client", "ClientStats", "Stream", "response_json"]
 
 
+def _namespace_names() -> frozenset[str]:
+    """The SDK's top-level namespaces (chat, files, beta ...)."""
+    from .. import surface
+
+    return frozenset(surface.space(()).children)
+
+
 class Client:
     """A Mistral client bound to one environment; same methods as the SDK's ``Mistral``."""
 
@@ -40,6 +50,13 @@ class Client:
     fim: Any
     embeddings: Any
     models: Any
+    files: Any
+    batch: Any
+    beta: Any
+    ocr: Any
+    classifiers: Any
+    agents: Any
+    audio: Any
 
     def __init__(
         self,
@@ -63,8 +80,18 @@ class Client:
         self._limiter = self._pipeline.limiter
         self._concurrency = self._pipeline.concurrency
         self._policy = self._pipeline.policy
-        for group, space in build_namespaces(self._pipeline, repr(self)).items():
-            setattr(self, group, space)
+        self._root = build_namespaces(self._pipeline, repr(self))
+
+    def __getattr__(self, name: str) -> Any:
+        """``client.chat``, ``client.beta`` ...: the SDK's namespaces, made on first use."""
+        if name.startswith("_") or name not in _namespace_names():
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        space = getattr(self._root, name)
+        setattr(self, name, space)
+        return space
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_namespace_names()})
 
     def __repr__(self) -> str:
         server = f", server_url={self.settings.server_url!r}" if self.settings.server_url else ""

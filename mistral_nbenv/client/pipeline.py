@@ -31,8 +31,9 @@ from ..store.local import DiskStore
 from ..translate import quotes_secret, translate_error
 from ..usage import UsageRecorder, ledger_for
 from . import deadline
+from .policy import retry_mode
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
-from .transport import RESPONSES, SDK, Transport, response_json
+from .transport import RESPONSES, Transport, response_json
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -129,19 +130,25 @@ class Pipeline:
     def prepare(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
         """Defaults, the cache option and lookup; offline, a miss raises ``CacheMissError``."""
         option = kwargs.pop("cache", None)
+        retry = kwargs.pop("retry", None)
         if "retries" in kwargs:
             raise TypeError(
                 "retries= is not supported: mistral_nbenv retries itself "
-                "(max_retries / retry_max_wait in the settings)"
+                "(max_retries / retry_max_wait in the settings; retry= per call)"
             )
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
         read, write = self._cache_modes(option)
+        if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
+            read = write = read and self.offline and ep.cacheable
         write = write and self.cache_storable
-        call = Prepared(ep, kwargs)
+        call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry))
         key = None
         if read or write:
-            key = self.cache.key(ep.name, canonical(kwargs))
+            try:
+                key = self.cache.key(ep.name, canonical(kwargs))
+            except TypeError:  # an input with no stable form (an open file): not cached
+                read = write = False
         if read and key is not None:
             text = self.cache.get(key)
             if text is not None:
@@ -155,9 +162,10 @@ class Pipeline:
                     call.cached = True
                     return call
         if self.offline:
+            what = "is not in the cache" if read else f"is never cached ({ep.policy.kind})"
             raise CacheMissError(
                 f"Offline mode is on for environment '{self.environment}' and this "
-                f"{ep.name} request is not in the cache. Run it once online, or leave "
+                f"{ep.name} request {what}. Run it once online, or leave "
                 "offline mode (unset MISTRAL_NBENV_OFFLINE / set offline = false)."
             )
         if read:
@@ -169,7 +177,7 @@ class Pipeline:
         if ep.stream and self.stream_timeout > 0:
             call.ends = time.monotonic() + self.stream_timeout
         call.key = key if write else None
-        call.estimate = estimate_tokens(kwargs) if self.limiter.tpm > 0 else 0
+        call.estimate = estimate_tokens(kwargs) if self.limiter.tpm > 0 and ep.policy.tokens else 0
         return call
 
     def _cache_modes(self, option: CacheOption) -> tuple[bool, bool]:
@@ -186,13 +194,12 @@ class Pipeline:
     @staticmethod
     def _rebuild(ep: Endpoint, text: str) -> Any:
         """Cached JSON text as the SDK's response, or a stream's events in order."""
-        model = SDK.model(ep.response)
         if ep.stream:
-            events = [model.model_validate_json(line) for line in text.splitlines()]
+            events = [ep.rebuild(line) for line in text.splitlines()]
             if not events:
                 raise ValueError("no events")
             return events
-        return model.model_validate_json(text)
+        return ep.rebuild(text)
 
     # -- execute: the SDK call inside the attempt's scope ---------------------------------
 
@@ -223,7 +230,7 @@ class Pipeline:
 
         self.concurrency.acquire(call.seconds)
         try:
-            result, _attempts = self.policy.call(attempt)
+            result, _attempts = self.policy.call(attempt, mode=call.retry)
         except Exception as exc:
             self.fail(exc, call)
         finally:
@@ -250,7 +257,7 @@ class Pipeline:
 
         await self.concurrency.acquire_async(call.seconds)
         try:
-            result, _attempts = await self.policy.call_async(attempt)
+            result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
             self.fail(exc, call)
         finally:
@@ -284,7 +291,7 @@ class Pipeline:
 
         self.concurrency.acquire(call.seconds)  # released by the Stream when it ends
         try:
-            (events, first), _attempts = self.policy.call(attempt)
+            (events, first), _attempts = self.policy.call(attempt, mode=call.retry)
         except BaseException as exc:
             self.concurrency.release()
             if isinstance(exc, Exception):
@@ -319,7 +326,7 @@ class Pipeline:
 
         await self.concurrency.acquire_async(call.seconds)  # released by the stream
         try:
-            (events, first), _attempts = await self.policy.call_async(attempt)
+            (events, first), _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except BaseException as exc:
             self.concurrency.release()
             if isinstance(exc, Exception):
@@ -333,7 +340,12 @@ class Pipeline:
         """Account the usage and store the body as received."""
         self.account(result, call)
         if call.key is not None:
-            self._store(call, response_json(result, call.seen))
+            try:
+                text = response_json(result, call.seen)
+            except Exception as exc:  # an answer with no JSON form: served, not stored
+                log.debug("mistral_nbenv: %s answer not cached (%s)", call.endpoint.name, exc)
+            else:
+                self._store(call, text)
         return result
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:

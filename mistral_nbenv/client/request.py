@@ -1,17 +1,24 @@
-"""What a request is: the endpoint table, canonical parameters, the token estimate, usage.
+"""What a request is: its endpoint, canonical parameters, the token estimate, usage.
 
-The endpoint table (:data:`ENDPOINTS`) is the one list the rest of the client is generated
-from: the namespaces (``client.chat.complete`` ...), the cache namespace of each endpoint,
-the SDK model a cached body is rebuilt into, and the setting that gives the default model.
+Every operation of the installed SDK is an :class:`Endpoint` (:func:`endpoint_for`, from
+:mod:`mistral_nbenv.surface`'s discovery and :mod:`.policy`'s table). :data:`ENDPOINTS` is
+not a list of what the wrapper serves: it holds only what discovery cannot know, the
+setting that gives an operation's default model and the SDK model its cached body is
+rebuilt into by name (the fast path of the hot endpoints).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .policy import CACHED_READ, INFERENCE, Policy, RetryMode, policy_for
 from .transport import SDK
+
+if TYPE_CHECKING:
+    from ..surface import Operation
 
 __all__ = [
     "ENDPOINTS",
@@ -19,6 +26,7 @@ __all__ = [
     "Endpoint",
     "Prepared",
     "canonical",
+    "endpoint_for",
     "estimate_tokens",
     "usage_of",
 ]
@@ -33,17 +41,64 @@ _NORMALISED = ("messages", "tools", "tool_choice", "response_format", "predictio
 class Endpoint:
     """One SDK operation the wrapper serves."""
 
-    group: str  # SDK attribute: chat, fim, embeddings, models
+    group: str  # SDK namespace, dotted: chat, fim, beta.conversations, batch.jobs
     method: str  # SDK method (sync name); the async one is method + "_async"
-    response: str  # SDK model a cached body is rebuilt into (a stream: its event model)
+    response: str | None  # SDK model a cached body is rebuilt into, by name (a stream: its
+    # event model); None: the operation's discovered return type
     default_model: str | None  # Settings attribute giving the model when none is passed
     stream: bool = False
     doc: str = ""
+    policy: Policy = INFERENCE
+    operation: Operation | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
         """``chat.complete``: also the cache namespace of the endpoint."""
         return f"{self.group}.{self.method}"
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether an answer can be stored as JSON and rebuilt (not a raw HTTP response)."""
+        if not self.policy.cacheable:
+            return False
+        if self.response is not None:
+            return True
+        returns = self.operation.returns if self.operation is not None else None
+        return returns is not None and returns is not type(None) and _is_model(returns)
+
+    def rebuild(self, text: str) -> Any:
+        """One cached JSON body (a stream: one event) as the SDK's object."""
+        if self.response is not None:
+            return SDK.model(self.response).model_validate_json(text)
+        return _adapter(self).validate_json(text)
+
+
+def _is_model(annotation: Any) -> bool:
+    """A pydantic model, or a union / list of them: what a JSON body rebuilds into."""
+    import typing
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel)
+    args = typing.get_args(annotation)
+    return bool(args) and all(_is_model(a) or a is type(None) for a in args)
+
+
+_adapters: dict[str, Any] = {}
+_adapters_lock = threading.Lock()
+
+
+def _adapter(ep: Endpoint) -> Any:
+    """A pydantic ``TypeAdapter`` of the operation's return type (made once per process)."""
+    found = _adapters.get(ep.name)
+    if found is None:
+        from pydantic import TypeAdapter
+
+        assert ep.operation is not None
+        with _adapters_lock:
+            found = _adapters[ep.name] = TypeAdapter(ep.operation.returns)
+    return found
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -90,8 +145,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "ModelList",
         None,
         doc="``Mistral.models.list`` (cached like any other call).",
+        policy=CACHED_READ,
     ),
 )
+_KNOWN = {ep.name: ep for ep in ENDPOINTS}
+
+
+def endpoint_for(op: Operation) -> Endpoint:
+    """The endpoint of a discovered operation: its row of :data:`ENDPOINTS` when it has
+    one, else its policy from the HTTP method and path and its discovered return type."""
+    known = _KNOWN.get(op.qualname)
+    policy = policy_for(op.http_method, op.http_path)
+    if known is not None:
+        return Endpoint(
+            known.group,
+            known.method,
+            known.response,
+            known.default_model,
+            stream=known.stream,
+            doc=(op.function().__doc__ or known.doc),
+            policy=known.policy,
+            operation=op,
+        )
+    return Endpoint(
+        ".".join(op.namespace),
+        op.name,
+        None,
+        None,
+        stream=op.stream,
+        doc=op.function().__doc__ or "",
+        policy=policy,
+        operation=op,
+    )
 
 
 @dataclass
@@ -107,6 +192,7 @@ class Prepared:
     seen: list[Any] = field(default_factory=list)  # HTTP responses of the current attempt
     seconds: float = 0.0  # the deadline of one attempt (and a stream's idle limit)
     ends: float | None = None  # a stream's total deadline (time.monotonic()), if any
+    retry: RetryMode = "always"  # what is retried (the policy's, or the call's retry=)
 
 
 def _simple_messages(messages: Any) -> bool:

@@ -191,10 +191,12 @@ class Transport:
         return raw
 
     def method(self, group: str, name: str, *, is_async: bool) -> Any:
-        """The bound SDK method ``group.name`` (``name + "_async"`` on this event loop)."""
-        if is_async:
-            return getattr(getattr(self.for_loop(), group), name + "_async")
-        return getattr(getattr(self.raw, group), name)
+        """The bound SDK method ``group.name`` (``name + "_async"`` on this event loop);
+        ``group`` may be dotted (``beta.conversations``)."""
+        target = self.for_loop() if is_async else self.raw
+        for part in group.split("."):
+            target = getattr(target, part)
+        return getattr(target, name + "_async" if is_async else name)
 
     def close(self) -> None:
         """Release HTTP connections; the SDK objects are made again if used again."""

@@ -24,6 +24,11 @@ from typing import Any, Literal
 
 from mistral_nbenv.secrets import mask
 
+from . import generated
+from .chatscript import scripted_message
+from .reply import Reply as _Reply
+from .routes import Routes
+
 __all__ = [
     "DEFAULT_MODELS",
     "Fault",
@@ -267,16 +272,6 @@ def _retry_after_value(fault: Fault) -> str | None:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-@dataclass
-class _Reply:
-    """What a route produced: a JSON body, or SSE events."""
-
-    status: int = 200
-    body: Any = None
-    events: list[Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = True
@@ -346,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         body: Any = None
         bad_json = False
-        if raw:
+        if raw and "multipart/" not in self.headers.get("Content-Type", ""):
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -462,11 +457,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
             if index and chunk_delay > 0 and app._pause(chunk_delay):
                 return self._drop()
+            name, event = event if isinstance(event, tuple) else (None, event)  # (event:, data:)
             payload = event if isinstance(event, str) else json.dumps(event)
-            self._write_chunk(f"data: {payload}\n\n".encode())
+            head = f"event: {name}\n" if name else ""
+            self._write_chunk(f"{head}data: {payload}\n\n".encode())
         if cut is not None:
             return self._drop()
-        self._write_chunk(b"data: [DONE]\n\n")
+        if not any(isinstance(event, tuple) for event in events):  # named events: no sentinel
+            self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 
 
@@ -516,6 +514,8 @@ class MistralTestServer:
             EMBEDDINGS_PATH: ("POST", self._embeddings),
             MODELS_PATH: ("GET", self._list_models),
         }
+        #: Files, batch jobs, conversations ... and their state (``routes.Routes``).
+        self._more = Routes(self)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -685,7 +685,7 @@ class MistralTestServer:
             return self._retrieve_model(path[len(MODELS_PATH) + 1 :])
         route = self._routes.get(path)
         if route is None:
-            return _Reply(404, {"detail": "Not Found"})
+            return self._more.route(record) or _generated(record, path)
         wanted, handler = route
         if method != wanted:
             return _Reply(405, {"detail": "Method Not Allowed"})
@@ -694,8 +694,11 @@ class MistralTestServer:
         return handler(record)
 
     def _completion(self, record: RecordedRequest) -> _Reply:
-        body: dict[str, Any] = record.body
-        required = "messages" if record.path.rstrip("/") == CHAT_PATH else "prompt"
+        return self._answer(record, record.body)
+
+    def _answer(self, record: RecordedRequest, body: dict[str, Any]) -> _Reply:
+        """A chat/FIM/agents answer: scripted, tools / JSON format (routes), or the echo."""
+        required = "prompt" if record.path.rstrip("/") == FIM_PATH else "messages"
         missing = [name for name in ("model", required) if name not in body]
         if missing:
             detail = [
@@ -706,12 +709,15 @@ class MistralTestServer:
         try:
             scripted = self.responder(record) if self.responder is not None else None
         except Exception as exc:  # shown to the client instead of a dropped connection
-            message = f"testing server responder raised {exc!r}"
-            return _Reply(500, {"object": "error", "message": message, "type": "responder_error"})
+            problem = f"testing server responder raised {exc!r}"
+            return _Reply(500, {"object": "error", "message": problem, "type": "responder_error"})
         if isinstance(scripted, Mapping):
             data = dict(scripted)
             return _Reply(body=data, events=[data] if record.stream else None)
+        special = scripted_message(body) if scripted is None else None
         answer = echo_answer(body) if scripted is None else str(scripted)
+        if special is not None:
+            answer = str(special[0].get("content") or "")
         prompt_tokens = _prompt_tokens(body)
         completion_tokens = estimate_tokens(answer)
         usage = {
@@ -721,8 +727,16 @@ class MistralTestServer:
         }
         model = str(body["model"])
         ident, created = uuid.uuid4().hex, int(time.time())
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+        finish = "stop"
+        if special is not None:
+            message, finish = special
         if record.stream:
-            return _Reply(events=self._chunks(ident, created, model, answer, usage))
+            events = self._chunks(ident, created, model, answer or " ", usage)
+            if finish == "tool_calls":
+                events = [events[0], events[-1]]
+                events[-1]["choices"][0].update(delta=message, finish_reason=finish)
+            return _Reply(events=events)
         return _Reply(
             body={
                 "id": ident,
@@ -733,8 +747,8 @@ class MistralTestServer:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": answer, "tool_calls": None},
-                        "finish_reason": "stop",
+                        "message": {"tool_calls": None, **message},
+                        "finish_reason": finish,
                     }
                 ],
             }
@@ -811,3 +825,16 @@ class MistralTestServer:
         if model_id not in self.models:
             return _Reply(404, {"detail": f"Model {model_id!r} not found"})
         return _Reply(body=self._model_card(model_id))
+
+
+def _generated(record: RecordedRequest, path: str) -> _Reply:
+    """The long tail: a schema-valid body from the SDK's own response model."""
+    op = generated.find(record.method, path, stream=record.stream)
+    if op is None:
+        return _Reply(404, {"detail": "Not Found"})
+    try:
+        status, body, events = generated.body_for(op, path)
+    except Exception as exc:  # shown to the client: which model could not be generated
+        message = f"testing server could not generate {op.qualname}: {exc!r}"
+        return _Reply(501, {"object": "error", "message": message})
+    return _Reply(status, body, events=events)

@@ -1,0 +1,213 @@
+"""The installed SDK's operations, discovered from the SDK itself (never a hand-kept list).
+
+``mistralai.client.Mistral`` is a tree of namespaces (``chat``, ``beta.conversations``,
+``batch.jobs`` ...), each a ``BaseSDK`` class whose public methods are operations. For each
+operation this module finds, from the SDK's own code:
+
+* its HTTP method and path (the ``method=``/``path=`` the SDK passes to ``_build_request``;
+  a path ending in ``#stream`` is the SDK's mark of a server-sent-events stream);
+* whether it returns a stream (``EventStream[...]``) and what it returns (the type a cached
+  body is rebuilt into);
+* whether it is *derived*: it sends nothing itself but calls other operations of its own
+  namespace (``chat.parse`` calls ``complete``), so the wrapper can run the SDK's own code
+  with its namespace in place of the SDK's and every inner call goes through the pipeline.
+
+Discovery is lazy and per namespace (importing and reading every SDK module costs seconds;
+one namespace costs milliseconds), cached for the process. ``mistralai`` is imported only
+inside functions, so importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import inspect
+import threading
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Operation", "Space", "operations", "space", "walk"]
+
+_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One public operation of the SDK (its sync name; ``has_async``: an ``_async`` twin)."""
+
+    namespace: tuple[str, ...]  # ("beta", "conversations")
+    name: str  # "start"
+    http_method: str | None  # "POST"; None for a derived operation
+    http_path: str | None  # "/v1/conversations" (without "#stream")
+    stream: bool
+    calls: tuple[str, ...]  # the operations of its own namespace a derived one calls
+    has_async: bool
+    owner: type  # the SDK class that defines it
+
+    @property
+    def qualname(self) -> str:
+        """``beta.conversations.start``: also the cache namespace of the operation."""
+        return ".".join((*self.namespace, self.name))
+
+    @property
+    def derived(self) -> bool:
+        """Sends nothing itself (``chat.parse``): runs over the wrapper's namespace."""
+        return self.http_method is None
+
+    def function(self, *, is_async: bool = False) -> Any:
+        """The SDK's (unbound) function of this operation."""
+        return getattr(self.owner, self.name + ("_async" if is_async else ""))
+
+    @functools.cached_property
+    def returns(self) -> Any:
+        """What the operation returns (a stream: its event type); None when unknown."""
+        try:
+            hints = typing.get_type_hints(self.function())
+        except Exception:
+            hints = getattr(self.function(), "__annotations__", {})
+        found = hints.get("return")
+        if isinstance(found, str):
+            return None
+        return _unwrap(found, stream=self.stream)
+
+
+def _unwrap(annotation: Any, *, stream: bool) -> Any:
+    """``Optional[X]`` -> X; ``EventStream[E]`` -> E (for a stream)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if stream and args:
+        return args[0]
+    if origin is typing.Union and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+@dataclass(frozen=True)
+class Space:
+    """One namespace of the SDK: its class, its operations and its child namespaces."""
+
+    path: tuple[str, ...]
+    cls: type
+    operations: dict[str, Operation]
+    children: dict[str, typing.Callable[[], type]]  # name -> its class (imported on call)
+
+
+def _root() -> type:
+    from mistralai.client import Mistral
+
+    return Mistral
+
+
+def _lazy(module: str, class_name: str) -> typing.Callable[[], type]:
+    return lambda: getattr(importlib.import_module(module), class_name)
+
+
+def _known(cls: type) -> typing.Callable[[], type]:
+    return lambda: cls
+
+
+def _children(cls: type) -> dict[str, typing.Callable[[], type]]:
+    """A namespace's child namespaces (the root's are imported only when used)."""
+    from mistralai.client.basesdk import BaseSDK
+
+    found: dict[str, typing.Callable[[], type]] = {}
+    for name, (module, class_name) in getattr(cls, "_sub_sdk_map", {}).items():
+        found[name] = _lazy(module, class_name)
+    for name, annotation in vars(cls).get("__annotations__", {}).items():
+        if isinstance(annotation, type) and issubclass(annotation, BaseSDK):
+            found[name] = _known(annotation)
+    return found
+
+
+def _read_source(cls: type) -> dict[str, dict[str, Any]]:
+    """Per function of ``cls``: the method/path given to ``_build_request``, self-calls."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError, SyntaxError):  # no source: every operation is a write
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        info: dict[str, Any] = {"calls": set()}
+        for call in ast.walk(node):
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
+                continue
+            if call.func.attr in ("_build_request", "_build_request_async"):
+                for kw in call.keywords:
+                    if kw.arg in ("method", "path") and isinstance(kw.value, ast.Constant):
+                        info[kw.arg] = kw.value.value
+            elif isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
+                info["calls"].add(call.func.attr)
+        found[node.name] = info
+    return found
+
+
+def _is_stream(fn: Any, path: str | None) -> bool:
+    if path is not None and path.endswith("#stream"):
+        return True
+    annotation = getattr(fn, "__annotations__", {}).get("return")
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "EventStream" in text
+
+
+def _discover(path: tuple[str, ...], cls: type) -> Space:
+    source = _read_source(cls)
+    ops: dict[str, Operation] = {}
+    if path:  # the root's own methods (dynamic_import ...) are not operations
+        for name, fn in vars(cls).items():
+            if name.startswith("_") or name.endswith("_async") or not inspect.isfunction(fn):
+                continue
+            info = source.get(name, {})
+            http_path = info.get("path")
+            ops[name] = Operation(
+                namespace=path,
+                name=name,
+                http_method=info.get("method"),
+                http_path=http_path.removesuffix("#stream") if http_path else None,
+                stream=_is_stream(fn, http_path),
+                calls=tuple(sorted(c for c in info.get("calls", ()) if not c.startswith("_"))),
+                has_async=inspect.isfunction(vars(cls).get(name + "_async")),
+                owner=cls,
+            )
+    return Space(path, cls, ops, _children(cls))
+
+
+_spaces: dict[tuple[str, ...], Space] = {}
+
+
+def space(path: tuple[str, ...]) -> Space:
+    """The namespace at ``path`` (``()`` is the root), discovered on first use."""
+    found = _spaces.get(path)
+    if found is not None:
+        return found
+    with _lock:
+        found = _spaces.get(path)
+        if found is None:
+            if not path:
+                cls = _root()
+            else:
+                parent = space(path[:-1])
+                if path[-1] not in parent.children:
+                    raise AttributeError(
+                        f"the installed mistralai has no namespace {'.'.join(path)!r}"
+                    )
+                cls = parent.children[path[-1]]()
+            found = _spaces[path] = _discover(path, cls)
+    return found
+
+
+def operations(path: tuple[str, ...]) -> dict[str, Operation]:
+    """The operations of the namespace at ``path``."""
+    return space(path).operations
+
+
+def walk(path: tuple[str, ...] = ()) -> Iterator[Operation]:
+    """Every operation at and below ``path`` (imports every SDK module: seconds, not ms)."""
+    node = space(path)
+    yield from node.operations.values()
+    for child in node.children:
+        yield from walk((*path, child))
