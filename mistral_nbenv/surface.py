@@ -24,6 +24,7 @@ import functools
 import importlib
 import inspect
 import threading
+import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,10 +43,17 @@ class Operation:
     name: str  # "start"
     http_method: str | None  # "POST"; None for a derived operation
     http_path: str | None  # "/v1/conversations" (without "#stream")
-    stream: bool
+    stream: bool  # always answers with a server-sent-events stream
     calls: tuple[str, ...]  # the operations of its own namespace a derived one calls
     has_async: bool
     owner: type  # the SDK class that defines it
+    mixed: bool = False  # a stream only when called with stream=True (audio.speech.complete)
+    success: str = "200"  # the HTTP status of its answer (the SDK's first 2XX match_response)
+    content_type: str = "application/json"  # the content type of that answer
+
+    def streams(self, params: typing.Mapping[str, Any]) -> bool:
+        """Whether a call with these arguments answers with a stream."""
+        return self.stream or (self.mixed and params.get("stream") is True)
 
     @property
     def qualname(self) -> str:
@@ -62,26 +70,68 @@ class Operation:
         return getattr(self.owner, self.name + ("_async" if is_async else ""))
 
     @functools.cached_property
-    def returns(self) -> Any:
-        """What the operation returns (a stream: its event type); None when unknown."""
+    def _annotation(self) -> Any:
         try:
             hints = typing.get_type_hints(self.function())
         except Exception:
             hints = getattr(self.function(), "__annotations__", {})
         found = hints.get("return")
-        if isinstance(found, str):
+        return None if isinstance(found, str) else found
+
+    @functools.cached_property
+    def returns(self) -> Any:
+        """What the operation returns (a stream: its event type; a mixed one: its answer
+        without ``stream=True``); None when unknown."""
+        return _unwrap(self._annotation, stream=self.stream)
+
+    @functools.cached_property
+    def event_type(self) -> Any:
+        """The event type of its stream (a stream or mixed operation), else None."""
+        if not (self.stream or self.mixed):
             return None
-        return _unwrap(found, stream=self.stream)
+        return _unwrap(self._annotation, stream=True)
+
+    @functools.cached_property
+    def wrapped(self) -> bool:
+        """Returns an object the SDK builds around the body: ``result`` plus a page's
+        ``next()`` or the HTTP ``headers``. The body is the ``result``."""
+        fields = getattr(self.returns, "model_fields", None) or {}
+        return "result" in fields and ("next" in fields or "headers" in fields)
+
+    @property
+    def body_type(self) -> Any:
+        """The type of the body of a wrapped operation (its ``result``)."""
+        return self.returns.model_fields["result"].annotation
+
+    @property
+    def raw(self) -> bool:
+        """Returns the HTTP response itself (a download): nothing to rebuild from JSON."""
+        kind = self.returns
+        return isinstance(kind, type) and kind.__name__ == "Response" and "httpx" in kind.__module__
+
+
+def _is_event_stream(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    return getattr(origin, "__name__", "") == "EventStream"
 
 
 def _unwrap(annotation: Any, *, stream: bool) -> Any:
-    """``Optional[X]`` -> X; ``EventStream[E]`` -> E (for a stream)."""
+    """``Optional[X]`` -> X; ``EventStream[E]`` -> E (for a stream); for a union of an answer
+    and a stream, the answer (or, ``stream=True``, the events)."""
+    if annotation is None:
+        return None
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    origin = typing.get_origin(annotation)
-    if stream and args:
-        return args[0]
-    if origin is typing.Union and len(args) == 1:
-        return args[0]
+    if getattr(typing.get_origin(annotation), "__name__", "") == "JsonLStream":
+        return list[args[0]] if args else annotation  # type: ignore[valid-type]  # all lines
+    if _is_event_stream(annotation):
+        return args[0] if stream and args else annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        streams = [a for a in args if _is_event_stream(a)]
+        if stream and streams:
+            return _unwrap(streams[0], stream=True)
+        plain = [a for a in args if not _is_event_stream(a)]
+        if streams or len(plain) == 1:
+            return plain[0] if len(plain) == 1 else typing.Union[tuple(plain)]  # noqa: UP007
     return annotation
 
 
@@ -140,18 +190,27 @@ def _read_source(cls: type) -> dict[str, dict[str, Any]]:
                 for kw in call.keywords:
                     if kw.arg in ("method", "path") and isinstance(kw.value, ast.Constant):
                         info[kw.arg] = kw.value.value
+            elif call.func.attr == "match_response" and "success" not in info:
+                values = [a.value for a in call.args[1:3] if isinstance(a, ast.Constant)]
+                if len(values) == 2 and str(values[0]).startswith("2"):
+                    info["success"] = (str(values[0]), str(values[1]))
             elif isinstance(call.func.value, ast.Name) and call.func.value.id == "self":
                 info["calls"].add(call.func.attr)
         found[node.name] = info
     return found
 
 
-def _is_stream(fn: Any, path: str | None) -> bool:
+def _stream_kind(fn: Any, path: str | None) -> tuple[bool, bool]:
+    """``(stream, mixed)``: always a stream, or one only when called with ``stream=True``."""
     if path is not None and path.endswith("#stream"):
-        return True
+        return True, False
     annotation = getattr(fn, "__annotations__", {}).get("return")
     text = annotation if isinstance(annotation, str) else repr(annotation)
-    return "EventStream" in text
+    if "EventStream" not in text:
+        return False, False
+    # Union[Answer, EventStream[E]] (the SDK's overloads on stream: bool): mixed
+    mixed = "Union[" in text or "|" in text
+    return not mixed, mixed
 
 
 def _discover(path: tuple[str, ...], cls: type) -> Space:
@@ -163,15 +222,20 @@ def _discover(path: tuple[str, ...], cls: type) -> Space:
                 continue
             info = source.get(name, {})
             http_path = info.get("path")
+            stream, mixed = _stream_kind(fn, http_path)
+            status, content_type = info.get("success", ("200", "application/json"))
             ops[name] = Operation(
                 namespace=path,
                 name=name,
                 http_method=info.get("method"),
-                http_path=http_path.removesuffix("#stream") if http_path else None,
-                stream=_is_stream(fn, http_path),
+                http_path=http_path.partition("#")[0] if http_path else None,
+                stream=stream,
                 calls=tuple(sorted(c for c in info.get("calls", ()) if not c.startswith("_"))),
                 has_async=inspect.isfunction(vars(cls).get(name + "_async")),
                 owner=cls,
+                mixed=mixed,
+                success=status,
+                content_type=content_type,
             )
     return Space(path, cls, ops, _children(cls))
 

@@ -85,7 +85,15 @@ def _bind(space: Namespace, op: surface.Operation, *, is_async: bool) -> Callabl
         functools.update_wrapper(method, fn)
         return method
     ep = endpoint_for(op)
-    bound: Any = _async(pipeline, ep) if is_async else _sync(pipeline, ep)
+    if op.mixed:  # one SDK method, a stream only with stream=True (audio.speech.complete)
+        streamed = endpoint_for(op, stream=True)
+        bound: Any = (
+            _async_mixed(pipeline, ep, streamed)
+            if is_async
+            else _sync_mixed(pipeline, ep, streamed)
+        )
+    else:
+        bound = _async(pipeline, ep) if is_async else _sync(pipeline, ep)
     fn = op.function(is_async=is_async)
     bound.__doc__ = fn.__doc__ or ep.doc
     bound.__signature__ = _signature(fn)
@@ -125,6 +133,30 @@ def _async(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Coroutine[Any, Any
 
     async def method(**kwargs: Any) -> Any:
         return await run(ep, kwargs)
+
+    method.__name__ = ep.method + "_async"
+    method.__qualname__ = ep.name + "_async"
+    return method
+
+
+def _sync_mixed(pipeline: Pipeline, ep: Endpoint, streamed: Endpoint) -> Callable[..., Any]:
+    def method(**kwargs: Any) -> Any:
+        if kwargs.get("stream") is True:
+            return pipeline.stream(streamed, kwargs)
+        return pipeline.call(ep, kwargs)
+
+    method.__name__ = ep.method
+    method.__qualname__ = ep.name
+    return method
+
+
+def _async_mixed(
+    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def method(**kwargs: Any) -> Any:
+        if kwargs.get("stream") is True:
+            return await pipeline.stream_async(streamed, kwargs)
+        return await pipeline.call_async(ep, kwargs)
 
     method.__name__ = ep.method + "_async"
     method.__qualname__ = ep.name + "_async"

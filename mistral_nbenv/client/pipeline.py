@@ -142,7 +142,7 @@ class Pipeline:
         if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
             read = write = read and self.offline and ep.cacheable
         write = write and self.cache_storable
-        call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry))
+        call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry, kwargs))
         key = None
         if read or write:
             try:

@@ -4,8 +4,9 @@
   transcriptions, agents completions; ``chat.parse`` runs ``chat.complete``): rpm and tpm,
   cached, retried on every retryable error;
 * **conversation** (POST to ``/v1/conversations...``: start, append, restart): rpm and tpm,
-  cached only for ``start`` with ``store=False`` (the server keeps nothing), retried only on
-  what cannot have reached the server;
+  retried only on what cannot have reached the server (a repeat would add to the stored
+  conversation); ``start`` with ``store=False`` (the server keeps nothing) is cached and
+  retried like inference;
 * **read** (GET): rpm, no tpm, retried on every retryable error; cached for
   ``models.list`` / ``models.retrieve``, others only with ``cache=True``;
 * **write** (every other POST, PUT, PATCH, DELETE: uploads, creates, updates, deletes,
@@ -63,6 +64,13 @@ class Policy:
             return params.get("store") is False
         return self.cache
 
+    def retries(self, params: Mapping[str, Any]) -> RetryMode:
+        """The retry mode for these parameters (a conversation the server does not store
+        retries like inference: a repeat leaves nothing behind)."""
+        if self.kind == "conversation" and self.cacheable and params.get("store") is False:
+            return "always"
+        return self.retry
+
 
 INFERENCE = Policy("inference", tokens=True, cache=True, cacheable=True, retry="always")
 CONVERSATION = Policy("conversation", tokens=True, cache=False, cacheable=True, retry="unsent")
@@ -89,10 +97,10 @@ def policy_for(http_method: str | None, http_path: str | None) -> Policy:
     return WRITE
 
 
-def retry_mode(policy: Policy, option: Any) -> RetryMode:
+def retry_mode(policy: Policy, option: Any, params: Mapping[str, Any] | None = None) -> RetryMode:
     """The retry mode of one call: the per-call ``retry=`` option over the policy's."""
     if option is None:
-        return policy.retry
+        return policy.retries(params or {})
     if option is True:
         return "always"
     if option is False:

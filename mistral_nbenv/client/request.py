@@ -63,7 +63,10 @@ class Endpoint:
             return False
         if self.response is not None:
             return True
-        returns = self.operation.returns if self.operation is not None else None
+        op = self.operation
+        if op is None or op.wrapped or op.raw:  # built around the body / raw bytes: not JSON
+            return False
+        returns = op.event_type if self.stream else op.returns
         return returns is not None and returns is not type(None) and _is_model(returns)
 
     def rebuild(self, text: str) -> Any:
@@ -91,13 +94,15 @@ _adapters_lock = threading.Lock()
 
 def _adapter(ep: Endpoint) -> Any:
     """A pydantic ``TypeAdapter`` of the operation's return type (made once per process)."""
-    found = _adapters.get(ep.name)
+    name = ep.name + ("#stream" if ep.stream else "")
+    found = _adapters.get(name)
     if found is None:
         from pydantic import TypeAdapter
 
-        assert ep.operation is not None
+        op = ep.operation
+        assert op is not None
         with _adapters_lock:
-            found = _adapters[ep.name] = TypeAdapter(ep.operation.returns)
+            found = _adapters[name] = TypeAdapter(op.event_type if ep.stream else op.returns)
     return found
 
 
@@ -151,9 +156,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 _KNOWN = {ep.name: ep for ep in ENDPOINTS}
 
 
-def endpoint_for(op: Operation) -> Endpoint:
+def endpoint_for(op: Operation, *, stream: bool | None = None) -> Endpoint:
     """The endpoint of a discovered operation: its row of :data:`ENDPOINTS` when it has
-    one, else its policy from the HTTP method and path and its discovered return type."""
+    one, else its policy from the HTTP method and path and its discovered return type.
+    ``stream``: for a mixed operation (``stream=True`` makes it a stream), which form."""
     known = _KNOWN.get(op.qualname)
     policy = policy_for(op.http_method, op.http_path)
     if known is not None:
@@ -172,7 +178,7 @@ def endpoint_for(op: Operation) -> Endpoint:
         op.name,
         None,
         None,
-        stream=op.stream,
+        stream=op.stream if stream is None else stream,
         doc=op.function().__doc__ or "",
         policy=policy,
         operation=op,

@@ -11,10 +11,13 @@ these routes answer ``501`` saying so, and the hand-scripted routes still work.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import zlib
 from typing import Any
+
+from .reply import Reply
 
 __all__ = ["body_for", "find"]
 
@@ -55,56 +58,72 @@ def find(method: str, path: str, *, stream: bool) -> Any:
     return matches[0] if matches else None
 
 
-def _factory(model: Any) -> Any:
-    found = _factories.get(model)
+def _factory(kind: Any) -> Any:
+    """A polyfactory factory for ``kind``: a model, or any annotation (wrapped in one)."""
+    found = _factories.get(kind)
     if found is None:
         from polyfactory.factories.pydantic_factory import ModelFactory
+        from pydantic import BaseModel, ConfigDict, create_model
 
-        found = _factories[model] = ModelFactory.create_factory(model, __check_model__=False)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            model: Any = kind
+        else:
+            config = ConfigDict(arbitrary_types_allowed=True)
+            model = create_model("Generated", __config__=config, value=(kind, ...))
+        found = _factories[kind] = ModelFactory.create_factory(model, __check_model__=False)
     return found
 
 
 def _instance(kind: Any, seed: int) -> Any:
-    """A generated value of ``kind`` (a model, or a union / list of models)."""
-    import typing
-
+    """A generated value of ``kind`` (a model, a union, a list, a dict, ``Any`` ...)."""
     from pydantic import BaseModel
 
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
-        factory = _factory(kind)
-        factory.seed_random(seed)
-        return factory.build()
-    if typing.get_origin(kind) in (list, typing.List) and args:  # noqa: UP006
-        return [_instance(args[0], seed)]
-    if args:
-        return _instance(args[seed % len(args)], seed)
-    raise TypeError(f"no generator for {kind!r}")
+    factory = _factory(kind)
+    factory.seed_random(seed)
+    built = factory.build()
+    return built if isinstance(kind, type) and issubclass(kind, BaseModel) else built.value
 
 
-def body_for(op: Any, path: str) -> tuple[int, Any, list[Any] | None]:
-    """``(status, JSON body, events)`` for ``op`` at ``path``."""
-    import warnings
-
+def _dump(kind: Any, value: Any) -> Any:
     from pydantic import TypeAdapter
 
-    kind = op.returns
-    if kind is None or kind is type(None):
-        return 204, b"", None
+    return TypeAdapter(kind).dump_python(value, mode="json", by_alias=True)
+
+
+def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
+    """The answer of ``op`` at ``path`` (``stream``: the request asked for a stream)."""
+    import warnings
+
+    status = int(op.success) if op.success.isdigit() else 200
+    kind = op.event_type if stream and op.event_type is not None else op.returns
+    if kind is None or kind is type(None) or status == 204:
+        return Reply(204 if status in (200, 204) else status, b"")
+    if op.raw:  # a download: bytes of the declared content type
+        content_type = "application/octet-stream" if op.content_type == "*" else op.content_type
+        return Reply(
+            status, b"generated %s" % path.encode(), headers={"Content-Type": content_type}
+        )
     try:
         import polyfactory  # noqa: F401
     except ImportError:
         message = "this route is generated with polyfactory: pip install mistral-nbenv[testing]"
-        return 501, {"object": "error", "message": message}, None
+        return Reply(501, {"object": "error", "message": message})
+    if op.wrapped:  # the SDK builds its object (result + next() / headers)
+        kind = op.body_type
     seed = zlib.crc32(path.encode())
-    adapter = TypeAdapter(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDK's open enums warn on generated strings
-        if op.stream:  # an SSE event's model is {event, data}: sent as "event:" and "data:"
-            dumped = [
-                adapter.dump_python(_instance(kind, seed + i), mode="json", by_alias=True)
-                for i in range(3)
-            ]
-            events = [(d.get("event"), d.get("data")) for d in dumped]
-            return 200, None, events
-        return 200, adapter.dump_python(_instance(kind, seed), mode="json", by_alias=True), None
+        if stream and (op.stream or op.mixed):  # an SSE event's model is {event, data}
+            fields = getattr(kind, "model_fields", {})
+            dumped = [_dump(kind, _instance(kind, seed + i)) for i in range(12)]
+            if "data" not in fields:
+                return Reply(status, events=dumped[:3])
+            # an SSE event model ({event, data, id, retry}): sent as "event:" and "data:" lines
+            named = [(d.get("event"), d["data"]) for d in dumped if d.get("data") is not None]
+            return Reply(status, events=named[:3])
+        body = _dump(kind, _instance(kind, seed))
+    if op.content_type == "application/x-ndjson":
+        lines = body if isinstance(body, list) else [body]
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        return Reply(status, text, headers={"Content-Type": op.content_type})
+    return Reply(status, json.dumps(body).encode())  # a str / number body is JSON too

@@ -236,7 +236,7 @@ class Routes:
             data = self.contents.get(id)
         if data is None:
             return self._not_found("File", id)
-        return self._reply(data)
+        return Reply(200, data, headers={"Content-Type": "application/octet-stream"})
 
     def delete_file(self, record: RecordedRequest, id: str) -> _Reply:
         with self._lock:

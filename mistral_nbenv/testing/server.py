@@ -341,7 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         body: Any = None
         bad_json = False
-        if raw and "multipart/" not in self.headers.get("Content-Type", ""):
+        content_type = self.headers.get("Content-Type", "")
+        if raw and ("json" in content_type or not content_type):  # multipart / form: routes
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -403,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
         chunk_delay = fault.chunk_delay if fault is not None and fault.kind == "slow" else 0.0
         chunk_delay = chunk_delay or app.chunk_delay
         cut = fault.after_chunks if fault is not None and fault.kind == "drop_mid_stream" else None
-        if reply.events is not None and reply.status == 200:
+        if reply.events is not None and 200 <= reply.status < 300:
             return self._send_events(reply.events, chunk_delay, cut)
         return self._send_json(reply.status, reply.body, reply.headers, cut=cut is not None)
 
@@ -428,10 +429,11 @@ class _Handler(BaseHTTPRequestHandler):
             data = body.encode()
         else:
             data = json.dumps(body).encode()
+        headers = dict(headers or {})
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
         self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if cut:
@@ -829,12 +831,12 @@ class MistralTestServer:
 
 def _generated(record: RecordedRequest, path: str) -> _Reply:
     """The long tail: a schema-valid body from the SDK's own response model."""
-    op = generated.find(record.method, path, stream=record.stream)
+    asked = record.stream or "text/event-stream" in (record.header("accept") or "")
+    op = generated.find(record.method, path, stream=asked)
     if op is None:
         return _Reply(404, {"detail": "Not Found"})
     try:
-        status, body, events = generated.body_for(op, path)
+        return generated.body_for(op, path, stream=asked or op.stream)
     except Exception as exc:  # shown to the client: which model could not be generated
         message = f"testing server could not generate {op.qualname}: {exc!r}"
         return _Reply(501, {"object": "error", "message": message})
-    return _Reply(status, body, events=events)
