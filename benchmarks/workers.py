@@ -109,6 +109,51 @@ def cache_hit(params: Params) -> Any:
     }
 
 
+def parse_hit(params: Params) -> Any:
+    """Warm ``chat.parse`` hits (structured output) vs what a hit must do at the least:
+    diskcache get + ``model_validate_json`` + the SDK's own schema and parse steps."""
+    import pydantic
+    from mistralai.extra.struct_chat import convert_to_parsed_chat_completion_response
+    from mistralai.extra.utils.response_format import response_format_from_pydantic_model
+    from mistralai.client.models import ChatCompletionResponse
+
+    import mistral_nbenv
+    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store.local import open_diskcache
+    from mistral_nbenv.store.writebehind import flush_all
+
+    class Book(pydantic.BaseModel):
+        title: str
+        year: int
+        authors: list[str]
+
+    client = mistral_nbenv.get_client()
+    messages = _messages("parse")
+    first = client.chat.parse(response_format=Book, model=MODEL, messages=messages)
+    flush_all()
+    db = open_diskcache(cache_dir(client.settings))
+    keys = list(db)
+    if len(keys) != 1:
+        raise RuntimeError(f"expected one cached response, found {len(keys)}")
+    key = keys[0]
+
+    def wrapper() -> Any:
+        return client.chat.parse(response_format=Book, model=MODEL, messages=messages)
+
+    def floor() -> Any:
+        response_format_from_pydantic_model(Book)
+        response = ChatCompletionResponse.model_validate_json(db.get(key))
+        return convert_to_parsed_chat_completion_response(response, Book)
+
+    if wrapper() != first or floor().choices[0].message.parsed != first.choices[0].message.parsed:
+        raise RuntimeError("a chat.parse hit does not rebuild the same parsed response")
+    if not isinstance(first.choices[0].message.parsed, Book):
+        raise RuntimeError("chat.parse did not parse into the caller's model")
+    samples = _interleave({"wrapper": wrapper, "floor": floor}, params)
+    stats = client.stats
+    return {"samples_ms": samples, "hits": stats.hits, "misses": stats.misses}
+
+
 # --------------------------------------------------------------------------- 2. cache miss
 
 
@@ -402,6 +447,7 @@ TASKS: dict[str, Callable[[Params], Any]] = {
     "miss_raw_serve": miss_raw_serve,
     "async_wrapper_serve": async_wrapper_serve,
     "async_raw_serve": async_raw_serve,
+    "parse_hit": parse_hit,
     "switch": switch,
     "memory": memory,
     "ratelimit_serve": ratelimit_serve,
