@@ -113,9 +113,9 @@ def parse_hit(params: Params) -> Any:
     """Warm ``chat.parse`` hits (structured output) vs what a hit must do at the least:
     diskcache get + ``model_validate_json`` + the SDK's own schema and parse steps."""
     import pydantic
+    from mistralai.client.models import ChatCompletionResponse
     from mistralai.extra.struct_chat import convert_to_parsed_chat_completion_response
     from mistralai.extra.utils.response_format import response_format_from_pydantic_model
-    from mistralai.client.models import ChatCompletionResponse
 
     import mistral_nbenv
     from mistral_nbenv.cache import cache_dir
