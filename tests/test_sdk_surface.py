@@ -385,6 +385,20 @@ def test_audio_transcription_and_its_stream(server: MistralTestServer) -> None:
     assert "call.mp3" in result.text
     events = list(client.audio.transcriptions.stream(model="voxtral-mini-latest", file=audio))
     assert events[-1].event == "transcription.done"
+    path = "/v1/audio/transcriptions"
+    assert server.count(path) == 2
+
+    again = client.audio.transcriptions.complete(model="voxtral-mini-latest", file=audio)
+    replayed = list(client.audio.transcriptions.stream(model="voxtral-mini-latest", file=audio))
+    assert server.count(path) == 2  # inference on the same bytes: served from the cache
+    assert again.text == result.text
+    assert [e.event for e in replayed] == [e.event for e in events]
+    other = {"file_name": "other.mp3", "content": b"ID3" + bytes(999)}
+    assert (
+        "other.mp3"
+        in client.audio.transcriptions.complete(model="voxtral-mini-latest", file=other).text
+    )
+    assert server.count(path) == 3  # other bytes, another key
     with pytest.raises(errors.APIError) as no_file:
         client.audio.transcriptions.complete(model="voxtral-mini-latest")
     assert no_file.value.status_code == 422
