@@ -251,8 +251,18 @@ def test_agents_complete_and_beta_agents(server: MistralTestServer) -> None:
     assert created.name
     assert server.last_request is not None
     assert server.last_request.method == "POST"
-    listed = client.beta.agents.list()
+    with pytest.warns(DeprecationWarning, match="list_pages") as caught:
+        listed = client.beta.agents.list()  # the SDK marks it @deprecated
     assert isinstance(listed, list)
+    # one warning, the SDK's text, at this line (not inside the wrapper's pipeline)
+    assert [w.filename for w in caught] == [__file__]
+
+    async def list_async() -> Any:
+        return await client.beta.agents.list_async()
+
+    with pytest.warns(DeprecationWarning, match="list_pages") as caught:
+        assert isinstance(asyncio.run(list_async()), list)
+    assert [w.filename for w in caught] == [__file__]
 
 
 # ------------------------------------------------------------------ files and batches

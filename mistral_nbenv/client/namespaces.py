@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -85,19 +86,31 @@ def _bind(space: Namespace, op: surface.Operation, *, is_async: bool) -> Callabl
         functools.update_wrapper(method, fn)
         return method
     ep = endpoint_for(op)
+    fn = op.function(is_async=is_async)
+    notice = _deprecation(fn)
     if op.mixed:  # one SDK method, a stream only with stream=True (audio.speech.complete)
         streamed = endpoint_for(op, stream=True)
         bound: Any = (
-            _async_mixed(pipeline, ep, streamed)
+            _async_mixed(pipeline, ep, streamed, notice)
             if is_async
-            else _sync_mixed(pipeline, ep, streamed)
+            else _sync_mixed(pipeline, ep, streamed, notice)
         )
     else:
-        bound = _async(pipeline, ep) if is_async else _sync(pipeline, ep)
-    fn = op.function(is_async=is_async)
+        bound = _async(pipeline, ep, notice) if is_async else _sync(pipeline, ep, notice)
     bound.__doc__ = fn.__doc__ or ep.doc
     bound.__signature__ = _signature(fn)
     return bound
+
+
+def _deprecation(fn: Any) -> str | None:
+    """The SDK's ``@deprecated`` message for ``fn``, if it has one."""
+    notice = getattr(fn, "__deprecated__", None)
+    return notice if isinstance(notice, str) else None
+
+
+def _warn(notice: str) -> None:
+    """The SDK's deprecation warning, pointing at the user's line (not the pipeline's)."""
+    warnings.warn(notice, DeprecationWarning, stacklevel=3)
 
 
 def _signature(fn: Any) -> inspect.Signature:
@@ -117,10 +130,12 @@ def _signature(fn: Any) -> inspect.Signature:
     return sig.replace(parameters=[*params, *extra, *kwargs])
 
 
-def _sync(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Any]:
+def _sync(pipeline: Pipeline, ep: Endpoint, notice: str | None) -> Callable[..., Any]:
     run = pipeline.stream if ep.stream else pipeline.call
 
     def method(**kwargs: Any) -> Any:
+        if notice is not None:
+            _warn(notice)
         return run(ep, kwargs)
 
     method.__name__ = ep.method
@@ -128,10 +143,14 @@ def _sync(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Any]:
     return method
 
 
-def _async(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Coroutine[Any, Any, Any]]:
+def _async(
+    pipeline: Pipeline, ep: Endpoint, notice: str | None
+) -> Callable[..., Coroutine[Any, Any, Any]]:
     run = pipeline.stream_async if ep.stream else pipeline.call_async
 
     async def method(**kwargs: Any) -> Any:
+        if notice is not None:
+            _warn(notice)
         return await run(ep, kwargs)
 
     method.__name__ = ep.method + "_async"
@@ -139,8 +158,12 @@ def _async(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Coroutine[Any, Any
     return method
 
 
-def _sync_mixed(pipeline: Pipeline, ep: Endpoint, streamed: Endpoint) -> Callable[..., Any]:
+def _sync_mixed(
+    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint, notice: str | None
+) -> Callable[..., Any]:
     def method(**kwargs: Any) -> Any:
+        if notice is not None:
+            _warn(notice)
         if kwargs.get("stream") is True:
             return pipeline.stream(streamed, kwargs)
         return pipeline.call(ep, kwargs)
@@ -151,9 +174,11 @@ def _sync_mixed(pipeline: Pipeline, ep: Endpoint, streamed: Endpoint) -> Callabl
 
 
 def _async_mixed(
-    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint
+    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint, notice: str | None
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     async def method(**kwargs: Any) -> Any:
+        if notice is not None:
+            _warn(notice)
         if kwargs.get("stream") is True:
             return await pipeline.stream_async(streamed, kwargs)
         return await pipeline.call_async(ep, kwargs)

@@ -196,7 +196,14 @@ class Transport:
         target = self.for_loop() if is_async else self.raw
         for part in group.split("."):
             target = getattr(target, part)
-        return getattr(target, name + "_async" if is_async else name)
+        method = getattr(target, name + "_async" if is_async else name)
+        if getattr(method, "__deprecated__", None) is not None:
+            # ``@deprecated`` warns at its caller, which would be the pipeline: the wrapper's
+            # method warns at the user's line instead (namespaces), and this runs the body.
+            body = getattr(getattr(method, "__func__", None), "__wrapped__", None)
+            if body is not None:
+                return body.__get__(target)
+        return method
 
     def close(self) -> None:
         """Release HTTP connections; the SDK objects are made again if used again."""
