@@ -68,24 +68,30 @@ def _interleave(contenders: dict[str, Callable[[], Any]], params: Params) -> dic
     return samples
 
 
-def cache_hit(params: Params) -> Any:
-    """Warm cache hits through ``client.chat.complete`` vs diskcache get + model_validate_json."""
-    from mistralai.client.models import ChatCompletionResponse
-
-    import mistral_nbenv
+def _the_one_entry(client: Any) -> tuple[Any, str]:
+    """The client's disk cache and the key of its only entry (the hit a floor reads)."""
     from mistral_nbenv.cache import cache_dir
     from mistral_nbenv.store.local import open_diskcache
     from mistral_nbenv.store.writebehind import flush_all
 
-    client = mistral_nbenv.get_client()
-    messages = _messages("hit")
-    first = client.chat.complete(model=MODEL, messages=messages)
     flush_all()  # the store is written behind the call; the floor reads the disk itself
     db = open_diskcache(cache_dir(client.settings))
     keys = list(db)
     if len(keys) != 1:
         raise RuntimeError(f"expected one cached response, found {len(keys)}")
-    key = keys[0]
+    return db, keys[0]
+
+
+def cache_hit(params: Params) -> Any:
+    """Warm cache hits through ``client.chat.complete`` vs diskcache get + model_validate_json."""
+    from mistralai.client.models import ChatCompletionResponse
+
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    messages = _messages("hit")
+    first = client.chat.complete(model=MODEL, messages=messages)
+    db, key = _the_one_entry(client)
     stored = db.get(key)
     if not isinstance(stored, str):
         raise RuntimeError(f"cached value is {type(stored).__name__}, not JSON text")
@@ -118,9 +124,6 @@ def parse_hit(params: Params) -> Any:
     from mistralai.extra.utils.response_format import response_format_from_pydantic_model
 
     import mistral_nbenv
-    from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.store.local import open_diskcache
-    from mistral_nbenv.store.writebehind import flush_all
 
     class Book(pydantic.BaseModel):
         title: str
@@ -130,12 +133,7 @@ def parse_hit(params: Params) -> Any:
     client = mistral_nbenv.get_client()
     messages = _messages("parse")
     first = client.chat.parse(response_format=Book, model=MODEL, messages=messages)
-    flush_all()
-    db = open_diskcache(cache_dir(client.settings))
-    keys = list(db)
-    if len(keys) != 1:
-        raise RuntimeError(f"expected one cached response, found {len(keys)}")
-    key = keys[0]
+    db, key = _the_one_entry(client)
 
     def wrapper() -> Any:
         return client.chat.parse(response_format=Book, model=MODEL, messages=messages)
