@@ -86,31 +86,40 @@ def _bind(space: Namespace, op: surface.Operation, *, is_async: bool) -> Callabl
         functools.update_wrapper(method, fn)
         return method
     ep = endpoint_for(op)
-    fn = op.function(is_async=is_async)
-    notice = _deprecation(fn)
     if op.mixed:  # one SDK method, a stream only with stream=True (audio.speech.complete)
         streamed = endpoint_for(op, stream=True)
         bound: Any = (
-            _async_mixed(pipeline, ep, streamed, notice)
+            _async_mixed(pipeline, ep, streamed)
             if is_async
-            else _sync_mixed(pipeline, ep, streamed, notice)
+            else _sync_mixed(pipeline, ep, streamed)
         )
     else:
-        bound = _async(pipeline, ep, notice) if is_async else _sync(pipeline, ep, notice)
+        bound = _async(pipeline, ep) if is_async else _sync(pipeline, ep)
+    fn = op.function(is_async=is_async)
     bound.__doc__ = fn.__doc__ or ep.doc
     bound.__signature__ = _signature(fn)
+    notice = getattr(fn, "__deprecated__", None)
+    if isinstance(notice, str):  # the SDK's @deprecated (the transport runs the body)
+        return _warning_first(bound, notice, is_async=is_async)
     return bound
 
 
-def _deprecation(fn: Any) -> str | None:
-    """The SDK's ``@deprecated`` message for ``fn``, if it has one."""
-    notice = getattr(fn, "__deprecated__", None)
-    return notice if isinstance(notice, str) else None
+def _warning_first(method: Any, notice: str, *, is_async: bool) -> Callable[..., Any]:
+    """``method`` that first gives the SDK's deprecation warning, at the user's line."""
+    warned: Callable[..., Any]
+    if is_async:
 
+        async def warned(**kwargs: Any) -> Any:
+            warnings.warn(notice, DeprecationWarning, stacklevel=2)
+            return await method(**kwargs)
 
-def _warn(notice: str) -> None:
-    """The SDK's deprecation warning, pointing at the user's line (not the pipeline's)."""
-    warnings.warn(notice, DeprecationWarning, stacklevel=3)
+    else:
+
+        def warned(**kwargs: Any) -> Any:
+            warnings.warn(notice, DeprecationWarning, stacklevel=2)
+            return method(**kwargs)
+
+    return functools.update_wrapper(warned, method)
 
 
 def _signature(fn: Any) -> inspect.Signature:
@@ -130,12 +139,10 @@ def _signature(fn: Any) -> inspect.Signature:
     return sig.replace(parameters=[*params, *extra, *kwargs])
 
 
-def _sync(pipeline: Pipeline, ep: Endpoint, notice: str | None) -> Callable[..., Any]:
+def _sync(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Any]:
     run = pipeline.stream if ep.stream else pipeline.call
 
     def method(**kwargs: Any) -> Any:
-        if notice is not None:
-            _warn(notice)
         return run(ep, kwargs)
 
     method.__name__ = ep.method
@@ -143,14 +150,10 @@ def _sync(pipeline: Pipeline, ep: Endpoint, notice: str | None) -> Callable[...,
     return method
 
 
-def _async(
-    pipeline: Pipeline, ep: Endpoint, notice: str | None
-) -> Callable[..., Coroutine[Any, Any, Any]]:
+def _async(pipeline: Pipeline, ep: Endpoint) -> Callable[..., Coroutine[Any, Any, Any]]:
     run = pipeline.stream_async if ep.stream else pipeline.call_async
 
     async def method(**kwargs: Any) -> Any:
-        if notice is not None:
-            _warn(notice)
         return await run(ep, kwargs)
 
     method.__name__ = ep.method + "_async"
@@ -158,12 +161,8 @@ def _async(
     return method
 
 
-def _sync_mixed(
-    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint, notice: str | None
-) -> Callable[..., Any]:
+def _sync_mixed(pipeline: Pipeline, ep: Endpoint, streamed: Endpoint) -> Callable[..., Any]:
     def method(**kwargs: Any) -> Any:
-        if notice is not None:
-            _warn(notice)
         if kwargs.get("stream") is True:
             return pipeline.stream(streamed, kwargs)
         return pipeline.call(ep, kwargs)
@@ -174,11 +173,9 @@ def _sync_mixed(
 
 
 def _async_mixed(
-    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint, notice: str | None
+    pipeline: Pipeline, ep: Endpoint, streamed: Endpoint
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     async def method(**kwargs: Any) -> Any:
-        if notice is not None:
-            _warn(notice)
         if kwargs.get("stream") is True:
             return await pipeline.stream_async(streamed, kwargs)
         return await pipeline.call_async(ep, kwargs)
