@@ -428,6 +428,25 @@ def test_generated_long_tail_answers_with_the_sdk_models(server: MistralTestServ
     assert server.count("/v1/libraries") == 2
 
 
+def test_workflow_log_streams_are_read_to_the_end(server: MistralTestServer) -> None:
+    """The generated SSE answer of a workflow log stream carries ``log`` events only: an
+    ``error`` event is how a server ends a failed stream (the SDK raises for it)."""
+    client = get_client()
+    events = list(client.workflows.executions.stream_workflow_execution_logs(execution_id="ex1"))
+    assert events
+    assert {e.event for e in events} == {"log"}
+    assert all(e.data is not None for e in events)
+
+    async def deployment_logs() -> list[Any]:
+        stream = await client.workflows.deployments.stream_deployment_logs_async(name="d1")
+        return [e async for e in stream]
+
+    assert {e.event for e in asyncio.run(deployment_logs())} == {"log"}
+    paths = [r.path for r in server.requests]
+    assert any(p.startswith("/v1/workflows/") and p.endswith("/logs/stream") for p in paths)
+    assert len(paths) == 2
+
+
 def test_the_key_never_appears_on_a_long_tail_error(server: MistralTestServer) -> None:
     key = KEYS["staging"]
     body = {"message": f"bad key {key}"}

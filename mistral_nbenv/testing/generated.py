@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import typing
 import zlib
 from typing import Any
 
@@ -90,6 +91,19 @@ def _dump(kind: Any, value: Any) -> Any:
     return TypeAdapter(kind).dump_python(value, mode="json", by_alias=True)
 
 
+def _names_events(field: Any) -> bool:
+    """True when an SSE model's ``event`` field can hold a name (its events are named)."""
+    return any(isinstance(arg, str) for arg in _flatten_args(getattr(field, "annotation", None)))
+
+
+def _flatten_args(annotation: Any) -> list[Any]:
+    """Every leaf of a (nested) Union / Optional / Literal annotation."""
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation]
+    return [leaf for arg in args for leaf in _flatten_args(arg)]
+
+
 def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
     """The answer of ``op`` at ``path`` (``stream``: the request asked for a stream)."""
     import warnings
@@ -115,12 +129,26 @@ def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
         warnings.simplefilter("ignore")  # the SDK's open enums warn on generated strings
         if stream and (op.stream or op.mixed):  # an SSE event's model is {event, data}
             fields = getattr(kind, "model_fields", {})
-            dumped = [_dump(kind, _instance(kind, seed + i)) for i in range(12)]
             if "data" not in fields:
+                dumped = [_dump(kind, _instance(kind, seed + i)) for i in range(12)]
                 return Reply(status, events=dumped[:3])
-            # an SSE event model ({event, data, id, retry}): sent as "event:" and "data:" lines
-            named = [(d.get("event"), d["data"]) for d in dumped if d.get("data") is not None]
-            return Reply(status, events=named[:3])
+            # an SSE event model ({event, data, id, retry}): sent as "event:" and "data:" lines.
+            # Only events of a stream that goes well: named when the model names them, and
+            # never an "error" event or an error payload, which is how a server ends a failed
+            # stream (the SDK raises StreamDisconnectedError for the workflow streams)
+            named = []
+            for i in range(48):
+                event = _instance(kind, seed + i)
+                name, data = getattr(event, "event", None), getattr(event, "data", None)
+                if data is None or name == "error" or type(data).__name__.endswith("Error"):
+                    continue
+                if name is None and "event" in fields and _names_events(fields["event"]):
+                    continue
+                dumped = _dump(kind, event)
+                named.append((dumped.get("event"), dumped["data"]))
+                if len(named) == 3:
+                    break
+            return Reply(status, events=named)
         body = _dump(kind, _instance(kind, seed))
     if op.content_type == "application/x-ndjson":
         lines = body if isinstance(body, list) else [body]
