@@ -442,9 +442,10 @@ def test_workflow_log_streams_are_read_to_the_end(server: MistralTestServer) -> 
         return [e async for e in stream]
 
     assert {e.event for e in asyncio.run(deployment_logs())} == {"log"}
-    paths = [r.path for r in server.requests]
-    assert any(p.startswith("/v1/workflows/") and p.endswith("/logs/stream") for p in paths)
-    assert len(paths) == 2
+    assert [r.path for r in server.requests] == [
+        "/v1/workflows/executions/ex1/logs/stream",
+        "/v1/workflows/deployments/d1/logs/stream",
+    ]
 
 
 def test_the_key_never_appears_on_a_long_tail_error(server: MistralTestServer) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import typing
 import zlib
 from typing import Any
 
@@ -91,19 +90,6 @@ def _dump(kind: Any, value: Any) -> Any:
     return TypeAdapter(kind).dump_python(value, mode="json", by_alias=True)
 
 
-def _names_events(field: Any) -> bool:
-    """True when an SSE model's ``event`` field can hold a name (its events are named)."""
-    return any(isinstance(arg, str) for arg in _flatten_args(getattr(field, "annotation", None)))
-
-
-def _flatten_args(annotation: Any) -> list[Any]:
-    """Every leaf of a (nested) Union / Optional / Literal annotation."""
-    args = typing.get_args(annotation)
-    if not args:
-        return [annotation]
-    return [leaf for arg in args for leaf in _flatten_args(arg)]
-
-
 def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
     """The answer of ``op`` at ``path`` (``stream``: the request asked for a stream)."""
     import warnings
@@ -133,16 +119,16 @@ def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
                 dumped = [_dump(kind, _instance(kind, seed + i)) for i in range(12)]
                 return Reply(status, events=dumped[:3])
             # an SSE event model ({event, data, id, retry}): sent as "event:" and "data:" lines.
-            # Only events of a stream that goes well: named when the model names them, and
-            # never an "error" event or an error payload, which is how a server ends a failed
-            # stream (the SDK raises StreamDisconnectedError for the workflow streams)
+            # Only events of a stream that goes well: named (every such SDK model's ``event``
+            # holds a name), and never an "error" event or an error payload, which is how a
+            # server ends a failed stream (the SDK raises StreamDisconnectedError for them)
             named = []
             for i in range(48):
                 event = _instance(kind, seed + i)
                 name, data = getattr(event, "event", None), getattr(event, "data", None)
                 if data is None or name == "error" or type(data).__name__.endswith("Error"):
                     continue
-                if name is None and "event" in fields and _names_events(fields["event"]):
+                if name is None and "event" in fields:
                     continue
                 dumped = _dump(kind, event)
                 named.append((dumped.get("event"), dumped["data"]))
