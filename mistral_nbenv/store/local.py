@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import diskcache
 
+    from .presence import Presence
+
 __all__ = [
     "DiskStore",
     "MemoryStore",
@@ -140,10 +142,12 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
 
 def close_all() -> None:
     """Close every diskcache this process opened (tests, interpreter shutdown), after the
-    write-behind stores have written what they hold."""
+    write-behind stores have written what they hold, and the key indexes' connections."""
+    from . import presence
     from .writebehind import flush_all
 
     flush_all()
+    presence.close_all()
     with _open_lock:
         for cache in _open.values():
             with contextlib.suppress(Exception):
@@ -164,13 +168,26 @@ def _text(value: Any) -> str | None:
 
 
 class DiskStore:
-    """:class:`~mistral_nbenv.store.KeyValue`, ``Budget`` and ``Ledger`` in one directory."""
+    """:class:`~mistral_nbenv.store.KeyValue`, ``Budget`` and ``Ledger`` in one directory.
 
-    def __init__(self, directory: Path, *, size_limit: int | None = None) -> None:
+    ``presence=True`` (the response cache) keeps the directory's keys in memory
+    (:mod:`~mistral_nbenv.store.presence`): a ``get`` of a key that is not there skips
+    SQLite, and every ``set`` tells the other processes. Every store on that directory must
+    then be made with it.
+    """
+
+    def __init__(
+        self, directory: Path, *, size_limit: int | None = None, presence: bool = False
+    ) -> None:
         self.directory = Path(directory)
         self.size_limit = size_limit
         self._db: diskcache.Cache | None = None
         self._writes = 0
+        self._presence: Presence | None = None
+        if presence:
+            from .presence import presence_for
+
+            self._presence = presence_for(self.directory)
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
@@ -191,13 +208,18 @@ class DiskStore:
 
     def get(self, key: str) -> str | None:
         """The JSON text under ``key``; None when absent, expired or not text."""
-        return _text(self.db().get(key, None, retry=True))
+        db = self.db()
+        if self._presence is not None and not self._presence.may_hold(key):
+            return None
+        return _text(db.get(key, None, retry=True))
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
         db = self.db()
         with private_umask():
             db.set(key, value, expire=ttl, retry=True)
+        if self._presence is not None:
+            self._presence.signal()
         self._writes += 1
         if self._writes % CULL_EVERY == 1:
             db.cull(retry=True)
@@ -208,6 +230,8 @@ class DiskStore:
         with private_umask(), db.transact(retry=True):
             for key, value, ttl in items:
                 db.set(key, value, expire=ttl, retry=True)
+        if self._presence is not None:
+            self._presence.signal()  # after the commit
         before, self._writes = self._writes, self._writes + len(items)
         if before // CULL_EVERY != self._writes // CULL_EVERY or before == 0:
             db.cull(retry=True)

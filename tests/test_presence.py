@@ -1,0 +1,200 @@
+"""The response cache's key index: a miss skips SQLite, and stays right across processes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mistral_nbenv.client import Client
+from mistral_nbenv.store import presence
+from mistral_nbenv.store.local import DiskStore, close_all, open_diskcache
+from mistral_nbenv.testing import MistralTestServer
+from tests._client_support import KEY, make_settings, resolved
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(autouse=True)
+def fresh_indexes() -> Iterator[None]:
+    """Each test starts with no open database or index in this process."""
+    close_all()
+    yield
+    close_all()
+
+
+def _statements(store: DiskStore, key: str) -> tuple[str | None, list[str]]:
+    """``store.get(key)`` and the SQL statements it ran on diskcache's connection."""
+    ran: list[str] = []
+    con = store.db()._con
+    con.set_trace_callback(ran.append)
+    try:
+        return store.get(key), ran
+    finally:
+        con.set_trace_callback(None)
+
+
+def _in_another_process(code: str, directory: Path) -> None:
+    """Run ``code`` with ``DiskStore`` and ``d`` (the directory) in a new interpreter."""
+    prelude = (
+        "import sys\nfrom pathlib import Path\n"
+        "from mistral_nbenv.store.local import DiskStore, open_diskcache, close_all\n"
+        "d = Path(sys.argv[1])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", prelude + code + "\nclose_all()\n", str(directory)],
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+
+
+def test_a_miss_skips_sqlite_and_a_hit_still_reads_it(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "c", presence=True)
+    store.set("stored", '"yes"', None)
+    assert store.get("absent") is None  # the first lookup reads the keys
+    value, ran = _statements(store, "absent again")
+    assert value is None
+    assert ran == []
+    value, ran = _statements(store, "stored")
+    assert value == '"yes"'
+    assert any("FROM Cache" in s for s in ran)
+    plain = DiskStore(tmp_path / "plain")  # without the index every miss asks SQLite
+    plain.set("stored", '"yes"', None)
+    value, ran = _statements(plain, "absent")
+    assert value is None
+    assert any("FROM Cache" in s for s in ran)
+
+
+def test_a_key_another_process_adds_is_found_at_once(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    store = DiskStore(directory, presence=True)
+    assert store.get("one") is None
+    assert store.get("many-1") is None
+    _in_another_process('DiskStore(d, presence=True).set("one", "1", None)', directory)
+    assert store.get("one") == "1"
+    _in_another_process(
+        'DiskStore(d, presence=True).set_many([("many-1", "2", None), ("many-2", "3", 60)])',
+        directory,
+    )
+    assert (store.get("many-1"), store.get("many-2")) == ("2", "3")
+
+
+def test_a_write_without_the_signal_is_learnt_at_the_next_signal(tmp_path: Path) -> None:
+    """An older mistral_nbenv on the same directory writes without signalling: this process
+    misses that entry (as it did before the other process wrote it) until any signal."""
+    directory = tmp_path / "c"
+    store = DiskStore(directory, presence=True)
+    assert store.get("old") is None
+    _in_another_process('open_diskcache(d).set("old", "1")', directory)
+    assert store.get("old") is None  # the documented cost: one more call to the API
+    _in_another_process('DiskStore(d, presence=True).set("new", "2", None)', directory)
+    assert (store.get("old"), store.get("new")) == ("1", "2")
+
+
+@pytest.mark.parametrize("refill", [2, 3, 5], ids=["fewer", "as-many", "more"])
+def test_row_ids_handed_out_again_after_a_clear_are_read_again(tmp_path: Path, refill: int) -> None:
+    """Another process clears the cache and stores new keys, which get the old row ids."""
+    directory = tmp_path / "c"
+    store = DiskStore(directory, presence=True)
+    store.set_many([(f"before-{i}", "0", None) for i in range(3)])
+    assert store.get("after-0") is None
+    _in_another_process(
+        f"s = DiskStore(d, presence=True)\ns.clear()\n"
+        f"s.set_many([(f'after-{{i}}', str(i), None) for i in range({refill})])",
+        directory,
+    )
+    assert [store.get(f"after-{i}") for i in range(refill)] == [str(i) for i in range(refill)]
+    assert store.get("before-0") is None
+
+
+def test_the_signal_file_is_private(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "c", presence=True)
+    store.set("k", "1", None)
+    mode = stat.S_IMODE((tmp_path / "c" / presence.SIGNAL_FILE).stat().st_mode)
+    assert mode == 0o600
+    assert presence.presence_for(tmp_path / "c").off == ""
+
+
+def test_an_unusable_signal_file_turns_the_index_off_and_lookups_go_on(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    open_diskcache(directory)
+    (directory / presence.SIGNAL_FILE).mkdir()  # cannot be mapped
+    store = DiskStore(directory, presence=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a speed-up that is off is not the user's problem
+        store.set("k", "1", None)
+        assert store.get("k") == "1"
+        value, ran = _statements(store, "absent")
+    assert value is None
+    assert any("FROM Cache" in s for s in ran)
+    assert "IsADirectoryError" in presence.presence_for(directory).off
+
+
+def test_past_max_keys_the_index_is_off_and_lookups_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(presence, "MAX_KEYS", 3)
+    directory = tmp_path / "c"
+    DiskStore(directory).set_many([(f"k{i}", str(i), None) for i in range(5)])
+    store = DiskStore(directory, presence=True)
+    assert [store.get(f"k{i}") for i in range(5)] == [str(i) for i in range(5)]
+    value, ran = _statements(store, "absent")
+    assert value is None
+    assert any("FROM Cache" in s for s in ran)
+    assert "more than 3 entries" in presence.presence_for(directory).off
+
+
+def test_a_forked_child_reads_the_keys_afresh(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    store = DiskStore(directory, presence=True)
+    assert store.get("late") is None
+    open_diskcache(directory).set("late", "1")  # no signal: this process's index misses it
+    assert store.get("late") is None
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's set, mapping and connection are not used
+        code = 3
+        try:
+            code = 0 if store.get("late") == "1" else 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_client_hits_what_a_client_in_another_process_stored(tmp_path: Path) -> None:
+    """The index of a running client learns another process's answer before its next call."""
+    with MistralTestServer(expected_api_key=KEY) as server:
+        client = Client(make_settings(tmp_path / "cache", server.url), resolved())
+        try:
+            question = [{"role": "user", "content": "asked first elsewhere"}]
+            client.chat.complete(messages=[{"role": "user", "content": "warm the index"}])
+            code = (
+                "import sys, os\nfrom pathlib import Path\n"
+                "from mistral_nbenv.client import Client\n"
+                "from tests._client_support import make_settings, resolved\n"
+                "c = Client(make_settings(Path(sys.argv[1]), sys.argv[2]), resolved())\n"
+                "c.chat.complete(messages=[{'role': 'user', 'content': 'asked first elsewhere'}])\n"
+                "c.close()\n"
+            )
+            subprocess.run(
+                [sys.executable, "-c", code, str(tmp_path / "cache"), server.url],
+                cwd=ROOT,
+                check=True,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            assert server.count(CHAT) == 2
+            answer = client.chat.complete(messages=question)
+            assert answer.choices[0].message.content == "Echo: asked first elsewhere"
+            assert server.count(CHAT) == 2
+            assert client.stats.hits == 1
+        finally:
+            client.close()
