@@ -156,7 +156,13 @@ def parse_hit(params: Params) -> Any:
 
 
 def miss_wrapper_serve(params: Params) -> None:
-    """Sequential cache misses through the wrapper (and through its own SDK object)."""
+    """Sequential cache misses through the wrapper (and through its own SDK object).
+
+    ``mode`` ``wrapper`` / ``cache_off`` / ``sdk``: one timed block of ``n`` calls (row 2).
+    ``mode`` ``shuffled``: ``n`` cycles, each calling every contender once in a random order
+    and timing each call on its own (row 2b): per-call medians of calls that all ran in the
+    same conditions, with ``sdk_again`` (the SDK object once more) as the A/A control.
+    """
     import mistral_nbenv
     from mistral_nbenv import _fastsdk
     from mistral_nbenv.store.writebehind import flush_all
@@ -168,19 +174,26 @@ def miss_wrapper_serve(params: Params) -> None:
     for i in range(int(params["warmup"])):
         client.chat.complete(model=MODEL, messages=_messages(f"warm-w{i}"))
         raw.chat.complete(model=MODEL, messages=_messages(f"warm-s{i}"))
+    # wrapper: hash, lookup, limiter, call, queue the store; refresh: the same without the
+    # lookup (cache="refresh": what a lookup that cost nothing would leave); cache_off: the
+    # same pipeline with no key, lookup or store; sdk: the wrapper's own SDK object
+    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
+        "wrapper": (client.chat.complete, {}),
+        "refresh": (client.chat.complete, {"cache": "refresh"}),
+        "cache_off": (client.chat.complete, {"cache": False}),
+        "sdk": (raw.chat.complete, {}),
+        "sdk_again": (raw.chat.complete, {}),
+    }
     for cmd in _commands():
         n, tag = int(cmd["n"]), str(cmd["tag"])
         hits, misses = client.stats.hits, client.stats.misses
-        # wrapper: hash, lookup, limiter, call, queue the store; cache_off: the same pipeline
-        # with no key, lookup or store; sdk: the wrapper's own SDK object
-        call, extra = {
-            "wrapper": (client.chat.complete, {}),
-            "cache_off": (client.chat.complete, {"cache": False}),
-            "sdk": (raw.chat.complete, {}),
-        }[cmd["mode"]]
         cpu, started = time.process_time(), perf()
-        for i in range(n):  # a new request each time
-            call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra)
+        if cmd["mode"] == "shuffled":
+            calls = _shuffled_calls(contenders, n, tag, int(cmd["seed"]))
+        else:
+            call, extra = contenders[cmd["mode"]]
+            for i in range(n):  # a new request each time
+                call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra)
         elapsed, cpu = perf() - started, time.process_time() - cpu
         # The entries the misses queued are written now, outside the timed block: the store
         # is off the caller's path by design (written behind), and left to the writer thread
@@ -188,15 +201,39 @@ def miss_wrapper_serve(params: Params) -> None:
         flushed = perf()
         flush_all()
         store_ms = (perf() - flushed) / n * 1e3
-        _emit(
-            {
-                "ms_per_call": elapsed / n * 1e3,
-                "cpu_ms_per_call": cpu / n * 1e3,
-                "store_ms_per_entry": store_ms,
-                "misses": client.stats.misses - misses,
-                "hits": client.stats.hits - hits,
-            }
-        )
+        result: Params = {
+            "misses": client.stats.misses - misses,
+            "hits": client.stats.hits - hits,
+            "store_ms_per_entry": store_ms,
+        }
+        if cmd["mode"] == "shuffled":
+            result["per_call_ms"] = calls
+        else:
+            result.update(ms_per_call=elapsed / n * 1e3, cpu_ms_per_call=cpu / n * 1e3)
+        _emit(result)
+
+
+def _shuffled_calls(
+    contenders: dict[str, tuple[Callable[..., Any], Params]], cycles: int, tag: str, seed: int
+) -> dict[str, list[float]]:
+    """ms of each call: ``cycles`` rounds calling every contender once, in a random order.
+
+    Every contender's calls come after every other's equally often, so the state one call
+    leaves (CPU caches, the writer thread's batch, a collection) weighs on all alike.
+    """
+    import random
+
+    order, shuffle = list(contenders), random.Random(seed).shuffle
+    ms: dict[str, list[float]] = {name: [] for name in order}
+    for c in range(cycles):
+        shuffle(order)
+        for name in order:
+            call, extra = contenders[name]
+            messages = _messages(f"{tag}-{name}-{c}")  # a new request each time
+            started = perf()
+            call(model=MODEL, messages=messages, **extra)
+            ms[name].append((perf() - started) * 1e3)
+    return ms
 
 
 def miss_raw_serve(params: Params) -> None:
