@@ -14,9 +14,10 @@ Kept true across processes:
   in the directory that every process maps into memory;
 * before it answers, a reader compares that value with the one it read last (a memory read,
   no system call). When it differs, it reads the rows added since (``rowid`` above the
-  highest it has read) and only then answers. It reads the value *before* the rows, so a
-  signal it sees always comes after a commit it reads;
+  highest it has read) and only then answers. It reads the value *before* the rows, so
+  every commit signalled by the value it saw is among the rows it reads;
 * deletions need nothing: a hash left behind only sends a lookup to SQLite;
+* the processes share one host (a local disk, which SQLite's WAL mode requires anyway);
 * SQLite hands out a row id again only after the highest rows were deleted (``clear``,
   eviction). The reader notices (its highest row is gone or holds another key) and reads
   every key again.
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: The signal's file name inside the cache directory.
 SIGNAL_FILE = "presence"
-#: Above this many entries the index is off (its set would cost ~70 bytes per entry).
+#: Above this many entries the index is off (its set costs ~77 bytes per entry: 15 MB here).
 MAX_KEYS = 200_000
 _DATABASE = "cache.db"  # diskcache's database file
 _WIDTH = 8
@@ -128,7 +129,9 @@ class Presence:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 if os.fstat(fd).st_size < _WIDTH:
-                    os.ftruncate(fd, _WIDTH)  # zeros; a file is never made shorter
+                    # a value written, not a hole left by ftruncate: a full disk fails here,
+                    # never as SIGBUS on the mapping. Any fresh value is a harmless signal.
+                    os.pwrite(fd, os.urandom(_WIDTH), 0)
                 self._map = mmap.mmap(fd, _WIDTH)
             finally:
                 os.close(fd)
