@@ -64,6 +64,19 @@ def presence_for(directory: Path) -> Presence:
         return found
 
 
+class _Everything:
+    """The set of an index that is off: it may hold any key."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __len__(self) -> int:  # (only for the repr, which says "off" instead)
+        return 0
+
+
+_EVERY_KEY = _Everything()
+
+
 class Presence:
     """The keys one diskcache directory holds (see the module docstring)."""
 
@@ -78,7 +91,7 @@ class Presence:
         self._map: mmap.mmap | None = None
         self._db: sqlite3.Connection | None = None
         self._seen = b""  # the signal's value when the set was last brought up to date
-        self._hashes: set[int] = set()
+        self._hashes: set[int] | _Everything = set()
         self._top = 0  # the highest row id read
         self._top_key: object = None  # the key that row held
 
@@ -112,6 +125,8 @@ class Presence:
 
     def _catch_up(self, key: str) -> bool:
         with self._lock:
+            if self.off:  # turned off while this thread waited
+                return True
             try:
                 now = self._mapped()[:_WIDTH]  # before the rows: see the module docstring
                 if now != self._seen:
@@ -145,6 +160,8 @@ class Presence:
                 str(self.directory / _DATABASE), isolation_level=None, check_same_thread=False
             )
         hashes, top, top_key = self._hashes, self._top, self._top_key
+        if not isinstance(hashes, set):  # off meanwhile
+            return
         db.execute("BEGIN")  # one snapshot for the check and the rows
         try:
             if top and _row_key(db, top) != top_key:
@@ -159,18 +176,18 @@ class Presence:
         finally:
             db.execute("COMMIT")
         hashes.update(hash(k) for _, k in rows if isinstance(k, str))
+        if len(hashes) > MAX_KEYS:
+            raise OverflowError(f"more than {MAX_KEYS} entries")
         self._hashes = hashes  # after a reuse, a whole new set: no reader sees half of one
         if rows:
             top, top_key = rows[-1]
         self._top, self._top_key = top, top_key
-        if len(self._hashes) > MAX_KEYS:
-            raise OverflowError(f"more than {MAX_KEYS} entries")
 
     def _turn_off(self, exc: BaseException) -> None:
         """Every later lookup goes to SQLite (the cache itself reports real store failures)."""
         self.off = f"{type(exc).__name__}: {exc}"
         self._seen = b"off"  # never equal to the mapped value: the fast path is closed
-        self._hashes = set()
+        self._hashes = _EVERY_KEY  # a reader already past that check looks the key up too
         log.debug("mistral_nbenv: key index of %s is off (%s)", self.directory, self.off)
 
 
