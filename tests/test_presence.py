@@ -198,3 +198,32 @@ def test_a_client_hits_what_a_client_in_another_process_stored(tmp_path: Path) -
             assert client.stats.hits == 1
         finally:
             client.close()
+
+
+def test_threads_always_find_what_another_thread_has_stored(tmp_path: Path) -> None:
+    """A reader thread asks for keys a writer thread has just committed: never a miss."""
+    import threading
+
+    store = DiskStore(tmp_path / "c", presence=True)
+    stored = [0]  # keys k0 .. k{stored-1} are committed
+    missed: list[int] = []
+
+    def write() -> None:
+        for i in range(300):
+            store.set(f"k{i}", str(i), None)
+            stored[0] = i + 1
+
+    def read() -> None:
+        while stored[0] < 300:
+            n = stored[0]
+            if n and store.get(f"k{n - 1}") != str(n - 1):
+                missed.append(n - 1)
+            assert store.get("never stored") is None
+
+    threads = [threading.Thread(target=write), *(threading.Thread(target=read) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert missed == []
+    assert presence.presence_for(tmp_path / "c").off == ""
