@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,8 +203,6 @@ def test_a_client_hits_what_a_client_in_another_process_stored(tmp_path: Path) -
 
 def test_threads_always_find_what_another_thread_has_stored(tmp_path: Path) -> None:
     """A reader thread asks for keys a writer thread has just committed: never a miss."""
-    import threading
-
     store = DiskStore(tmp_path / "c", presence=True)
     stored = [0]  # keys k0 .. k{stored-1} are committed
     missed: list[int] = []
