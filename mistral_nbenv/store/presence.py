@@ -9,9 +9,9 @@ before.
 
 Kept true across processes:
 
-* every write that adds keys (:meth:`DiskStore.set` / ``set_many``) ends, after its commit,
-  with :meth:`Presence.signal`: a fresh random value in ``presence``, an 8-byte file (0600)
-  in the directory that every process maps into memory;
+* every write that can add keys (``DiskStore.set``, ``set_many``, ``update``, ``add_many``)
+  ends, after its commit, with :meth:`Presence.signal`: a fresh random value in
+  ``presence``, an 8-byte file (0600) in the directory that every process maps into memory;
 * before it answers, a reader compares that value with the one it read last (a memory read,
   no system call). When it differs, it reads the rows added since (``rowid`` above the
   highest it has read) and only then answers. It reads the value *before* the rows, so
@@ -64,19 +64,6 @@ def presence_for(directory: Path) -> Presence:
         return found
 
 
-class _Everything:
-    """The set of an index that is off: it may hold any key."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-    def __len__(self) -> int:  # (only for the repr, which says "off" instead)
-        return 0
-
-
-_EVERY_KEY = _Everything()
-
-
 class Presence:
     """The keys one diskcache directory holds (see the module docstring)."""
 
@@ -91,7 +78,7 @@ class Presence:
         self._map: mmap.mmap | None = None
         self._db: sqlite3.Connection | None = None
         self._seen = b""  # the signal's value when the set was last brought up to date
-        self._hashes: set[int] | _Everything = set()
+        self._hashes: set[int] = set()
         self._top = 0  # the highest row id read
         self._top_key: object = None  # the key that row held
 
@@ -115,11 +102,11 @@ class Presence:
         """Tell every process that keys were added (call after the commit)."""
         if self.off:
             return
-        try:
-            with self._lock:
+        with self._lock:
+            try:
                 self._mapped()[:_WIDTH] = os.urandom(_WIDTH)
-        except Exception as exc:
-            self._turn_off(exc)
+            except Exception as exc:
+                self._turn_off(exc)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -160,8 +147,6 @@ class Presence:
                 str(self.directory / _DATABASE), isolation_level=None, check_same_thread=False
             )
         hashes, top, top_key = self._hashes, self._top, self._top_key
-        if not isinstance(hashes, set):  # off meanwhile
-            return
         db.execute("BEGIN")  # one snapshot for the check and the rows
         try:
             if top and _row_key(db, top) != top_key:
@@ -175,19 +160,22 @@ class Presence:
             ).fetchall()
         finally:
             db.execute("COMMIT")
-        hashes.update(hash(k) for _, k in rows if isinstance(k, str))
-        if len(hashes) > MAX_KEYS:
+        if len(hashes) + len(rows) > MAX_KEYS:  # before the set grows
             raise OverflowError(f"more than {MAX_KEYS} entries")
+        hashes.update(hash(k) for _, k in rows if isinstance(k, str))
         self._hashes = hashes  # after a reuse, a whole new set: no reader sees half of one
         if rows:
             top, top_key = rows[-1]
         self._top, self._top_key = top, top_key
 
     def _turn_off(self, exc: BaseException) -> None:
-        """Every later lookup goes to SQLite (the cache itself reports real store failures)."""
+        """Every later lookup goes to SQLite (the cache itself reports real store failures).
+
+        Caller holds ``_lock``. The set is left as it is: a reader already past the fast
+        path's check answers from a set that was true when it checked.
+        """
         self.off = f"{type(exc).__name__}: {exc}"
         self._seen = b"off"  # never equal to the mapped value: the fast path is closed
-        self._hashes = _EVERY_KEY  # a reader already past that check looks the key up too
         log.debug("mistral_nbenv: key index of %s is off (%s)", self.directory, self.off)
 
 
