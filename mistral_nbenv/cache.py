@@ -126,7 +126,7 @@ class ResponseCache:
         from .store.writebehind import write_behind
 
         limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
-        disk = DiskStore(cache_dir(settings), size_limit=limit, presence=True)
+        disk = DiskStore(cache_dir(settings), size_limit=limit)
         behind = write_behind(disk, write_many=disk.set_many)
         store: KeyValue = behind
         if shared is not None and shared.share_cache:

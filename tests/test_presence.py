@@ -58,7 +58,7 @@ def _in_another_process(code: str, directory: Path) -> None:
 
 
 def test_a_miss_skips_sqlite_and_a_hit_still_reads_it(tmp_path: Path) -> None:
-    store = DiskStore(tmp_path / "c", presence=True)
+    store = DiskStore(tmp_path / "c")
     store.set("stored", '"yes"', None)
     assert store.get("absent") is None  # the first lookup reads the keys
     value, ran = _statements(store, "absent again")
@@ -68,6 +68,9 @@ def test_a_miss_skips_sqlite_and_a_hit_still_reads_it(tmp_path: Path) -> None:
     assert value == '"yes"'
     assert any("FROM Cache" in s for s in ran)
     plain = DiskStore(tmp_path / "plain")  # without the index every miss asks SQLite
+    index = presence.presence_for(tmp_path / "plain")
+    with index._lock:
+        index._turn_off(RuntimeError("turned off by the test"))
     plain.set("stored", '"yes"', None)
     value, ran = _statements(plain, "absent")
     assert value is None
@@ -76,27 +79,29 @@ def test_a_miss_skips_sqlite_and_a_hit_still_reads_it(tmp_path: Path) -> None:
 
 def test_a_key_another_process_adds_is_found_at_once(tmp_path: Path) -> None:
     directory = tmp_path / "c"
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     assert store.get("one") is None
     assert store.get("many-1") is None
-    _in_another_process('DiskStore(d, presence=True).set("one", "1", None)', directory)
+    _in_another_process('DiskStore(d).set("one", "1", None)', directory)
     assert store.get("one") == "1"
     _in_another_process(
-        'DiskStore(d, presence=True).set_many([("many-1", "2", None), ("many-2", "3", 60)])',
+        'DiskStore(d).set_many([("many-1", "2", None), ("many-2", "3", 60)])',
         directory,
     )
     assert (store.get("many-1"), store.get("many-2")) == ("2", "3")
+    _in_another_process('DiskStore(d).update("updated", lambda old: ("4", None))', directory)
+    assert store.get("updated") == "4"  # every write that can add a key signals
 
 
 def test_a_write_without_the_signal_is_learnt_at_the_next_signal(tmp_path: Path) -> None:
     """An older mistral_nbenv on the same directory writes without signalling: this process
     misses that entry (as it did before the other process wrote it) until any signal."""
     directory = tmp_path / "c"
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     assert store.get("old") is None
     _in_another_process('open_diskcache(d).set("old", "1")', directory)
     assert store.get("old") is None  # the documented cost: one more call to the API
-    _in_another_process('DiskStore(d, presence=True).set("new", "2", None)', directory)
+    _in_another_process('DiskStore(d).set("new", "2", None)', directory)
     assert (store.get("old"), store.get("new")) == ("1", "2")
 
 
@@ -104,11 +109,11 @@ def test_a_write_without_the_signal_is_learnt_at_the_next_signal(tmp_path: Path)
 def test_row_ids_handed_out_again_after_a_clear_are_read_again(tmp_path: Path, refill: int) -> None:
     """Another process clears the cache and stores new keys, which get the old row ids."""
     directory = tmp_path / "c"
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     store.set_many([(f"before-{i}", "0", None) for i in range(3)])
     assert store.get("after-0") is None
     _in_another_process(
-        f"s = DiskStore(d, presence=True)\ns.clear()\n"
+        f"s = DiskStore(d)\ns.clear()\n"
         f"s.set_many([(f'after-{{i}}', str(i), None) for i in range({refill})])",
         directory,
     )
@@ -117,7 +122,7 @@ def test_row_ids_handed_out_again_after_a_clear_are_read_again(tmp_path: Path, r
 
 
 def test_the_signal_file_is_private(tmp_path: Path) -> None:
-    store = DiskStore(tmp_path / "c", presence=True)
+    store = DiskStore(tmp_path / "c")
     store.set("k", "1", None)
     mode = stat.S_IMODE((tmp_path / "c" / presence.SIGNAL_FILE).stat().st_mode)
     assert mode == 0o600
@@ -128,7 +133,7 @@ def test_an_unusable_signal_file_turns_the_index_off_and_lookups_go_on(tmp_path:
     directory = tmp_path / "c"
     open_diskcache(directory)
     (directory / presence.SIGNAL_FILE).mkdir()  # cannot be mapped
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a speed-up that is off is not the user's problem
         store.set("k", "1", None)
@@ -145,7 +150,7 @@ def test_past_max_keys_the_index_is_off_and_lookups_go_on(
     monkeypatch.setattr(presence, "MAX_KEYS", 3)
     directory = tmp_path / "c"
     DiskStore(directory).set_many([(f"k{i}", str(i), None) for i in range(5)])
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     assert [store.get(f"k{i}") for i in range(5)] == [str(i) for i in range(5)]
     value, ran = _statements(store, "absent")
     assert value is None
@@ -155,7 +160,7 @@ def test_past_max_keys_the_index_is_off_and_lookups_go_on(
 
 def test_a_forked_child_reads_the_keys_afresh(tmp_path: Path) -> None:
     directory = tmp_path / "c"
-    store = DiskStore(directory, presence=True)
+    store = DiskStore(directory)
     assert store.get("late") is None
     open_diskcache(directory).set("late", "1")  # no signal: this process's index misses it
     assert store.get("late") is None
@@ -203,7 +208,7 @@ def test_a_client_hits_what_a_client_in_another_process_stored(tmp_path: Path) -
 
 def test_threads_always_find_what_another_thread_has_stored(tmp_path: Path) -> None:
     """A reader thread asks for keys a writer thread has just committed: never a miss."""
-    store = DiskStore(tmp_path / "c", presence=True)
+    store = DiskStore(tmp_path / "c")
     stored = [0]  # keys k0 .. k{stored-1} are committed
     missed: list[int] = []
 

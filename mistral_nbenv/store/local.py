@@ -170,24 +170,17 @@ def _text(value: Any) -> str | None:
 class DiskStore:
     """:class:`~mistral_nbenv.store.KeyValue`, ``Budget`` and ``Ledger`` in one directory.
 
-    ``presence=True`` (the response cache) keeps the directory's keys in memory
-    (:mod:`~mistral_nbenv.store.presence`): a ``get`` of a key that is not there skips
-    SQLite, and every ``set`` tells the other processes. Every store on that directory must
-    then be made with it.
+    The directory's keys are also known in memory (:mod:`~mistral_nbenv.store.presence`): a
+    ``get`` of a key that is not there skips SQLite, and every write that can add a key tells
+    the other processes after its commit.
     """
 
-    def __init__(
-        self, directory: Path, *, size_limit: int | None = None, presence: bool = False
-    ) -> None:
+    def __init__(self, directory: Path, *, size_limit: int | None = None) -> None:
         self.directory = Path(directory)
         self.size_limit = size_limit
         self._db: diskcache.Cache | None = None
+        self._presence: Presence | None = None  # with the database, on first use
         self._writes = 0
-        self._presence: Presence | None = None
-        if presence:
-            from .presence import presence_for
-
-            self._presence = presence_for(self.directory)
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
@@ -201,8 +194,16 @@ class DiskStore:
         """The open diskcache (opened, privately, on first use)."""
         db = self._db
         if db is None:
+            from .presence import presence_for
+
             db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
+            self._presence = presence_for(self.directory)
         return db
+
+    def _tell_indexes(self) -> None:
+        """After a commit that may have added keys: tell the key indexes of every process."""
+        if self._presence is not None:
+            self._presence.signal()
 
     # -- KeyValue -------------------------------------------------------------------------
 
@@ -218,8 +219,7 @@ class DiskStore:
         db = self.db()
         with private_umask():
             db.set(key, value, expire=ttl, retry=True)
-        if self._presence is not None:
-            self._presence.signal()
+        self._tell_indexes()
         self._writes += 1
         if self._writes % CULL_EVERY == 1:
             db.cull(retry=True)
@@ -230,8 +230,7 @@ class DiskStore:
         with private_umask(), db.transact(retry=True):
             for key, value, ttl in items:
                 db.set(key, value, expire=ttl, retry=True)
-        if self._presence is not None:
-            self._presence.signal()  # after the commit
+        self._tell_indexes()
         before, self._writes = self._writes, self._writes + len(items)
         if before // CULL_EVERY != self._writes // CULL_EVERY or before == 0:
             db.cull(retry=True)
@@ -259,6 +258,8 @@ class DiskStore:
             new, result = change(_text(db.get(key, None, retry=True)))
             if new is not None:
                 db.set(key, new, retry=True)
+        if new is not None:
+            self._tell_indexes()
         return result
 
     # -- Ledger ---------------------------------------------------------------------------
@@ -274,6 +275,7 @@ class DiskStore:
             for bucket, amounts in buckets.items():
                 key = _LEDGER_PREFIX + bucket
                 db.set(key, _added(_text(db.get(key, None, retry=True)), amounts), retry=True)
+        self._tell_indexes()
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters."""
