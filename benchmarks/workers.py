@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -187,29 +188,26 @@ def miss_wrapper_serve(params: Params) -> None:
     for cmd in _commands():
         n, tag = int(cmd["n"]), str(cmd["tag"])
         hits, misses = client.stats.hits, client.stats.misses
-        cpu, started = time.process_time(), perf()
         if cmd["mode"] == "shuffled":
-            calls = _shuffled_calls(contenders, n, tag, int(cmd["seed"]))
+            result: Params = {"per_call_ms": _shuffled_calls(contenders, n, tag, int(cmd["seed"]))}
+            flush_all()  # what the wrapper's and refresh's calls queued, before the next command
         else:
             call, extra = contenders[cmd["mode"]]
+            cpu, started = time.process_time(), perf()
             for i in range(n):  # a new request each time
                 call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra)
-        elapsed, cpu = perf() - started, time.process_time() - cpu
-        # The entries the misses queued are written now, outside the timed block: the store
-        # is off the caller's path by design (written behind), and left to the writer thread
-        # it would land in whichever block runs next. Its cost is reported.
-        flushed = perf()
-        flush_all()
-        store_ms = (perf() - flushed) / n * 1e3
-        result: Params = {
-            "misses": client.stats.misses - misses,
-            "hits": client.stats.hits - hits,
-            "store_ms_per_entry": store_ms,
-        }
-        if cmd["mode"] == "shuffled":
-            result["per_call_ms"] = calls
-        else:
-            result.update(ms_per_call=elapsed / n * 1e3, cpu_ms_per_call=cpu / n * 1e3)
+            elapsed, cpu = perf() - started, time.process_time() - cpu
+            # The entries the misses queued are written now, outside the timed block: the
+            # store is off the caller's path by design (written behind), and left to the writer
+            # thread it would land in whichever block runs next. Its cost is reported.
+            flushed = perf()
+            flush_all()
+            result = {
+                "ms_per_call": elapsed / n * 1e3,
+                "cpu_ms_per_call": cpu / n * 1e3,
+                "store_ms_per_entry": (perf() - flushed) / n * 1e3,
+            }
+        result.update(misses=client.stats.misses - misses, hits=client.stats.hits - hits)
         _emit(result)
 
 
@@ -221,8 +219,6 @@ def _shuffled_calls(
     Every contender's calls come after every other's equally often, so the state one call
     leaves (CPU caches, the writer thread's batch, a collection) weighs on all alike.
     """
-    import random
-
     order, shuffle = list(contenders), random.Random(seed).shuffle
     ms: dict[str, list[float]] = {name: [] for name in order}
     for c in range(cycles):
