@@ -116,8 +116,9 @@ def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
         if stream and (op.stream or op.mixed):  # an SSE event's model is {event, data}
             fields = getattr(kind, "model_fields", {})
             if "data" not in fields:
-                dumped = [_dump(kind, _instance(kind, seed + i)) for i in range(12)]
-                return Reply(status, events=dumped[:3])
+                return Reply(
+                    status, events=[_dump(kind, _instance(kind, seed + i)) for i in range(3)]
+                )
             # an SSE event model ({event, data, id, retry}): sent as "event:" and "data:" lines.
             # Only events of a stream that goes well: named (every such SDK model's ``event``
             # holds a name), and never an "error" event or an error payload, which is how a
@@ -126,9 +127,8 @@ def body_for(op: Any, path: str, *, stream: bool = False) -> Reply:
             for i in range(48):
                 event = _instance(kind, seed + i)
                 name, data = getattr(event, "event", None), getattr(event, "data", None)
-                if data is None or name == "error" or type(data).__name__.endswith("Error"):
-                    continue
-                if name is None and "event" in fields:
+                failed = name == "error" or type(data).__name__.endswith("Error")
+                if data is None or failed or (name is None and "event" in fields):
                     continue
                 dumped = _dump(kind, event)
                 named.append((dumped.get("event"), dumped["data"]))
