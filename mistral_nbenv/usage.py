@@ -100,6 +100,9 @@ class UsageRecorder:
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, float]] = {}
         self._last_flush = clock()
+        # The day's bucket prefix, made once a day: ``strftime`` costs more than the rest of
+        # ``record`` (days are UTC, so a day is ``now // 86400``).
+        self._day: tuple[float, str] = (-1.0, "")
         _recorders.add(self)
 
     def __repr__(self) -> str:
@@ -108,8 +111,12 @@ class UsageRecorder:
     def record(self, model: str | None, **amounts: float) -> None:
         """Count ``amounts`` for ``model`` today; write the batch when it is due."""
         now = self.clock()
-        day = time.strftime("%Y-%m-%d", time.gmtime(now))
-        bucket = f"{day}|{self.environment}|{model or '-'}"
+        number, prefix = self._day
+        if number != now // 86400:
+            number = now // 86400
+            prefix = f"{time.strftime('%Y-%m-%d', time.gmtime(now))}|{self.environment}|"
+            self._day = (number, prefix)
+        bucket = prefix + (model or "-")
         with self._lock:
             counters = self._pending.setdefault(bucket, {})
             for name, amount in amounts.items():

@@ -430,3 +430,22 @@ def test_a_forked_child_does_not_count_the_parents_pending_usage(
 
     (row,) = collect_usage().rows
     assert row.requests == 1
+
+
+def test_usage_counted_on_each_side_of_midnight_utc_lands_in_two_days() -> None:
+    from mistral_nbenv.store.local import MemoryStore
+    from mistral_nbenv.usage import UsageRecorder
+
+    ledger = MemoryStore()
+    now = [1_764_892_799.5]  # 2025-12-04 23:59:59.5 UTC
+    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: now[0])
+    recorder.record("m", requests=1)
+    now[0] += 1.0  # 2025-12-05 00:00:00.5 UTC
+    recorder.record("m", requests=2)
+    recorder.record(None, requests=4)
+    recorder.flush()
+    assert ledger.totals() == {
+        "2025-12-04|staging|m": {"requests": 1.0},
+        "2025-12-05|staging|m": {"requests": 2.0},
+        "2025-12-05|staging|-": {"requests": 4.0},
+    }
