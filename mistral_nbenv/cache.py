@@ -91,13 +91,15 @@ def canonical_json(params: Mapping[str, Any]) -> str:
 
 def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str:
     """SHA-256 cache key of one request within a namespace (environment + server URL)."""
-    text = canonical_json(params)
-    digest = hashlib.sha256(namespace.encode())
-    digest.update(b"\0")
-    digest.update(endpoint.encode())
-    digest.update(b"\0")
-    digest.update(text.encode())
-    return digest.hexdigest()
+    return _digest(_prefix(namespace, endpoint), params)
+
+
+def _prefix(namespace: str, endpoint: str) -> bytes:
+    return f"{namespace}\0{endpoint}\0".encode()
+
+
+def _digest(prefix: bytes, params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(prefix + canonical_json(params).encode()).hexdigest()
 
 
 class ResponseCache:
@@ -114,6 +116,7 @@ class ResponseCache:
         self._broken = False
         self.problem = ""  # why the cache is off, once it is
         self._behind: WriteBehind | None = None  # the disk's write-behind, when it has one
+        self._prefixes: dict[str, bytes] = {}  # what each endpoint's keys are hashed after
 
     @classmethod
     def for_settings(cls, settings: Settings, shared: Shared | None = None) -> ResponseCache:
@@ -161,8 +164,11 @@ class ResponseCache:
             self._behind.flush()  # a failed write warns, never raises
 
     def key(self, endpoint: str, params: Mapping[str, Any]) -> str:
-        """Cache key of a request to ``endpoint`` with ``params``."""
-        return request_key(self.namespace, endpoint, params)
+        """Cache key of a request to ``endpoint`` with ``params`` (:func:`request_key`)."""
+        prefix = self._prefixes.get(endpoint)
+        if prefix is None:
+            prefix = self._prefixes[endpoint] = _prefix(self.namespace, endpoint)
+        return _digest(prefix, params)
 
     def get(self, key: str) -> str | None:
         """The stored JSON text for ``key``, or None (miss, expired or cache off)."""

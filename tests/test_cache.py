@@ -56,6 +56,17 @@ def test_key_changes_with_namespace_endpoint_and_params(
     )
 
 
+def test_keys_stay_those_earlier_releases_stored(rc: ResponseCache) -> None:
+    """A new key form would orphan every stored entry (and split a shared Redis cache)."""
+    params = {"model": "m", "messages": [{"role": "user", "content": "é"}], "temperature": None}
+    ns = "staging\0http://127.0.0.1:1"
+    expected = "8577e1cc7970f8926de987302e162a2e6cf35085286e33583195a2ae86b38928"
+    assert request_key(ns, "chat.complete", params) == expected
+    rc.namespace = ns
+    assert rc.key("chat.complete", params) == expected
+    assert rc.key("fim.complete", params) == request_key(ns, "fim.complete", params) != expected
+
+
 def test_roundtrip_private_and_json(rc: ResponseCache) -> None:
     key = rc.key("chat.complete", {"model": "m"})
     assert rc.get(key) is None
