@@ -51,17 +51,22 @@ def remaining() -> float | None:
     return None if ends is None else ends - time.monotonic()
 
 
-def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
-    """The operation's timeout cut to the time left; past the deadline, ``error`` now."""
-    left = remaining()
-    if left is None:
+_CONNECT, _READ, _WRITE = 0, 1, 2
+
+
+def _bounded(timeout: float | None, operation: int) -> float | None:
+    """The operation's timeout cut to the time left; past the deadline, its timeout error now."""
+    ends = DEADLINE.get()
+    if ends is None:
         return timeout
+    left = ends - time.monotonic()
     if left <= 0:
-        raise error("deadline of this attempt reached (mistral_nbenv `timeout`)")
+        raise _errors()[operation]("deadline of this attempt reached (mistral_nbenv `timeout`)")
     return left if timeout is None else min(timeout, left)
 
 
 def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """httpcore2's own timeout errors, by operation (what a silent server raises)."""
     import httpcore2
 
     return httpcore2.ConnectTimeout, httpcore2.ReadTimeout, httpcore2.WriteTimeout
@@ -72,11 +77,11 @@ class _Stream:
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._inner.read(max_bytes, _bounded(timeout, _errors()[1]))
+        data: bytes = self._inner.read(max_bytes, _bounded(timeout, _READ))
         return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bounded(timeout, _errors()[2]))
+        self._inner.write(buffer, _bounded(timeout, _WRITE))
 
     def close(self) -> None:
         self._inner.close()
@@ -84,7 +89,7 @@ class _Stream:
     def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> _Stream:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, bounded))
 
     def get_extra_info(self, info: str) -> Any:
@@ -98,11 +103,11 @@ class _Backend:
     def connect_tcp(
         self, host: str, port: int, timeout: float | None = None, **options: Any
     ) -> _Stream:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _Stream(self._inner.connect_tcp(host, port, bounded, **options))
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, **options: Any) -> Any:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _Stream(self._inner.connect_unix_socket(path, bounded, **options))
 
     def sleep(self, seconds: float) -> None:
@@ -114,11 +119,11 @@ class _AsyncStream:
         self._inner = inner
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = await self._inner.read(max_bytes, _bounded(timeout, _errors()[1]))
+        data: bytes = await self._inner.read(max_bytes, _bounded(timeout, _READ))
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, _bounded(timeout, _errors()[2]))
+        await self._inner.write(buffer, _bounded(timeout, _WRITE))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -126,7 +131,7 @@ class _AsyncStream:
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> _AsyncStream:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname, bounded))
 
     def get_extra_info(self, info: str) -> Any:
@@ -140,13 +145,13 @@ class _AsyncBackend:
     async def connect_tcp(
         self, host: str, port: int, timeout: float | None = None, **options: Any
     ) -> _AsyncStream:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _AsyncStream(await self._inner.connect_tcp(host, port, bounded, **options))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, **options: Any
     ) -> _AsyncStream:
-        bounded = _bounded(timeout, _errors()[0])
+        bounded = _bounded(timeout, _CONNECT)
         return _AsyncStream(await self._inner.connect_unix_socket(path, bounded, **options))
 
     async def sleep(self, seconds: float) -> None:
