@@ -147,18 +147,22 @@ _MAX_KNOWN = 1000
 _MIN_KNOWN = 8
 
 
+_known_order: tuple[str, ...] = ()  # _known, longest first: what known() returns
+
+
 def remember(secret: str) -> None:
     """Add a secret to the ones :func:`scrub` masks everywhere (each ``SecretStr`` does)."""
+    global _known_order
     if len(secret) >= _MIN_KNOWN:
         with _known_lock:
-            if len(_known) < _MAX_KNOWN:
+            if len(_known) < _MAX_KNOWN and secret not in _known:
                 _known.add(secret)
+                _known_order = tuple(sorted(_known, key=len, reverse=True))
 
 
-def known() -> list[str]:
+def known() -> tuple[str, ...]:
     """The secrets this process has seen (longest first, so a longer one masks whole)."""
-    with _known_lock:
-        return sorted(_known, key=len, reverse=True)
+    return _known_order
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
