@@ -75,9 +75,27 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-_encode = json.JSONEncoder(
+_encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-).encode
+)
+# The C encoder behind ``_encoder.encode``, made once instead of on every call (None
+# without json's C accelerator: then json's own path).
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode = (
+    None
+    if _make_c_encoder is None
+    else _make_c_encoder(
+        None, _json_default, json.encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+)
+
+
+def _encode(params: dict[str, Any]) -> str:
+    """``_encoder.encode(params)``, the same text (no cycle check: a cycle is a
+    ``RecursionError``, which the client treats as an input with no stable form)."""
+    if _c_encode is None:
+        return _encoder.encode(params)
+    return "".join(_c_encode(params, 0))
 
 
 def canonical_json(params: Mapping[str, Any]) -> str:

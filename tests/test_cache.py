@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 import stat
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mistral_nbenv.cache import ResponseCache, canonical_json, request_key
+from mistral_nbenv.cache import ResponseCache, _json_default, canonical_json, request_key
 from mistral_nbenv.store import local as store_local
 from mistral_nbenv.store.local import DiskStore
 
@@ -54,6 +58,43 @@ def test_key_changes_with_namespace_endpoint_and_params(
     assert request_key(ns, endpoint, params) != request_key(
         "staging\0", "chat.complete", {"model": "m"}
     )
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()  # NaN and infinities too: json writes them as NaN / Infinity
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
+def test_canonical_json_is_the_text_json_dumps_writes(params: dict[str, Any]) -> None:
+    """The encoder made once must write what ``json.dumps`` with the same options writes."""
+    expected = json.dumps(
+        {k: v for k, v in params.items() if v is not None},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_json_default,
+    )
+    assert canonical_json(params) == expected
+    assert canonical_json({"x": {1, 2}, "y": math.inf}) == '{"x":[1,2],"y":Infinity}'
+
+
+def test_a_request_with_a_cycle_has_no_canonical_form() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(RecursionError):
+        canonical_json({"messages": cycle})
 
 
 def test_keys_stay_those_earlier_releases_stored(rc: ResponseCache) -> None:
