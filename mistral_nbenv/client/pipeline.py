@@ -147,7 +147,8 @@ class Pipeline:
         if read or write:
             try:
                 key = self.cache.key(ep.name, canonical(kwargs))
-            except TypeError:  # an input with no stable form (an open file): not cached
+            except (TypeError, ValueError, RecursionError):
+                # no stable form (an open file, a cycle): not cached; the SDK judges the input
                 read = write = False
         if read and key is not None:
             text = self.cache.get(key)
@@ -210,10 +211,11 @@ class Pipeline:
         """
         call.seen.clear()
         token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+        ends = deadline.start(call.seconds)
         try:
-            with deadline.within(call.seconds):
-                return method(**call.kwargs)
+            return method(**call.kwargs)
         finally:
+            deadline.stop(ends)
             _fastsdk.leave(scope)
             RESPONSES.reset(token)
 
@@ -248,10 +250,11 @@ class Pipeline:
             self._waited(call, await self.limiter.acquire_async(call.estimate))
             call.seen.clear()
             token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+            ends = deadline.start(call.seconds)
             try:  # set around the await: the response hooks and reads run inside it
-                with deadline.within(call.seconds):
-                    return await method(**call.kwargs)
+                return await method(**call.kwargs)
             finally:
+                deadline.stop(ends)
                 _fastsdk.leave(scope)
                 RESPONSES.reset(token)
 
