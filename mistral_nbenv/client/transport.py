@@ -129,6 +129,8 @@ class Transport:
         self.timeout_ms = max(1, int(float(settings.timeout) * 1000))
         self._lock = threading.RLock()
         self.sync_raw: Any = None
+        # the sync SDK object's bound methods by (group, name), looked up once per object
+        self._sync_methods: tuple[Any, dict[tuple[str, str], Any]] = (None, {})
         self._async_raw: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -193,7 +195,19 @@ class Transport:
     def method(self, group: str, name: str, *, is_async: bool) -> Any:
         """The bound SDK method ``group.name`` (``name + "_async"`` on this event loop);
         ``group`` may be dotted (``beta.conversations``)."""
-        target = self.for_loop() if is_async else self.raw
+        if is_async:
+            return self._method(self.for_loop(), group, name, is_async=True)
+        raw = self.raw
+        methods = self._sync_methods
+        if methods[0] is not raw:  # a new SDK object (after close): look up afresh
+            methods = self._sync_methods = (raw, {})
+        found = methods[1].get((group, name))
+        if found is None:
+            found = methods[1][group, name] = self._method(raw, group, name, is_async=False)
+        return found
+
+    @staticmethod
+    def _method(target: Any, group: str, name: str, *, is_async: bool) -> Any:
         for part in group.split("."):
             target = getattr(target, part)
         method = getattr(target, name + "_async" if is_async else name)
