@@ -298,6 +298,9 @@ class RateLimiter:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
         if not self.enabled:
             return 0.0
+        if self._shared is None and self._take_held(tokens):  # the common case, in short
+            self.admitted_at = self.clock()
+            return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
             wait, now = self._try(tokens)
@@ -310,6 +313,9 @@ class RateLimiter:
     async def acquire_async(self, tokens: float = 0) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
         if not self.enabled:
+            return 0.0
+        if self._shared is None and self._take_held(tokens):
+            self.admitted_at = self.clock()
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
