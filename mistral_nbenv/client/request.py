@@ -250,9 +250,9 @@ def estimate_tokens(params: Mapping[str, Any]) -> int:
                 if isinstance(item, str):
                     chars += len(item)
                 else:
-                    content = (
+                    content = (  # type() first: an ABC isinstance check is slow
                         item.get("content")
-                        if isinstance(item, Mapping)
+                        if type(item) is dict or isinstance(item, Mapping)
                         else getattr(item, "content", None)
                     )
                     chars += len(content) if isinstance(content, str) else len(str(content or ""))
