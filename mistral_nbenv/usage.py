@@ -111,11 +111,10 @@ class UsageRecorder:
     def record(self, model: str | None, **amounts: float) -> None:
         """Count ``amounts`` for ``model`` today; write the batch when it is due."""
         now = self.clock()
-        number, prefix = self._day
-        if number != now // 86400:
-            number = now // 86400
+        day, prefix = now // 86400, self._day[1]
+        if day != self._day[0]:
             prefix = f"{time.strftime('%Y-%m-%d', time.gmtime(now))}|{self.environment}|"
-            self._day = (number, prefix)
+            self._day = (day, prefix)
         bucket = prefix + (model or "-")
         with self._lock:
             counters = self._pending.setdefault(bucket, {})
