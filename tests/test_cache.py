@@ -87,7 +87,10 @@ def test_canonical_json_is_the_text_json_dumps_writes(params: dict[str, Any]) ->
         default=_json_default,
     )
     assert canonical_json(params) == expected
-    assert canonical_json({"x": {1, 2}, "y": math.inf}) == '{"x":[1,2],"y":Infinity}'
+
+
+def test_canonical_json_writes_sets_sorted_and_infinity_as_json_does() -> None:
+    assert canonical_json({"y": math.inf, "x": {2, 1}, "z": None}) == '{"x":[1,2],"y":Infinity}'
 
 
 def test_a_request_with_a_cycle_has_no_canonical_form() -> None:
@@ -97,14 +100,14 @@ def test_a_request_with_a_cycle_has_no_canonical_form() -> None:
         canonical_json({"messages": cycle})
 
 
-def test_keys_stay_those_earlier_releases_stored(rc: ResponseCache) -> None:
+def test_keys_stay_those_earlier_releases_stored(tmp_path: Path) -> None:
     """A new key form would orphan every stored entry (and split a shared Redis cache)."""
     params = {"model": "m", "messages": [{"role": "user", "content": "é"}], "temperature": None}
     ns = "staging\0http://127.0.0.1:1"
     expected = "8577e1cc7970f8926de987302e162a2e6cf35085286e33583195a2ae86b38928"
     assert request_key(ns, "chat.complete", params) == expected
-    rc.namespace = ns
-    assert rc.key("chat.complete", params) == expected
+    rc = disk_cache(tmp_path, namespace=ns)
+    assert rc.key("chat.complete", params) == rc.key("chat.complete", params) == expected
     assert rc.key("fim.complete", params) == request_key(ns, "fim.complete", params) != expected
 
 

@@ -356,6 +356,24 @@ def test_malformed_body_is_clear_and_not_cached(make: Any, server: MistralTestSe
 # ----------------------------------------------------------------------------- cache
 
 
+def test_a_request_the_key_cannot_encode_goes_to_the_sdk_uncached(
+    make: Any, server: MistralTestServer
+) -> None:
+    client = make()
+    odd = {(1, 2): "x"}  # a key json cannot write: the request has no cache key
+    for _ in range(2):
+        assert client.chat.complete(messages=hello(), metadata=odd).choices
+    assert len(server.requests) == 2  # asked both times: nothing was cached
+    cycle: list[Any] = [{"role": "user", "content": "hi"}]
+    cycle.append(cycle)
+    with pytest.raises(RecursionError) as caught:  # the SDK's own verdict on such input...
+        client.chat.complete(messages=cycle)
+    frames = [frame.filename for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert any("/mistralai/" in name for name in frames)  # ...reached, not the cache key's
+    assert not any(name.endswith("mistral_nbenv/cache.py") for name in frames)
+    assert len(server.requests) == 2
+
+
 def test_cache_hit_makes_no_request(make: Any, server: MistralTestServer) -> None:
     client = make()
     first = client.chat.complete(messages=hello(), temperature=0.2)
