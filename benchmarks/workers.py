@@ -159,7 +159,7 @@ def parse_hit(params: Params) -> Any:
 def miss_wrapper_serve(params: Params) -> None:
     """Sequential cache misses through the wrapper (and through its own SDK object).
 
-    ``mode`` ``wrapper`` / ``cache_off`` / ``sdk``: one timed block of ``n`` calls (row 2).
+    ``mode`` ``wrapper`` (or another contender's name): one timed block of ``n`` calls (row 2).
     ``mode`` ``shuffled``: ``n`` cycles, each calling every contender once in a random order
     and timing each call on its own (row 2b): per-call medians of calls that all ran in the
     same conditions, with ``sdk_again`` (the SDK object once more) as the A/A control.
