@@ -123,10 +123,28 @@ def test_row_ids_handed_out_again_after_a_clear_are_read_again(tmp_path: Path, r
 
 def test_the_signal_file_is_private(tmp_path: Path) -> None:
     store = DiskStore(tmp_path / "c")
+    assert store.get("k") is None  # the first reader makes the file
     store.set("k", "1", None)
     mode = stat.S_IMODE((tmp_path / "c" / presence.SIGNAL_FILE).stat().st_mode)
     assert mode == 0o600
     assert presence.presence_for(tmp_path / "c").off == ""
+
+
+def test_a_directory_only_written_gets_no_signal_and_a_later_reader_finds_every_key(
+    tmp_path: Path,
+) -> None:
+    """The rate limit's and the usage ledger's directories are written, never read by key."""
+    directory = tmp_path / "c"
+    _in_another_process(
+        's = DiskStore(d)\ns.set("one", "1", None)\ns.update("two", lambda old: ("2", None))',
+        directory,
+    )
+    assert not (directory / presence.SIGNAL_FILE).exists()
+    reader = DiskStore(directory)
+    assert (reader.get("one"), reader.get("two"), reader.get("three")) == ("1", "2", None)
+    assert (directory / presence.SIGNAL_FILE).exists()  # made by the first reader
+    _in_another_process('DiskStore(d).set("three", "3", None)', directory)
+    assert reader.get("three") == "3"  # a writer signals once a reader made the file
 
 
 def test_an_unusable_signal_file_turns_the_index_off_and_lookups_go_on(tmp_path: Path) -> None:

@@ -11,7 +11,11 @@ Kept true across processes:
 
 * every write that can add keys (``DiskStore.set``, ``set_many``, ``update``, ``add_many``)
   ends, after its commit, with :meth:`Presence.signal`: a fresh random value in
-  ``presence``, an 8-byte file (0600) in the directory that every process maps into memory;
+  ``presence``, an 8-byte file (0600) in the directory that every process maps into memory.
+  The first reader creates that file; until one has, there is no one to tell and a write
+  leaves it alone (so directories only written to, the rate limit's and the usage ledger's,
+  never get one): the file is created before that reader reads any row, so a commit that
+  found no file is among the rows it reads;
 * before it answers, a reader compares that value with the one it read last (a memory read,
   no system call). When it differs, it reads the rows added since (``rowid`` above the
   highest it has read) and only then answers. It reads the value *before* the rows, so
@@ -104,6 +108,8 @@ class Presence:
             return
         with self._lock:
             try:
+                if self._map is None and not (self.directory / SIGNAL_FILE).exists():
+                    return  # no reader yet: the first one reads every row (after this commit)
                 self._mapped()[:_WIDTH] = os.urandom(_WIDTH)
             except Exception as exc:
                 self._turn_off(exc)
