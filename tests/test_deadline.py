@@ -56,6 +56,7 @@ def test_a_trickled_answer_is_cut_at_the_deadline(
         with pytest.raises(APITimeoutError) as caught:
             get_client().chat.complete(messages=HELLO)
         elapsed = time.monotonic() - started
+        assert deadline.remaining() is None  # a failed call leaves no deadline behind
         conns = server.wait_done(2)
     assert len(conns) == 2  # one retry, each attempt with its own deadline
     assert all(c.hung_up and c.pieces_sent < c.pieces_total for c in conns)
@@ -74,6 +75,7 @@ def test_the_same_answer_within_the_deadline_is_served(
         answer = get_client().chat.complete(messages=HELLO)
         assert answer.choices[0].message.content == "slow hello"
         assert server.wait_done(1)[0].finished
+        assert deadline.remaining() is None  # nor does a served one (client.raw runs free)
 
 
 def test_async_calls_have_the_same_deadline(
@@ -86,6 +88,7 @@ def test_async_calls_have_the_same_deadline(
         async def main() -> None:
             with pytest.raises(APITimeoutError, match=r"timeout of 1\.5 s"):
                 await client.chat.complete_async(messages=HELLO)
+            assert deadline.remaining() is None  # the task keeps no deadline either
 
         asyncio.run(main())
         [conn] = server.wait_done(1)
