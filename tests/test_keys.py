@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from mistral_nbenv import ConfigurationError, MissingAPIKeyError, SecretBackendError
-from mistral_nbenv.secrets import SecretStr, mask
+from mistral_nbenv.secrets import SecretStr, mask, scrub
 from mistral_nbenv.workspace import get_api_key
 from tests.conftest import ProjectFactory, fake_key
 
@@ -184,3 +184,12 @@ def test_resolved_key_repr_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     key = get_api_key()
     assert DEV not in repr(key)
     assert key.masked in repr(key)
+
+
+def test_scrub_masks_each_remembered_secret_and_a_longer_one_whole() -> None:
+    short = "nbenv-test-secret-0123"
+    longer = short + "-and-more-4567"
+    SecretStr(short)
+    SecretStr(longer)  # remembered after the short one, which it contains
+    text = scrub(f"a {longer} b {short} c")
+    assert text == f"a {mask(longer)} b {mask(short)} c"
