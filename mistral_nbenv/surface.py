@@ -23,7 +23,10 @@ import ast
 import functools
 import importlib
 import inspect
+import sys
+import textwrap
 import threading
+import tokenize
 import types
 import typing
 from collections.abc import Iterator
@@ -172,11 +175,36 @@ def _children(cls: type) -> dict[str, typing.Callable[[], type]]:
     return found
 
 
+def _class_node(cls: type) -> ast.ClassDef | None:
+    """The class statement of ``cls``, parsed from its module's file (None: no source).
+
+    The module is read and parsed once, and the class found among its top-level statements.
+    ``inspect.getsource`` would find the same text but costs several times as much: on first
+    use it maps every loaded module to its file, and it parses the whole module to find
+    where the class ends, before the class is parsed again.
+    """
+    module = sys.modules.get(cls.__module__)
+    filename = getattr(module, "__file__", None)
+    if filename:
+        try:
+            with tokenize.open(filename) as file:
+                tree = ast.parse(file.read(), filename)
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            tree = None
+        for node in tree.body if tree is not None else ():
+            if isinstance(node, ast.ClassDef) and node.name == cls.__qualname__:
+                return node
+    try:  # not a top-level class of a plain source file: inspect's general search
+        node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return None
+    return node if isinstance(node, ast.ClassDef) else None
+
+
 def _read_source(cls: type) -> dict[str, dict[str, Any]]:
     """Per function of ``cls``: the method/path given to ``_build_request``, self-calls."""
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError, SyntaxError):  # no source: every operation is a write
+    tree = _class_node(cls)
+    if tree is None:  # no source: every operation is a write
         return {}
     found: dict[str, dict[str, Any]] = {}
     for node in ast.walk(tree):
@@ -214,9 +242,9 @@ def _stream_kind(fn: Any, path: str | None) -> tuple[bool, bool]:
 
 
 def _discover(path: tuple[str, ...], cls: type) -> Space:
-    source = _read_source(cls)
     ops: dict[str, Operation] = {}
     if path:  # the root's own methods (dynamic_import ...) are not operations
+        source = _read_source(cls)
         for name, fn in vars(cls).items():
             if name.startswith("_") or name.endswith("_async") or not inspect.isfunction(fn):
                 continue

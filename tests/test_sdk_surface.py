@@ -488,6 +488,56 @@ def test_every_sdk_operation_is_on_the_wrapper() -> None:
             assert callable(getattr(sdk_ns, op.name + "_async")), op.qualname
 
 
+def _spaces(path: tuple[str, ...] = ()) -> Iterator[surface.Space]:
+    node = surface.space(path)
+    yield node
+    for child in node.children:
+        yield from _spaces((*path, child))
+
+
+def test_discovery_reads_each_sdk_class_as_inspect_finds_it() -> None:
+    """The class statement parsed from its module file is the one ``inspect`` finds."""
+    import ast
+
+    spaces = list(_spaces())
+    assert len(spaces) > 40
+    for node in spaces:
+        ours = surface._class_node(node.cls)
+        theirs = ast.parse(inspect.getsource(node.cls)).body[0]
+        assert ours is not None, node.path
+        assert ast.dump(ours) == ast.dump(theirs), node.path
+    sent = [op for op in surface.walk() if not op.derived]
+    assert len(sent) > 250
+    assert [op.qualname for op in sent if not (op.http_method and op.http_path)] == []
+
+
+class _Outer:
+    class Nested:  # not a top-level statement of its module: found by inspect's search
+        def complete(self) -> None:
+            self._build_request(method="POST", path="/v1/nested")
+
+        def _build_request(self, **kwargs: Any) -> None: ...
+
+
+class _Later:  # the second class of this module: found by its name, not its place
+    def complete(self) -> None:
+        self._build_request(method="GET", path="/v1/later")
+
+    def _build_request(self, **kwargs: Any) -> None: ...
+
+
+def test_discovery_of_a_nested_class_and_of_one_with_no_source() -> None:
+    assert surface._read_source(_Outer.Nested)["complete"]["path"] == "/v1/nested"
+    assert surface._read_source(_Later)["complete"] == {
+        "calls": set(),
+        "method": "GET",
+        "path": "/v1/later",
+    }
+    made = type("Made", (), {"complete": lambda self: None})  # no source anywhere
+    assert surface._class_node(made) is None
+    assert surface._read_source(made) == {}
+
+
 def test_each_operation_has_the_sdk_signature_and_an_async_twin(
     server: MistralTestServer,
 ) -> None:
