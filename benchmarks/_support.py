@@ -153,7 +153,10 @@ def clean_environ(settings_file: Path | None, home: Path) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(_PREFIXES) and name not in _NAMES and "FOR_DYNACONF" not in name
+        if not name.startswith(_PREFIXES)
+        and name not in _NAMES
+        and "FOR_DYNACONF" not in name
+        and name != "PYTHONDONTWRITEBYTECODE"
     }
     home.mkdir(parents=True, exist_ok=True)
     env.update(
@@ -163,6 +166,10 @@ def clean_environ(settings_file: Path | None, home: Path) -> dict[str, str]:
             "IPYTHONDIR": str(home / ".ipython"),
             "MPLBACKEND": "Agg",
             "AWS_EC2_METADATA_DISABLED": "true",
+            # Bytecode is written and read as for an installed package (pip writes it; a
+            # machine-wide PYTHONDONTWRITEBYTECODE would recompile this repo on every
+            # import), to a cache private to the run: nothing lands in the repo.
+            "PYTHONPYCACHEPREFIX": str(home / "pycache"),
             "PYTHONPATH": os.pathsep.join(
                 [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._support import (
+    MODEL,
     Config,
     Figure,
     Worker,
@@ -278,24 +279,67 @@ _SNIPPETS = {
 }
 
 
+# A script's first answer (row 3e): from its first import to a chat answer, a cache miss (a
+# new prompt in every process). The plain SDK is given the same server and key. The wrapper's
+# run also times Dynaconf's import on its own (first, so the total is unchanged): it imports
+# Flask's stack whenever Flask is installed (here by moto[server], a test dependency).
+def _first_answer(setup: str, client: str, check: str = "", extra: str = "") -> str:
+    return (
+        "import os, sys, time, uuid\nt = time.perf_counter()\n"
+        + setup
+        + "messages = [{'role': 'user', 'content': 'Say hello. ' + uuid.uuid4().hex}]\n"
+        + f"answer = {client}.chat.complete(model={MODEL!r}, messages=messages)\n"
+        + "e = time.perf_counter() - t\n"
+        + "assert answer.choices[0].message.content\n"
+        + check
+        + _TIMED.format('{"ms": e * 1e3' + extra + "}")
+    )
+
+
+_FIRST_ANSWER = {
+    "first_nbenv": _first_answer(
+        "import dynaconf\nd = time.perf_counter() - t\n"
+        "from mistral_nbenv import get_client\nclient = get_client()\n",
+        "client",
+        "assert (client.stats.misses, client.stats.hits) == (1, 0)\n",
+        ', "dynaconf_ms": d * 1e3, "flask": "flask" in sys.modules',
+    ),
+    "first_sdk": _first_answer(
+        "from mistralai.client import Mistral\n"
+        "sdk = Mistral(api_key=os.environ['MISTRAL_API_KEY_DEV'], "
+        "server_url=os.environ['BENCH_SERVER_URL'])\n",
+        "sdk",
+    ),
+}
+
+
 def bench_import(ctx: Context) -> list[Figure]:
-    """``import mistral_nbenv`` and ``%load_ext`` in fresh processes vs Python and the SDK."""
+    """``import mistral_nbenv`` and ``%load_ext`` in fresh processes vs Python and the SDK;
+    a script's first answer vs the plain SDK's."""
     env, cwd = ctx.project("import")
+    env["BENCH_SERVER_URL"] = ctx.server().url
     rounds = ctx.config.pick(7, 1)
-    names = list(_SNIPPETS)
+    snippets = {**_SNIPPETS, **_FIRST_ANSWER}
+    names = list(snippets)
     wall: dict[str, list[float]] = {name: [] for name in names}
-    inner: dict[str, list[float]] = {"nbenv": [], "sdk": [], "load_ext": []}
+    inner: dict[str, list[float]] = {name: [] for name in ("nbenv", "sdk", "load_ext")}
+    inner.update({name: [] for name in _FIRST_ANSWER})
+    dynaconf_ms: list[float] = []
+    flask = False
     heavy: set[str] = set()
     first = 0 if ctx.config.quick else -1
     for r in range(first, rounds):  # round -1 warms the OS and bytecode caches; not counted
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate the order
         for name in order:
-            run = run_python(["-c", _SNIPPETS[name]], env, cwd)
+            run = run_python(["-c", snippets[name]], env, cwd)
             if r < 0:
                 continue
             wall[name].append(run.wall * 1e3)
-            if name in ("nbenv", "sdk"):
+            if name in ("nbenv", "sdk", *_FIRST_ANSWER):
                 inner[name].append(run.result["ms"])
+            if name == "first_nbenv":
+                dynaconf_ms.append(run.result["dynaconf_ms"])
+                flask = run.result["flask"]
             if name == "nbenv":
                 heavy.update(run.result["heavy"])
             if name == "shell_ext":
@@ -356,6 +400,21 @@ def bench_import(ctx: Context) -> list[Figure]:
             w["shell_ext"] - w["shell"] < 150,
             {},
             f"python -c pass: {w['pass']:.0f} ms; SDK import process: {w['sdk']:.0f} ms",
+        ),
+        Figure(
+            "3e",
+            "script: first import to first answer (miss)",
+            median(inner["first_nbenv"]),
+            "ms",
+            "plain SDK: import, Mistral(...), chat.complete",
+            median(inner["first_sdk"]),
+            "adds < 150 ms",
+            median(inner["first_nbenv"]) - median(inner["first_sdk"]) < 150,
+            {"first_nbenv": inner["first_nbenv"], "first_sdk": inner["first_sdk"]},
+            "fresh process each, loopback server, a new prompt each time; settings, key, "
+            f"SDK discovery and the first call included, of which importing Dynaconf "
+            f"{median(dynaconf_ms):.0f} ms ({'with' if flask else 'without'} Flask's stack). "
+            f"Whole processes: {w['first_nbenv']:.0f} ms against {w['first_sdk']:.0f} ms",
         ),
     ]
 
