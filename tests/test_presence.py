@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from mistral_nbenv.client import Client
 from mistral_nbenv.store import presence
 from mistral_nbenv.store.local import DiskStore, close_all, open_diskcache
+from mistral_nbenv.store.writebehind import WriteBehind
 from mistral_nbenv.testing import MistralTestServer
 from tests._client_support import KEY, make_settings, resolved
 
@@ -91,6 +92,40 @@ def test_a_key_another_process_adds_is_found_at_once(tmp_path: Path) -> None:
     assert (store.get("many-1"), store.get("many-2")) == ("2", "3")
     _in_another_process('DiskStore(d).update("updated", lambda old: ("4", None))', directory)
     assert store.get("updated") == "4"  # every write that can add a key signals
+
+
+def _index_statements(directory: Path, lookup: Callable[[], object]) -> tuple[object, list[str]]:
+    """``lookup()`` and the SQL statements it ran on the key index's own connection."""
+    index = presence.presence_for(directory)
+    assert index._db is not None  # the index has read the directory once
+    ran: list[str] = []
+    index._db.set_trace_callback(ran.append)
+    try:
+        return lookup(), ran
+    finally:
+        index._db.set_trace_callback(None)
+
+
+def test_after_its_own_write_a_lookup_stays_in_memory(tmp_path: Path) -> None:
+    """A reader's own write is learnt in the writing thread (the write-behind's), so the
+    caller's next lookup reads no row back; another process's later write is still found."""
+    directory = tmp_path / "c"
+    store = DiskStore(directory)
+    assert store.get("absent") is None  # the first lookup reads the keys
+    behind = WriteBehind(store, write_many=store.set_many)
+    behind.set("mine", '"1"', None)
+    behind.close()  # written (and learnt) as the writer thread would
+    for key in ("absent again", "mine"):
+        found, ran = _index_statements(directory, lambda key=key: store.get(key))
+        assert ran == [], key
+    assert found == '"1"'
+    store.set("direct", '"2"', None)  # a write-through (after close) is learnt the same way
+    found, ran = _index_statements(directory, lambda: store.get("also absent"))
+    assert (found, ran) == (None, [])
+    _in_another_process('DiskStore(d).set("theirs", "3", None)', directory)
+    found, ran = _index_statements(directory, lambda: store.get("theirs"))
+    assert found == "3"
+    assert any("FROM Cache" in statement for statement in ran)  # caught up on their signal
 
 
 def test_a_write_without_the_signal_is_learnt_at_the_next_signal(tmp_path: Path) -> None:

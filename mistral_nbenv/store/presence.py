@@ -20,6 +20,9 @@ Kept true across processes:
   no system call). When it differs, it reads the rows added since (``rowid`` above the
   highest it has read) and only then answers. It reads the value *before* the rows, so
   every commit signalled by the value it saw is among the rows it reads;
+* a process that reads the directory catches up right after signalling its own write, in
+  the writing thread (the write-behind's, off the caller's path), by the same steps: so its
+  next lookup stays in memory instead of reading its own rows back from SQLite;
 * deletions need nothing: a hash left behind only sends a lookup to SQLite;
 * the processes share one host (a local disk, which SQLite's WAL mode requires anyway);
 * SQLite hands out a row id again only after the highest rows were deleted (``clear``,
@@ -82,6 +85,7 @@ class Presence:
         self._map: mmap.mmap | None = None
         self._db: sqlite3.Connection | None = None
         self._seen = b""  # the signal's value when the set was last brought up to date
+        self._reading = False  # this process looks keys up here (a reader caught up once)
         self._hashes: set[int] = set()
         self._top = 0  # the highest row id read
         self._top_key: object = None  # the key that row held
@@ -111,6 +115,8 @@ class Presence:
                 if self._map is None and not (self.directory / SIGNAL_FILE).exists():
                     return  # no reader yet: the first one reads every row (after this commit)
                 self._mapped()[:_WIDTH] = os.urandom(_WIDTH)
+                if self._reading:  # learn this write now, not at the next caller's lookup
+                    self._up_to_date()
             except Exception as exc:
                 self._turn_off(exc)
 
@@ -121,14 +127,19 @@ class Presence:
             if self.off:  # turned off while this thread waited
                 return True
             try:
-                now = self._mapped()[:_WIDTH]  # before the rows: see the module docstring
-                if now != self._seen:
-                    self._read_new()
-                    self._seen = now
+                self._up_to_date()
+                self._reading = True
             except Exception as exc:
                 self._turn_off(exc)
                 return True
             return hash(key) in self._hashes
+
+    def _up_to_date(self) -> None:
+        """Read the rows the signal tells of, if it changed; caller holds ``_lock``."""
+        now = self._mapped()[:_WIDTH]  # before the rows: see the module docstring
+        if now != self._seen:
+            self._read_new()
+            self._seen = now
 
     def _mapped(self) -> mmap.mmap:
         """The signal file, mapped (created 0600 on first use); caller holds ``_lock``."""
