@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -108,8 +109,57 @@ def canonical_json(params: Mapping[str, Any]) -> str:
 
 
 def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str:
-    """SHA-256 cache key of one request within a namespace (environment + server URL)."""
+    """SHA-256 cache key of one request within a namespace (environment + server URL).
+
+    What is hashed is :func:`canonical_json`'s text, except that a string of
+    :data:`DIGEST_FROM` characters or more (a long prompt, a document) stands as ``#`` and
+    its own SHA-256 (:func:`_key_string`): hashing a long text costs a fraction of escaping
+    it as JSON first, and ``#`` never appears outside a JSON string, so the text still
+    names one request. A request with only shorter strings keeps the key earlier releases
+    gave it.
+    """
     return _digest(_prefix(namespace, endpoint), params)
+
+
+#: Strings this long or longer enter a cache key as their own SHA-256 (see :func:`request_key`).
+DIGEST_FROM = 256
+
+
+def _key_string(value: str) -> str:
+    """A string as it enters the key text: JSON, or ``#`` + its SHA-256 when it is long."""
+    if len(value) < DIGEST_FROM:
+        return _encode_basestring(value)
+    # surrogatepass: a lone surrogate is hashed too, as json.dumps would have kept it
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_encode_basestring = json.encoder.encode_basestring
+_c_key_text = (
+    None
+    if _make_c_encoder is None
+    else _make_c_encoder(None, _json_default, _key_string, None, ":", ",", True, False, True)
+)
+
+
+def _key_text(params: Mapping[str, Any]) -> str:
+    """The text a request's key hashes: :func:`canonical_json`, long strings as digests."""
+    params = {k: v for k, v in params.items() if v is not None}
+    if _c_key_text is None:  # json without its C accelerator: its Python twin
+        make = json.encoder._make_iterencode  # type: ignore[attr-defined]
+        iterencode = make(
+            None, _json_default, _key_string, None, _float_text, ":", ",", True, False, True
+        )
+        return "".join(iterencode(params, 0))
+    return "".join(_c_key_text(params, 0))
+
+
+def _float_text(value: float) -> str:
+    """A float as json's C encoder writes it (``NaN``, ``Infinity``, else ``repr``)."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
 
 
 def _prefix(namespace: str, endpoint: str) -> bytes:
@@ -117,7 +167,7 @@ def _prefix(namespace: str, endpoint: str) -> bytes:
 
 
 def _digest(prefix: bytes, params: Mapping[str, Any]) -> str:
-    return hashlib.sha256(prefix + canonical_json(params).encode()).hexdigest()
+    return hashlib.sha256(prefix + _key_text(params).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ResponseCache:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import stat
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistral_nbenv.cache import ResponseCache, _json_default, canonical_json, request_key
+from mistral_nbenv import cache as cache_module
+from mistral_nbenv.cache import (
+    DIGEST_FROM,
+    ResponseCache,
+    _json_default,
+    _key_text,
+    canonical_json,
+    request_key,
+)
 from mistral_nbenv.store import local as store_local
 from mistral_nbenv.store.local import DiskStore
 
@@ -109,6 +120,81 @@ def test_keys_stay_those_earlier_releases_stored(tmp_path: Path) -> None:
     rc = disk_cache(tmp_path, namespace=ns)
     assert rc.key("chat.complete", params) == rc.key("chat.complete", params) == expected
     assert rc.key("fim.complete", params) == request_key(ns, "fim.complete", params) != expected
+
+
+_SHORT = st.text(max_size=DIGEST_FROM - 1)
+_LONG = st.text(min_size=DIGEST_FROM, max_size=DIGEST_FROM + 40)
+_KEYED = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _SHORT | _LONG,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_SHORT | _LONG, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
+def test_a_request_of_short_strings_keeps_the_key_of_its_json(params: dict[str, Any]) -> None:
+    """Below DIGEST_FROM the key is the SHA-256 of the canonical JSON, as before long strings
+    were hashed apart: every entry an earlier release stored for such a request is found."""
+    text = canonical_json(params)
+    if any(len(s) >= DIGEST_FROM for s in re.findall(r'"(?:[^"\\]|\\.)*"', text)):
+        return  # (the strategy's strings are short; this guards the premise)
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: earlier releases made no key at all
+        return
+    expected = hashlib.sha256(b"ns\0chat.complete\0" + body).hexdigest()
+    assert request_key("ns", "chat.complete", params) == expected
+
+
+def test_a_long_string_is_hashed_apart_and_still_names_one_request() -> None:
+    long = "Summarise this report.\n" * 20  # 480 characters
+    digest = hashlib.sha256(long.encode()).hexdigest()
+    text = _key_text({"messages": [{"role": "user", "content": long}], "model": "m"})
+    assert text == f'{{"messages":[{{"content":#{digest},"role":"user"}}],"model":"m"}}'
+    key = request_key(
+        "ns", "chat.complete", {"model": "m", "messages": [{"role": "user", "content": long}]}
+    )
+    # a string that spells the digest is a JSON string, not the digest: another request
+    spelled = {"model": "m", "messages": [{"role": "user", "content": f"#{digest}"}]}
+    assert request_key("ns", "chat.complete", spelled) != key
+    # one character more or less, at either end or in the middle: another key
+    for other in (long + " ", long[1:], long[:200] + "X" + long[201:]):
+        assert (
+            request_key(
+                "ns",
+                "chat.complete",
+                {"model": "m", "messages": [{"role": "user", "content": other}]},
+            )
+            != key
+        )
+    # a long dict key is hashed apart too, and differs from the same text as a value
+    assert _key_text({long: 1}) == f"{{#{digest}:1}}"
+    assert request_key("ns", "e", {long: 1}) != request_key("ns", "e", {"k": long})
+
+
+def test_keys_of_long_strings_stay_those_this_release_stores() -> None:
+    """Pinned, as for short strings: a change here orphans every stored long-prompt entry."""
+    params = {"model": "m", "messages": [{"role": "user", "content": "é" * 300}]}
+    expected = "7a6aa201b1a0b1eff677d72f59370a1a3df94a25f5ba76f7fa4b42cd79d8809c"
+    assert request_key("staging\0http://127.0.0.1:1", "chat.complete", params) == expected
+
+
+def test_a_lone_surrogate_gets_a_key_of_its_own() -> None:
+    """Earlier releases could not encode one (no key, not cached); now it is hashed as it is."""
+    first = request_key("ns", "e", {"prompt": "a\ud800b"})
+    assert first != request_key("ns", "e", {"prompt": "a\ud801b"})
+    assert request_key("ns", "e", {"prompt": "x\ud800" * DIGEST_FROM}) != request_key(
+        "ns", "e", {"prompt": "x\ud801" * DIGEST_FROM}
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_SHORT | _LONG, _KEYED, max_size=4))
+def test_the_key_text_is_the_same_without_json_s_c_accelerator(params: dict[str, Any]) -> None:
+    with_c = _key_text(params)
+    with mock.patch.object(cache_module, "_c_key_text", None):
+        assert _key_text(params) == with_c
 
 
 def test_roundtrip_private_and_json(rc: ResponseCache) -> None:

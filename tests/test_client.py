@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from mistral_nbenv.client import Client
@@ -386,6 +387,27 @@ def test_cache_hit_makes_no_request(make: Any, server: MistralTestServer) -> Non
     assert server.count(CHAT) == 2
 
 
+def test_a_long_document_is_found_again_and_one_character_changes_it(
+    make: Any, server: MistralTestServer
+) -> None:
+    """Its key hashes the document on its own (not escaped as JSON first): still exact."""
+    client = make()
+    document = "Section {}: revenue, costs and outlook.\n"
+    document = "".join(document.format(i) for i in range(2000))  # ~80 KB
+
+    def ask(text: str) -> Any:
+        return client.chat.complete(
+            messages=[{"role": "system", "content": text}, {"role": "user", "content": "sum up"}]
+        )
+
+    first = ask(document)
+    assert ask(document) == first
+    assert (server.count(CHAT), client.stats.hits) == (1, 1)
+    ask(document.replace("Section 1999", "Section 1998"))  # one character, near the end
+    ask(document + " ")
+    assert (server.count(CHAT), client.stats.hits) == (3, 1)
+
+
 def test_dicts_and_sdk_objects_share_a_key(make: Any, server: MistralTestServer) -> None:
     from mistralai.client import models
 
@@ -602,7 +624,18 @@ def test_stored_body_falls_back_to_the_model_dump() -> None:
         ' "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},'
         ' "finish_reason": "stop"}]}'
     )
-    assert response_json(answer, []) == answer.model_dump_json(by_alias=True)
+    dumped = answer.model_dump_json(by_alias=True)
+    assert response_json(answer, []) == dumped
+    body = '{"id": "x", "as": "received"}'
+    assert response_json(answer, [httpx2.Response(200, text=body)]) == body
+    assert response_json(answer, [httpx2.Response(201, text=body)]) == dumped
+
+    class Undecodable(httpx2.Response):
+        @property
+        def text(self) -> str:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    assert response_json(answer, [Undecodable(200, content=b"\xff")]) == dumped
 
 
 def test_values_are_json_not_pickle(make: Any, tmp_path: Path) -> None:
