@@ -205,15 +205,22 @@ class Run:
 
     wall: float
     result: Any
+    stderr: str = ""
 
 
 def run_python(
-    args: Sequence[str], env: Mapping[str, str], cwd: Path, *, timeout: float = 120
+    args: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    timeout: float = 120,
+    prefix: Sequence[str] = (),
 ) -> Run:
-    """Run ``python <args>`` in a fresh process; wall time from spawn to exit."""
+    """Run ``python <args>`` in a fresh process (under ``prefix``, e.g. valgrind, when given);
+    wall time from spawn to exit. The run's stderr is kept on the result."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, *args],
+        [*prefix, sys.executable, *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,
@@ -229,7 +236,7 @@ def run_python(
     result = None
     if RESULT_PREFIX in proc.stdout:
         result = parse_result(proc.stdout)
-    return Run(wall, result)
+    return Run(wall, result, proc.stderr)
 
 
 def run_task(

@@ -59,6 +59,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:.3f} ms" if value < 1 else f"{value:.1f} ms"
     if unit == "requests":
         return f"{value:g}"
+    if unit == "k instr":
+        return f"{value:,.0f}k instr"
     return f"{value:.1f} {unit}"
 
 

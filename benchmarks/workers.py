@@ -212,7 +212,11 @@ def miss_wrapper_serve(params: Params) -> None:
 
 
 def _shuffled_calls(
-    contenders: dict[str, tuple[Callable[..., Any], Params]], cycles: int, tag: str, seed: int
+    contenders: dict[str, tuple[Callable[..., Any], Params]],
+    cycles: int,
+    tag: str,
+    seed: int,
+    messages_for: Callable[[str], list[dict[str, str]]] = _messages,
 ) -> dict[str, list[float]]:
     """ms of each call: ``cycles`` rounds calling every contender once, in a random order.
 
@@ -225,11 +229,90 @@ def _shuffled_calls(
         shuffle(order)
         for name in order:
             call, extra = contenders[name]
-            messages = _messages(f"{tag}-{name}-{c}")  # a new request each time
+            messages = messages_for(f"{tag}-{name}-{c}")  # a new request each time
             started = perf()
             call(model=MODEL, messages=messages, **extra)
             ms[name].append((perf() - started) * 1e3)
     return ms
+
+
+def miss_instructions(params: Params) -> Params:
+    """``n`` cache misses of one contender for row 2c, counted by callgrind.
+
+    The parent runs this process under ``valgrind --tool=callgrind`` with instrumentation off
+    (imports and the first calls run at near-native speed) and collection only inside
+    ``functools.reduce``. After a warm-up the process switches instrumentation on
+    (``callgrind_control``), warms up again so that every path is translated, then makes its
+    ``n`` calls inside ``functools.reduce``: the instructions the caller's thread executes
+    for those calls and nothing else (the write-behind's thread is not in that C function).
+    """
+    import functools
+    import subprocess
+
+    import mistral_nbenv
+    from mistral_nbenv import _fastsdk
+
+    mode, n, warmup = str(params["mode"]), int(params["n"]), int(params["warmup"])
+    client = mistral_nbenv.get_client()
+    _fastsdk.install()
+    _fastsdk.enter()  # the scope the wrapper gives its own calls, for the SDK object too
+    call = client.raw.chat.complete if mode == "sdk" else client.chat.complete
+    extra: Params = {
+        "sdk": {},
+        "cache_off": {"cache": False},
+        "refresh": {"cache": "refresh"},
+        "wrapper": {},
+    }[mode]
+
+    def one(tag: str) -> Any:
+        return call(model=MODEL, messages=_messages(f"{mode}-{tag}"), **extra)
+
+    for i in range(warmup):
+        one(f"warm-{i}")
+    subprocess.run(
+        [str(params["control"]), "--instr=on", str(os.getpid())], check=True, capture_output=True
+    )
+    for i in range(warmup):
+        one(f"warm-instrumented-{i}")
+    before = client.stats.as_dict()
+    functools.reduce(lambda _, i: one(str(i)), range(n), None)
+    return {k: v - before[k] for k, v in client.stats.as_dict().items() if isinstance(v, int)}
+
+
+def miss_long_prompt(params: Params) -> Params:
+    """Row 2d: cache misses whose request carries a long document, wrapper against its own
+    SDK object, call by call in a random order (as row 2b). The document is the system
+    message and a short question the user's, so the server's echo (the answer) stays short,
+    as a real answer to such a request would."""
+    import mistral_nbenv
+    from mistral_nbenv import _fastsdk
+    from mistral_nbenv.store.writebehind import flush_all
+
+    line = "Quarterly report, section {}: revenue, costs and outlook, in plain words.\n"
+    document = "".join(line.format(i) for i in range(int(params["kib"]) * 1024 // 72))
+
+    def messages(tag: str) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": document},
+            {"role": "user", "content": f"{tag}: what changed since last quarter?"},
+        ]
+
+    client = mistral_nbenv.get_client()
+    raw = client.raw
+    _fastsdk.install()
+    _fastsdk.enter()
+    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
+        "wrapper": (client.chat.complete, {}),
+        "sdk": (raw.chat.complete, {}),
+        "sdk_again": (raw.chat.complete, {}),
+    }
+    _shuffled_calls(contenders, int(params["warmup"]), "warm", 0, messages)
+    flush_all()
+    misses, hits = client.stats.misses, client.stats.hits
+    ms = _shuffled_calls(contenders, int(params["cycles"]), "long", 1, messages)
+    flush_all()
+    made = {"misses": client.stats.misses - misses, "hits": client.stats.hits - hits}
+    return {"per_call_ms": ms, "chars": len(document), **made}
 
 
 def miss_raw_serve(params: Params) -> None:
@@ -487,6 +570,8 @@ TASKS: dict[str, Callable[[Params], Any]] = {
     "cache_hit": cache_hit,
     "miss_wrapper_serve": miss_wrapper_serve,
     "miss_raw_serve": miss_raw_serve,
+    "miss_instructions": miss_instructions,
+    "miss_long_prompt": miss_long_prompt,
     "async_wrapper_serve": async_wrapper_serve,
     "async_raw_serve": async_raw_serve,
     "parse_hit": parse_hit,
