@@ -257,12 +257,13 @@ def miss_instructions(params: Params) -> Params:
     _fastsdk.install()
     _fastsdk.enter()  # the scope the wrapper gives its own calls, for the SDK object too
     call = client.raw.chat.complete if mode == "sdk" else client.chat.complete
-    extra: Params = {
+    options: dict[str, Params] = {
         "sdk": {},
         "cache_off": {"cache": False},
         "refresh": {"cache": "refresh"},
         "wrapper": {},
-    }[mode]
+    }
+    extra = options[mode]
 
     def one(tag: str) -> Any:
         return call(model=MODEL, messages=_messages(f"{mode}-{tag}"), **extra)
