@@ -2,8 +2,10 @@
 
 A :class:`UsageRecorder` counts in memory (a hit costs a lock and a few dict updates) and
 adds its counts to a :class:`~mistral_nbenv.store.Ledger` in one batch at most every
-:data:`FLUSH_EVERY` seconds (at the next call), when its client closes, when the process
-exits, and before a usage report is read. The ledger is the shared store's (Redis, every
+:data:`FLUSH_EVERY` seconds (written by one background thread per process, so no call waits
+for the ledger's transaction), when its client closes, when the process exits, and before
+a usage report is read (these three write in the caller's thread, after any batch the
+background thread is writing). The ledger is the shared store's (Redis, every
 host adds to the same buckets) or the environment's local one
 (``<cache_root>/<environment>/usage``). Buckets are ``YYYY-MM-DD|environment|model`` (UTC
 days); counters are :data:`COUNTERS`. A child made by ``fork`` starts with nothing pending,
@@ -100,6 +102,8 @@ class UsageRecorder:
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, float]] = {}
         self._last_flush = clock()
+        self._queued = False  # handed to the background writer, not yet taken
+        self._flushing = threading.Lock()  # one batch written at a time (thread or caller)
         # The day's bucket prefix, made once a day: ``strftime`` costs more than the rest of
         # ``record`` (days are UTC, so a day is ``now // 86400``).
         self._day: tuple[float, str] = (-1.0, "")
@@ -120,34 +124,74 @@ class UsageRecorder:
             counters = self._pending.setdefault(bucket, {})
             for name, amount in amounts.items():
                 counters[name] = counters.get(name, 0.0) + amount
-            due = now - self._last_flush >= FLUSH_EVERY
+            due = not self._queued and now - self._last_flush >= FLUSH_EVERY
+            if due:
+                self._queued = True
         if due:
-            self.flush()
+            _writer.submit(self)
 
     def take(self) -> dict[str, dict[str, float]]:
         """The pending counts, now no longer pending."""
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last_flush = self.clock()
+            self._queued = False
         return pending
 
     def flush(self) -> None:
-        """Add the pending counts to the ledger (a failing ledger loses them, with a log)."""
-        pending = self.take()
-        if not pending:
-            return
-        try:
-            self._ledger().add_many(pending)
-        except Exception as exc:  # usage is bookkeeping: it never fails a call
-            log.warning(
-                "mistral_nbenv: %s: usage counts could not be written (%s)",
-                self.environment,
-                type(exc).__name__,
-            )
+        """Add the pending counts to the ledger now, in this thread, after any batch being
+        written (a failing ledger loses them, with a log)."""
+        with self._flushing:
+            pending = self.take()
+            if not pending:
+                return
+            try:
+                self._ledger().add_many(pending)
+            except Exception as exc:  # usage is bookkeeping: it never fails a call
+                log.warning(
+                    "mistral_nbenv: %s: usage counts could not be written (%s)",
+                    self.environment,
+                    type(exc).__name__,
+                )
 
     def _forget(self) -> None:
         self._pending = {}
+        self._queued = False
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+
+
+class _Writer:
+    """The background thread that writes due batches (one per process, started on first use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._due: list[UsageRecorder] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, recorder: UsageRecorder) -> None:
+        """Have ``recorder``'s pending counts written soon."""
+        with self._lock:
+            self._due.append(recorder)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mistral-nbenv-usage", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._due:
+                    self._wake.wait()
+                recorder = self._due.pop(0)
+            recorder.flush()  # never raises: a failing ledger is logged
+
+
+_writer = _Writer()
 
 
 def flush_all() -> None:
@@ -158,6 +202,8 @@ def flush_all() -> None:
 
 
 def _after_fork() -> None:
+    global _writer
+    _writer = _Writer()  # the parent's thread is not in the child (nor are its locks)
     for recorder in list(_recorders):
         recorder._forget()
 

@@ -449,3 +449,60 @@ def test_usage_counted_on_each_side_of_midnight_utc_lands_in_two_days() -> None:
         "2025-12-05|staging|m": {"requests": 2.0},
         "2025-12-05|staging|-": {"requests": 4.0},
     }
+
+
+class _SlowLedger:
+    """A ledger that notes which thread wrote each batch; the first batch waits for ``go``."""
+
+    def __init__(self) -> None:
+        from mistral_nbenv.store.local import MemoryStore
+
+        self.inner = MemoryStore()
+        self.threads: list[str] = []
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def add_many(self, buckets: dict[str, dict[str, float]]) -> None:
+        self.threads.append(threading.current_thread().name)
+        if len(self.threads) == 1:
+            self.entered.set()
+            assert self.go.wait(10), "the test never let the batch through"
+        self.inner.add_many(buckets)
+
+
+def test_a_due_usage_batch_is_written_by_the_background_thread_not_the_caller() -> None:
+    from mistral_nbenv.usage import FLUSH_EVERY, UsageRecorder
+
+    ledger = _SlowLedger()
+    ledger.go.set()
+    now = [1_764_892_000.0]
+    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: now[0])
+    recorder.record("m", requests=1)
+    assert not ledger.entered.is_set()  # not due yet: nothing written
+    now[0] += FLUSH_EVERY
+    recorder.record("m", requests=2)  # due: handed over, the caller goes on
+    assert ledger.entered.wait(10)
+    recorder.flush()  # waits for the batch in flight, then finds nothing left
+    assert ledger.threads == ["mistral-nbenv-usage"]
+    assert ledger.inner.totals() == {"2025-12-04|staging|m": {"requests": 3.0}}
+
+
+def test_flush_waits_for_the_usage_batch_being_written_in_the_background() -> None:
+    from mistral_nbenv.usage import FLUSH_EVERY, UsageRecorder
+
+    ledger = _SlowLedger()
+    now = [1_764_892_000.0]
+    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: now[0])
+    now[0] += FLUSH_EVERY
+    recorder.record("m", requests=1)  # due: the background thread takes it and blocks
+    assert ledger.entered.wait(10)
+    recorder.record("m", errors=1)  # counted meanwhile: pending for the next batch
+    flusher = threading.Thread(target=recorder.flush)
+    flusher.start()
+    flusher.join(0.3)
+    assert flusher.is_alive(), "flush() returned while a batch was still being written"
+    ledger.go.set()
+    flusher.join(10)
+    assert not flusher.is_alive()
+    assert ledger.threads == ["mistral-nbenv-usage", flusher.name]  # the batch, then the rest
+    assert ledger.inner.totals() == {"2025-12-04|staging|m": {"requests": 1.0, "errors": 1.0}}
