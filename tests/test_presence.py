@@ -94,6 +94,33 @@ def test_a_key_another_process_adds_is_found_at_once(tmp_path: Path) -> None:
     assert store.get("updated") == "4"  # every write that can add a key signals
 
 
+def test_only_a_write_that_adds_a_key_signals_the_other_processes(tmp_path: Path) -> None:
+    """The rate limit's state and the usage ledger rewrite keys that exist: no signal (each
+    one would make every other process's next lookup read the directory again)."""
+    directory = tmp_path / "c"
+    store = DiskStore(directory)
+    assert store.get("anything") is None  # a reader: the signal file exists from now on
+    signal = directory / presence.SIGNAL_FILE
+
+    def token() -> bytes:
+        return signal.read_bytes()[: presence._WIDTH]
+
+    before = token()
+    store.update("budget", lambda old: ("1", None))
+    added = token()
+    assert added != before
+    store.update("budget", lambda old: (str(int(old or 0) + 1), None))
+    store.add_many({"day|staging|m": {"requests": 1.0}})
+    changed = token()
+    assert changed != added  # a new ledger bucket is a new key
+    store.add_many({"day|staging|m": {"requests": 1.0}})
+    assert token() == changed
+    assert store.db().get("budget") == "2"
+    _in_another_process('DiskStore(d).update("budget", lambda old: ("9", None))', directory)
+    assert token() == changed
+    assert store.get("budget") == "9"  # a key this index knows: read from SQLite
+
+
 def _index_statements(directory: Path, lookup: Callable[[], object]) -> tuple[object, list[str]]:
     """``lookup()`` and the SQL statements it ran on the key index's own connection."""
     index = presence.presence_for(directory)

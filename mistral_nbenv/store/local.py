@@ -209,7 +209,7 @@ class DiskStore:
 
     def get(self, key: str) -> str | None:
         """The JSON text under ``key``; None when absent, expired or not text."""
-        db = self.db()
+        db = self._db if self._db is not None else self.db()
         if self._presence is not None and not self._presence.may_hold(key):
             return None
         return _text(db.get(key, None, retry=True))
@@ -255,10 +255,11 @@ class DiskStore:
         """``change`` runs inside one SQLite transaction (no other process in between)."""
         db = self.db()
         with db.transact(retry=True):
-            new, result = change(_text(db.get(key, None, retry=True)))
+            old = db.get(key, None, retry=True)
+            new, result = change(_text(old))
             if new is not None:
                 db.set(key, new, retry=True)
-        if new is not None:
+        if new is not None and old is None:  # a key added (a changed one is known already)
             self._tell_indexes()
         return result
 
@@ -271,11 +272,15 @@ class DiskStore:
     def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
         """Add to several buckets in one transaction."""
         db = self.db()
+        added = False
         with db.transact(retry=True):
             for bucket, amounts in buckets.items():
                 key = _LEDGER_PREFIX + bucket
-                db.set(key, _added(_text(db.get(key, None, retry=True)), amounts), retry=True)
-        self._tell_indexes()
+                old = db.get(key, None, retry=True)
+                added = added or old is None
+                db.set(key, _added(_text(old), amounts), retry=True)
+        if added:
+            self._tell_indexes()
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters."""
