@@ -134,10 +134,37 @@ def _key_string(value: str) -> str:
 
 
 _encode_basestring = json.encoder.encode_basestring
+
+#: Strings shorter than this (parameter names, roles, model names) are remembered in their
+#: key form, up to :data:`_REMEMBER_AT_MOST` of them (then the memo starts again).
+_REMEMBER_BELOW = 64
+_REMEMBER_AT_MOST = 4096
+
+
+class _KeyStrings(dict[str, str]):
+    """Strings in their key form (:func:`_key_string`), the short ones remembered.
+
+    The JSON encoder calls ``memo[s]`` for every string of a request: a remembered one is a
+    lookup in C, with no Python call at all; a request's names and roles are the same on
+    every call, so only its text reaches :func:`_key_string`.
+    """
+
+    def __missing__(self, value: str) -> str:
+        text = _key_string(value)
+        if len(value) < _REMEMBER_BELOW:
+            if len(self) >= _REMEMBER_AT_MOST:
+                self.clear()
+            self[value] = text
+        return text
+
+
+_key_strings = _KeyStrings()
 _c_key_text = (
     None
     if _make_c_encoder is None
-    else _make_c_encoder(None, _json_default, _key_string, None, ":", ",", True, False, True)
+    else _make_c_encoder(
+        None, _json_default, _key_strings.__getitem__, None, ":", ",", True, False, True
+    )
 )
 
 

@@ -197,6 +197,55 @@ def test_the_key_text_is_the_same_without_json_s_c_accelerator(params: dict[str,
         assert _key_text(params) == with_c
 
 
+def test_a_request_s_names_are_remembered_in_key_form_and_its_text_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[str] = []
+    real = cache_module._key_string
+    monkeypatch.setattr(
+        cache_module, "_key_string", lambda value: made.append(value) or real(value)
+    )
+    cache_module._key_strings.clear()
+    long = "Summarise this report.\n" * 20
+
+    def text(question: str) -> str:
+        messages = [{"role": "system", "content": long}, {"role": "user", "content": question}]
+        return _key_text({"model": "m", "messages": messages})
+
+    first = text("why?")
+    assert set(made) == {
+        "model",
+        "m",
+        "messages",
+        "role",
+        "system",
+        "user",
+        "content",
+        long,
+        "why?",
+    }
+    made.clear()
+    assert text("why?") == first
+    assert made == [long]  # names, roles and the short question came from the memo
+    with mock.patch.object(cache_module, "_c_key_text", None):  # no memo: the same text
+        assert text("why?") == first
+
+
+def test_the_key_memo_keeps_short_strings_only_and_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cache_module, "_REMEMBER_AT_MOST", 3)
+    memo = cache_module._KeyStrings()
+    long, middling = "x" * DIGEST_FROM, "y" * cache_module._REMEMBER_BELOW
+    assert memo[long] == "#" + hashlib.sha256(long.encode()).hexdigest()
+    assert memo[middling] == json.dumps(middling)
+    assert memo == {}
+    for word in ("a", "b", "c", "d", "\u00e9\n"):
+        assert memo[word] == json.dumps(word, ensure_ascii=False)
+    assert len(memo) <= 3
+    assert memo["\u00e9\n"] == '"\u00e9\\n"'
+
+
 def test_roundtrip_private_and_json(rc: ResponseCache) -> None:
     key = rc.key("chat.complete", {"model": "m"})
     assert rc.get(key) is None
