@@ -180,6 +180,10 @@ class ConcurrencyLimiter:
 
     def acquire(self, timeout: float | None = None) -> None:
         """Take a slot, blocking the thread at most ``timeout`` seconds while all are busy."""
+        with self._lock:  # a free slot, the common case, without another call
+            if self._in_flight < self.limit and not self._waiters:
+                self._in_flight += 1
+                return
         waiter: _ThreadWaiter | None = self._enqueue(_ThreadWaiter)
         if waiter is None:
             return

@@ -296,7 +296,10 @@ class RateLimiter:
 
     def _admit_held(self, tokens: float) -> bool:
         """Admit from the budget this process holds (no shared store): the common case, in
-        short, before the general loop of :meth:`acquire` / :meth:`acquire_async`."""
+        short, before the general loop of :meth:`acquire` / :meth:`acquire_async` (and
+        their first question, whether any budget is set, asked here: one call fewer)."""
+        if self.rpm <= 0 and self.tpm <= 0:
+            return True  # no budget: nothing to take
         if self._shared is None and self._take_held(tokens):
             self.admitted_at = self.clock()
             return True
@@ -304,7 +307,7 @@ class RateLimiter:
 
     def acquire(self, tokens: float = 0) -> float:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
-        if not self.enabled or self._admit_held(tokens):
+        if self._admit_held(tokens):
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
@@ -317,7 +320,7 @@ class RateLimiter:
 
     async def acquire_async(self, tokens: float = 0) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
-        if not self.enabled or self._admit_held(tokens):
+        if self._admit_held(tokens):
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:

@@ -13,11 +13,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .. import _fastsdk
@@ -33,6 +30,7 @@ from ..usage import UsageRecorder, ledger_for
 from . import deadline
 from .policy import retry_mode
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
+from .stats import ClientStats
 from .transport import RESPONSES, Transport, response_json
 
 if TYPE_CHECKING:
@@ -47,33 +45,6 @@ __all__ = ["CacheOption", "ClientStats", "Pipeline"]
 log = logging.getLogger("mistral_nbenv.client")
 
 CacheOption = bool | Literal["refresh"] | None
-
-
-@dataclass
-class ClientStats:
-    """Counters of one client since it was created."""
-
-    requests: int = 0
-    hits: int = 0
-    misses: int = 0
-    retries: int = 0
-    errors: int = 0
-    rate_limit_waits: int = 0
-    rate_limit_wait_seconds: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **amounts: float) -> None:
-        """Add to several counters at once (thread-safe)."""
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self, name, getattr(self, name) + amount)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
 
 
 class Pipeline:
@@ -138,11 +109,15 @@ class Pipeline:
             )
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
-        read, write = self._cache_modes(option)
+        if option is None and not self.offline:  # the common case, without another call
+            read = write = self.cache_enabled
+        else:
+            read, write = self._cache_modes(option)
         if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
             read = write = read and self.offline and ep.cacheable
         write = write and self.cache_storable
-        call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry, kwargs))
+        mode = ep.policy.retries(kwargs) if retry is None else retry_mode(ep.policy, retry, kwargs)
+        call = Prepared(ep, kwargs, retry=mode)
         key = None
         if read or write:
             try:
@@ -158,7 +133,7 @@ class Pipeline:
                 except Exception as exc:  # a corrupt entry: dropped, and this call is a miss
                     self.cache.drop(key, f"{type(exc).__name__} rebuilding {ep.name}")
                 else:
-                    self.stats.add(hits=1)
+                    self.stats.count_hit()
                     self.usage.record(kwargs.get("model"), hits=1)
                     call.cached = True
                     return call
@@ -170,7 +145,7 @@ class Pipeline:
                 "offline mode (unset MISTRAL_NBENV_OFFLINE / set offline = false)."
             )
         if read:
-            self.stats.add(misses=1)
+            self.stats.count_miss()
         if "timeout_ms" in kwargs:  # else the SDK object's own (the settings' timeout)
             call.seconds = _seconds_of(kwargs["timeout_ms"], self.transport.timeout_ms)
         else:
@@ -204,21 +179,6 @@ class Pipeline:
 
     # -- execute: the SDK call inside the attempt's scope ---------------------------------
 
-    def _send(self, call: Prepared, method: Callable[..., Any]) -> Any:
-        """Call the sync SDK method with the response list, the deadline and the fast path.
-
-        (The async twin sets them around its ``await``, in ``call_async``.)
-        """
-        call.seen.clear()
-        token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
-        ends = deadline.start(call.seconds)
-        try:
-            return method(**call.kwargs)
-        finally:
-            deadline.stop(ends)
-            _fastsdk.leave(scope)
-            RESPONSES.reset(token)
-
     def call(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
         """A request/response call (sync)."""
         call = self.prepare(ep, kwargs)
@@ -227,8 +187,20 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            self._waited(call, self.limiter.acquire(call.estimate))
-            return self._send(call, method)
+            waited = self.limiter.acquire(call.estimate)
+            if waited > 0:
+                self._waited(call, waited)
+            # the SDK call with the response list, the deadline and the fast path (the
+            # async twin sets them around its await, in call_async)
+            call.seen.clear()
+            token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+            ends = deadline.start(call.seconds)
+            try:
+                return method(**call.kwargs)
+            finally:
+                deadline.stop(ends)
+                _fastsdk.leave(scope)
+                RESPONSES.reset(token)
 
         self.concurrency.acquire(call.seconds)
         try:
@@ -374,9 +346,7 @@ class Pipeline:
     def account(self, result: Any, call: Prepared) -> None:
         """Count a request and its tokens; correct the tpm estimate with the real usage."""
         prompt, completion, total = usage_of(result)
-        self.stats.add(
-            requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
-        )
+        self.stats.count_request(prompt, completion, total)
         self.usage.record(
             call.kwargs.get("model"),
             requests=1,

@@ -9,6 +9,7 @@ rebuilt into by name (the fast path of the hot endpoints).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,12 +52,12 @@ class Endpoint:
     policy: Policy = INFERENCE
     operation: Operation | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """``chat.complete``: also the cache namespace of the endpoint."""
         return f"{self.group}.{self.method}"
 
-    @property
+    @functools.cached_property
     def cacheable(self) -> bool:
         """Whether an answer can be stored as JSON and rebuilt (not a raw HTTP response)."""
         if not self.policy.cacheable:

@@ -200,7 +200,7 @@ class Transport:
         ``group`` may be dotted (``beta.conversations``)."""
         if is_async:
             return self._method(self.for_loop(), group, name, is_async=True)
-        raw = self.raw
+        raw = self.sync_raw if self.sync_raw is not None else self.raw
         methods = self._sync_methods
         if methods[0] is not raw:  # a new SDK object (after close): look up afresh
             methods = self._sync_methods = (raw, {})

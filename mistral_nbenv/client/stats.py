@@ -1,0 +1,54 @@
+"""``client.stats``: what one client did since it was created, counted thread-safely."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["ClientStats"]
+
+
+@dataclass
+class ClientStats:
+    """Counters of one client since it was created."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    retries: int = 0
+    errors: int = 0
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        """Add to several counters at once (thread-safe)."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def count_hit(self) -> None:
+        """One answer served from the cache."""
+        with self._lock:
+            self.hits += 1
+
+    def count_miss(self) -> None:
+        """One lookup that found nothing."""
+        with self._lock:
+            self.misses += 1
+
+    def count_request(self, prompt: int, completion: int, total: int) -> None:
+        """One answered request and its tokens (the hot path's :meth:`add`)."""
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            self.total_tokens += total
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
