@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,8 +130,44 @@ def _key_string(value: str) -> str:
     """A string as it enters the key text: JSON, or ``#`` + its SHA-256 when it is long."""
     if len(value) < DIGEST_FROM:
         return _encode_basestring(value)
+    found = _recent.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
     # surrogatepass: a lone surrogate is hashed too, as json.dumps would have kept it
-    return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    text = "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    _recent.remember(value, text)
+    return text
+
+
+class _RecentDigests(dict[int, tuple[str, str]]):
+    """The key form of the last few long strings, by identity: a document sent with one
+    question after another (the same ``str`` object) is hashed once, not on every call.
+
+    Each entry holds its string, so its ``id`` cannot be taken by another object while it is
+    remembered; at most :data:`RECENT_CHARS` characters are held (a longer string is hashed
+    every time), the oldest entries dropped first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._chars = 0
+
+    def remember(self, value: str, text: str) -> None:
+        size = len(value)
+        if size > RECENT_CHARS:
+            return
+        with self._lock:
+            while self and self._chars + size > RECENT_CHARS:
+                oldest = next(iter(self))
+                self._chars -= len(self.pop(oldest)[0])
+            self[id(value)] = (value, text)
+            self._chars += size
+
+
+#: Most characters of long strings :func:`_key_string` keeps with their digests (4 Mi).
+RECENT_CHARS = 1 << 22
+_recent = _RecentDigests()
 
 
 _encode_basestring = json.encoder.encode_basestring

@@ -246,6 +246,46 @@ def test_the_key_memo_keeps_short_strings_only_and_stays_bounded(
     assert memo["\u00e9\n"] == '"\u00e9\\n"'
 
 
+def test_a_document_sent_again_is_hashed_once_and_keys_stay_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[int] = []
+    real = hashlib.sha256
+    monkeypatch.setattr(
+        cache_module.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data)
+    )
+    cache_module._recent.clear()
+    document = "Quarterly report: revenue, costs and outlook.\n" * 2000
+    expected = "#" + real(document.encode()).hexdigest()
+    assert cache_module._key_string(document) == expected
+    assert cache_module._key_string(document) == expected
+    assert hashed == [len(document)]  # the same object again: not hashed again
+    copy = "".join(list(document))  # equal text, another object: hashed, the same key form
+    assert copy is not document
+    assert cache_module._key_string(copy) == expected
+    assert len(hashed) == 2
+    # an id freed and taken by another string never gets a remembered digest
+    for i in range(200):
+        other = f"{i}: " + "x" * DIGEST_FROM
+        assert cache_module._key_string(other) == "#" + real(other.encode()).hexdigest()
+        del other
+
+
+def test_remembered_documents_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "RECENT_CHARS", 3 * 1000)
+    recent = cache_module._RecentDigests()
+    monkeypatch.setattr(cache_module, "_recent", recent)
+    texts = [f"{i}" * 1000 for i in range(1, 5)]  # four strings of 1,000 characters
+    for text in texts:
+        cache_module._key_string(text)
+    held = [value for value, _ in recent.values()]
+    assert held == texts[1:]  # the oldest went first; 3,000 characters held
+    assert recent._chars == 3000
+    huge = "y" * 3001  # longer than the whole budget: hashed, never held
+    cache_module._key_string(huge)
+    assert [value for value, _ in recent.values()] == texts[1:]
+
+
 def test_roundtrip_private_and_json(rc: ResponseCache) -> None:
     key = rc.key("chat.complete", {"model": "m"})
     assert rc.get(key) is None
