@@ -126,6 +126,8 @@ class RateLimiter:
         self.environment = environment
         self.rpm = float(requests_per_minute or 0)
         self.tpm = float(tokens_per_minute or 0)
+        #: False when neither budget is set (both 0): every request is admitted at once.
+        self.enabled = self.rpm > 0 or self.tpm > 0
         self.clock = clock
         self.sleep = sleep
         self.async_sleep = async_sleep
@@ -145,11 +147,6 @@ class RateLimiter:
     def __repr__(self) -> str:
         where = self._shared.location if self._shared is not None else self._store.location
         return f"RateLimiter({self.environment!r}, rpm={self.rpm:g}, tpm={self.tpm:g}, {where})"
-
-    @property
-    def enabled(self) -> bool:
-        """False when neither budget is set (both 0)."""
-        return self.rpm > 0 or self.tpm > 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -296,10 +293,7 @@ class RateLimiter:
 
     def _admit_held(self, tokens: float) -> bool:
         """Admit from the budget this process holds (no shared store): the common case, in
-        short, before the general loop of :meth:`acquire` / :meth:`acquire_async` (and
-        their first question, whether any budget is set, asked here: one call fewer)."""
-        if self.rpm <= 0 and self.tpm <= 0:
-            return True  # no budget: nothing to take
+        short, before the general loop of :meth:`acquire` / :meth:`acquire_async`."""
         if self._shared is None and self._take_held(tokens):
             self.admitted_at = self.clock()
             return True
@@ -307,7 +301,7 @@ class RateLimiter:
 
     def acquire(self, tokens: float = 0) -> float:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
-        if self._admit_held(tokens):
+        if not self.enabled or self._admit_held(tokens):
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
@@ -320,7 +314,7 @@ class RateLimiter:
 
     async def acquire_async(self, tokens: float = 0) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
-        if self._admit_held(tokens):
+        if not self.enabled or self._admit_held(tokens):
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
