@@ -67,6 +67,9 @@ class Pipeline:
         self.cache_storable = float(settings.cache.ttl_seconds) > 0
         self.cache_enabled = bool(settings.cache.enabled) and self.cache_storable
         self.offline = bool(settings.offline)
+        # (read, write) of a call without cache=: offline reads only, else the settings'
+        enabled = self.cache_enabled
+        self._default_modes = (True, False) if self.offline else (enabled, enabled)
         self.cache = ResponseCache.for_settings(settings, shared)
         budget = None
         if shared is not None and shared.share_budget:
@@ -109,15 +112,11 @@ class Pipeline:
             )
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
-        if option is None and not self.offline:  # the common case, without another call
-            read = write = self.cache_enabled
-        else:
-            read, write = self._cache_modes(option)
+        read, write = self._default_modes if option is None else self._cache_modes(option)
         if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
             read = write = read and self.offline and ep.cacheable
         write = write and self.cache_storable
-        mode = ep.policy.retries(kwargs) if retry is None else retry_mode(ep.policy, retry, kwargs)
-        call = Prepared(ep, kwargs, retry=mode)
+        call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry, kwargs))
         key = None
         if read or write:
             try:
@@ -157,10 +156,9 @@ class Pipeline:
         return call
 
     def _cache_modes(self, option: CacheOption) -> tuple[bool, bool]:
+        """(read, write) of an explicit ``cache=`` (without one: :attr:`_default_modes`)."""
         if self.offline:
             return True, False
-        if option is None:
-            return self.cache_enabled, self.cache_enabled
         if option is True or option is False:
             return option, option
         if option == "refresh":
