@@ -130,8 +130,8 @@ def _key_string(value: str) -> str:
     """A string as it enters the key text: JSON, or ``#`` + its SHA-256 when it is long."""
     if len(value) < DIGEST_FROM:
         return _encode_basestring(value)
-    found = _recent.get(id(value))
-    if found is not None and found[0] is value:
+    found = _recent.get(id(value))  # an entry holds its str: a hit is this very object
+    if found is not None:
         return found[1]
     # surrogatepass: a lone surrogate is hashed too, as json.dumps would have kept it
     text = "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
