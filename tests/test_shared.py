@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -506,3 +507,35 @@ def test_flush_waits_for_the_usage_batch_being_written_in_the_background() -> No
     assert not flusher.is_alive()
     assert ledger.threads == ["mistral-nbenv-usage", flusher.name]  # the batch, then the rest
     assert ledger.inner.totals() == {"2025-12-04|staging|m": {"requests": 1.0, "errors": 1.0}}
+
+
+def test_a_forked_child_writes_its_due_usage_with_a_writer_thread_of_its_own() -> None:
+    """The parent's usage thread is not in the child: the child starts its own."""
+    import os
+
+    from mistral_nbenv.usage import FLUSH_EVERY, UsageRecorder
+
+    ledger = _SlowLedger()
+    ledger.go.set()
+    now = [1_764_892_000.0]
+    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: now[0])
+    now[0] += FLUSH_EVERY
+    recorder.record("m", requests=1)  # due: the parent's thread starts and writes it
+    assert ledger.entered.wait(10)
+    recorder.flush()
+    pid = os.fork()
+    if pid == 0:
+        written = False
+        try:
+            now[0] += FLUSH_EVERY
+            recorder.record("m", requests=2)  # due in the child
+            ends = time.monotonic() + 10
+            while not written and time.monotonic() < ends:
+                written = ledger.inner.totals() == {"2025-12-04|staging|m": {"requests": 3.0}}
+                time.sleep(0.01)
+            written = written and ledger.threads[-1] == "mistral-nbenv-usage"
+        finally:
+            os._exit(0 if written else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ledger.inner.totals() == {"2025-12-04|staging|m": {"requests": 1.0}}  # the parent's
