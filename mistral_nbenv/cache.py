@@ -128,20 +128,24 @@ DIGEST_FROM = 256
 
 def _key_string(value: str) -> str:
     """A string as it enters the key text: JSON, or ``#`` + its SHA-256 when it is long."""
-    if len(value) < DIGEST_FROM:
+    size = len(value)
+    if size < DIGEST_FROM:
         return _encode_basestring(value)
-    found = _recent.get(id(value))  # an entry holds its str: a hit is this very object
-    if found is not None:
-        return found[1]
+    if size >= RECENT_FROM:
+        found = _recent.get(id(value))  # an entry holds its str: a hit is this very object
+        if found is not None:
+            return found[1]
     # surrogatepass: a lone surrogate is hashed too, as json.dumps would have kept it
     text = "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    _recent.remember(value, text)
+    if size >= RECENT_FROM:
+        _recent.remember(value, text)
     return text
 
 
 class _RecentDigests(dict[int, tuple[str, str]]):
-    """The key form of the last few long strings, by identity: a document sent with one
-    question after another (the same ``str`` object) is hashed once, not on every call.
+    """The key form of the last few documents (:data:`RECENT_FROM` characters or more), by
+    identity: a document sent with one question after another (the same ``str`` object) is
+    hashed once, not on every call.
 
     Each entry holds its string, so its ``id`` cannot be taken by another object while it is
     remembered; at most :data:`RECENT_CHARS` characters are held (a longer string is hashed
@@ -167,6 +171,10 @@ class _RecentDigests(dict[int, tuple[str, str]]):
 
 #: Most characters of long strings :func:`_key_string` keeps with their digests (4 Mi).
 RECENT_CHARS = 1 << 22
+#: Strings shorter than this are hashed on every call, never remembered: hashing 4 KiB takes
+#: ~3 us, about what remembering costs, so only a document is worth keeping (a long prompt
+#: sent once would pay for an entry it never uses).
+RECENT_FROM = 4096
 _recent = _RecentDigests()
 
 

@@ -266,13 +266,35 @@ def test_a_document_sent_again_is_hashed_once_and_keys_stay_exact(
     assert len(hashed) == 2
     # an id freed and taken by another string never gets a remembered digest
     for i in range(200):
-        other = f"{i}: " + "x" * DIGEST_FROM
+        other = f"{i}: " + "x" * cache_module.RECENT_FROM
         assert cache_module._key_string(other) == "#" + real(other.encode()).hexdigest()
         del other
 
 
+def test_a_long_prompt_under_a_document_s_size_is_hashed_each_time_and_never_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[int] = []
+    real = hashlib.sha256
+    monkeypatch.setattr(
+        cache_module.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data)
+    )
+    recent = cache_module._RecentDigests()
+    monkeypatch.setattr(cache_module, "_recent", recent)
+    prompt = "Summarise this report. " * 40  # 920 characters: hashed apart, not a document
+    assert DIGEST_FROM <= len(prompt) < cache_module.RECENT_FROM
+    expected = "#" + real(prompt.encode()).hexdigest()
+    assert cache_module._key_string(prompt) == cache_module._key_string(prompt) == expected
+    assert hashed == [len(prompt)] * 2 and not recent  # hashed each time, nothing held
+    document = "x" * cache_module.RECENT_FROM  # from RECENT_FROM on: held, hashed once
+    cache_module._key_string(document)
+    cache_module._key_string(document)
+    assert hashed[2:] == [len(document)] and list(recent) == [id(document)]
+
+
 def test_remembered_documents_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache_module, "RECENT_CHARS", 3 * 1000)
+    monkeypatch.setattr(cache_module, "RECENT_FROM", 1000)
     recent = cache_module._RecentDigests()
     monkeypatch.setattr(cache_module, "_recent", recent)
     texts = [f"{i}" * 1000 for i in range(1, 5)]  # four strings of 1,000 characters
