@@ -34,6 +34,7 @@ __all__ = [
     "redact_bytes",
     "scrub",
     "secret_url",
+    "shows_secret",
     "url_without_password",
 ]
 
@@ -148,16 +149,32 @@ _MIN_KNOWN = 8
 
 
 _known_order: tuple[str, ...] = ()  # _known, longest first: what known() returns
+_known_forms: tuple[str, ...] = ()  # every form of every known secret (shows_secret)
 
 
 def remember(secret: str) -> None:
     """Add a secret to the ones :func:`scrub` masks everywhere (each ``SecretStr`` does)."""
-    global _known_order
+    global _known_order, _known_forms
     if len(secret) >= _MIN_KNOWN:
         with _known_lock:
             if len(_known) < _MAX_KNOWN and secret not in _known:
                 _known.add(secret)
                 _known_order = tuple(sorted(_known, key=len, reverse=True))
+                _known_forms = tuple(form for known in _known_order for form in forms(known))
+
+
+def shows_secret(text: str, secret: str = "") -> bool:
+    """Whether ``text`` shows ``secret`` or any known secret, in any of its :func:`forms`:
+    exactly when ``redact(text, [secret, *known()])`` would change it, without building the
+    masked copy (the check on every answer before it is cached)."""
+    for form in _known_forms:
+        if form in text:
+            return True
+    if secret and secret not in _known:  # (too short to be remembered, or past the limit)
+        for form in forms(secret):
+            if form in text:
+                return True
+    return False
 
 
 def known() -> tuple[str, ...]:

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mistral_nbenv import APIError, MistralEnvError, get_client, get_settings
 from mistral_nbenv._logging import apply_debug
 from mistral_nbenv.errors import SecretNotCachedWarning
+from mistral_nbenv.secrets import SecretStr, known, redact, shows_secret
 from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import KEYS, reset_core
 from tests._cli import run_cli
@@ -207,3 +210,35 @@ def test_the_widget_never_shows_it(lproject: MistralTestServer) -> None:
         assert TAIL not in _state(switcher)
     finally:
         switcher.close()
+
+
+_SHORT_SECRET = "sk\u00e9\n12"  # under 8 characters: never remembered, checked as given
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                LEAK,
+                LEAK[:-1],
+                repr(_SHORT_SECRET)[1:-1],  # the short secret as a repr shows it
+                _SHORT_SECRET[:-1],
+                "\u2026",
+                "x",
+            ]
+        )
+        | st.text(max_size=6),
+        max_size=6,
+    ),
+    st.sampled_from(["", _SHORT_SECRET, LEAK]),
+)
+def test_shows_secret_is_true_exactly_when_redact_would_change_the_text(
+    pieces: list[str], secret: str
+) -> None:
+    """The check before an answer is cached (``shows_secret``) agrees with the masking."""
+    SecretStr(LEAK)  # known to the process from now on, in all its forms
+    text = "".join(pieces)
+    assert shows_secret(text, secret) == (redact(text, [secret, *known()]) != text)
+    if LEAK in text:
+        assert shows_secret(text)  # a known secret, whatever key the caller passes

@@ -23,7 +23,7 @@ from ..concurrency import ConcurrencyLimiter
 from ..errors import APIError, CacheMissError, SecretNotCachedWarning
 from ..ratelimit import RateLimiter
 from ..retry import RetryPolicy
-from ..secrets import known, redact
+from ..secrets import known, shows_secret
 from ..store.local import DiskStore
 from ..translate import quotes_secret, translate_error
 from ..usage import UsageRecorder, ledger_for
@@ -330,7 +330,7 @@ class Pipeline:
     def _store(self, call: Prepared, text: str) -> None:
         """Cache ``text`` unless it holds a secret (a server echoing the key): then warn."""
         assert call.key is not None
-        if redact(text, [self.key.value.get_secret_value(), *known()]) != text:
+        if shows_secret(text, self.key.value.get_secret_value()):
             warnings.warn(
                 f"mistral_nbenv: the {call.endpoint.name} answer for environment "
                 f"'{self.environment}' contains a secret (the API key?), so it was not cached. "
