@@ -23,7 +23,8 @@ their results are reused.
 **Confined to the wrapper's own calls.** The patches are module-wide (that is where the SDK
 looks the functions up), but each patched function serves from its memo only while the
 context variable :data:`SCOPE` is set, which the wrapper does around its own SDK calls and
-stream reads (:func:`enter` / :func:`leave`). Everywhere else, a plain ``Mistral(...)`` that
+stream reads (:func:`enter` / :func:`leave`, or ``SCOPE.set``/``reset`` inline on the
+pipeline's per-attempt path). Everywhere else, a plain ``Mistral(...)`` that
 a user builds in the same process included, the original SDK function runs unchanged.
 
 **Self-checking, any SDK version.** :func:`check` verifies the internals this relies on;

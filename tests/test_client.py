@@ -984,6 +984,7 @@ def test_fastsdk_never_changes_a_users_own_sdk_client(
         ours.close()
     assert scopes
     assert all(scopes)
+    assert fastsdk_reset.SCOPE.get() is False  # and the scope ended with the call
 
 
 def test_fast_sdk_setting_off(

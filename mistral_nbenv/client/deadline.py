@@ -35,7 +35,8 @@ DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 def start(seconds: float | None, *, until: float | None = None) -> contextvars.Token[float | None]:
     """Set a deadline ``seconds`` from now (no later than ``until``); :func:`stop` ends it.
 
-    The pair is :func:`within` without a generator, for the pipeline's path on every call.
+    The pair is :func:`within` without a generator, for the pipeline's path on every call
+    (which resets :data:`DEADLINE` with the token itself: :func:`stop` is that reset).
     """
     ends = None if seconds is None else time.monotonic() + seconds
     if until is not None:

@@ -17,7 +17,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from .. import _fastsdk
+from .._fastsdk import SCOPE as FAST_SCOPE
 from ..cache import ResponseCache, cache_dir
 from ..concurrency import ConcurrencyLimiter
 from ..errors import APIError, CacheMissError, SecretNotCachedWarning
@@ -28,6 +28,7 @@ from ..store.local import DiskStore
 from ..translate import quotes_secret, translate_error
 from ..usage import UsageRecorder, ledger_for
 from . import deadline
+from .deadline import DEADLINE
 from .policy import retry_mode
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .stats import ClientStats
@@ -189,15 +190,16 @@ class Pipeline:
             if waited > 0:
                 self._waited(call, waited)
             # the SDK call with the response list, the deadline and the fast path (the
-            # async twin sets them around its await, in call_async)
+            # async twin sets them around its await, in call_async); the variables are set
+            # and reset here, not through enter/leave/stop: three calls fewer per attempt
             call.seen.clear()
-            token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+            token, scope = RESPONSES.set(call.seen), FAST_SCOPE.set(True)
             ends = deadline.start(call.seconds)
             try:
                 return method(**call.kwargs)
             finally:
-                deadline.stop(ends)
-                _fastsdk.leave(scope)
+                DEADLINE.reset(ends)
+                FAST_SCOPE.reset(scope)
                 RESPONSES.reset(token)
 
         self.concurrency.acquire(call.seconds)
@@ -219,13 +221,13 @@ class Pipeline:
         async def attempt() -> Any:
             self._waited(call, await self.limiter.acquire_async(call.estimate))
             call.seen.clear()
-            token, scope = RESPONSES.set(call.seen), _fastsdk.enter()
+            token, scope = RESPONSES.set(call.seen), FAST_SCOPE.set(True)
             ends = deadline.start(call.seconds)
             try:  # set around the await: the response hooks and reads run inside it
                 return await method(**call.kwargs)
             finally:
-                deadline.stop(ends)
-                _fastsdk.leave(scope)
+                DEADLINE.reset(ends)
+                FAST_SCOPE.reset(scope)
                 RESPONSES.reset(token)
 
         await self.concurrency.acquire_async(call.seconds)
@@ -248,7 +250,7 @@ class Pipeline:
 
         def attempt() -> tuple[Any, list[Any]]:
             self._waited(call, self.limiter.acquire(call.estimate))
-            scope = _fastsdk.enter()
+            scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
                     events = method(**call.kwargs)
@@ -260,7 +262,7 @@ class Pipeline:
                         events.close()
                         raise
             finally:
-                _fastsdk.leave(scope)
+                FAST_SCOPE.reset(scope)
 
         self.concurrency.acquire(call.seconds)  # released by the Stream when it ends
         try:
@@ -283,7 +285,7 @@ class Pipeline:
 
         async def attempt() -> tuple[Any, list[Any]]:
             self._waited(call, await self.limiter.acquire_async(call.estimate))
-            scope = _fastsdk.enter()
+            scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
                     events = await method(**call.kwargs)
@@ -295,7 +297,7 @@ class Pipeline:
                         await events.close()
                         raise
             finally:
-                _fastsdk.leave(scope)
+                FAST_SCOPE.reset(scope)
 
         await self.concurrency.acquire_async(call.seconds)  # released by the stream
         try:
