@@ -1,6 +1,6 @@
 """The test matrix: ``nox`` runs what ``bash .ci/run`` runs (``nox -l`` lists the sessions).
 
-* ``lint``: ruff check, ruff format --check, mypy (Python 3.11);
+* ``lint``: ruff check, ruff format --check, mypy of the package and benchmarks (Python 3.11);
 * ``tests-3.11``: the whole suite, the real-browser JupyterLab test included;
 * ``tests-3.12``, ``tests-3.13``: everything but the browser test.
 
@@ -51,7 +51,7 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "--version")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "mistral_nbenv")
+    session.run("mypy", "mistral_nbenv", "benchmarks")
 
 
 @nox.session(python=PYTHONS)

@@ -58,13 +58,12 @@ class Context:
             from mistral_nbenv.testing.redis import RedisNotInstalledError, RedisTestServer
 
             try:
-                server = RedisTestServer(self.root / "redis")
+                found = RedisTestServer(self.root / "redis")
             except RedisNotInstalledError as exc:
                 self.skipped.append(f"8 (shared store): {exc}")
-                server = None
+                self._extra["redis"] = None
             else:
-                self._stack.enter_context(server)
-            self._extra["redis"] = server
+                self._extra["redis"] = self._stack.enter_context(found)
         return self._extra["redis"]
 
     def project(self, name: str, **settings: Any) -> tuple[dict[str, str], Path]:

@@ -285,11 +285,13 @@ def test_a_long_prompt_under_a_document_s_size_is_hashed_each_time_and_never_hel
     assert DIGEST_FROM <= len(prompt) < cache_module.RECENT_FROM
     expected = "#" + real(prompt.encode()).hexdigest()
     assert cache_module._key_string(prompt) == cache_module._key_string(prompt) == expected
-    assert hashed == [len(prompt)] * 2 and not recent  # hashed each time, nothing held
+    assert hashed == [len(prompt)] * 2  # hashed each time...
+    assert not recent  # ...and nothing held
     document = "x" * cache_module.RECENT_FROM  # from RECENT_FROM on: held, hashed once
     cache_module._key_string(document)
     cache_module._key_string(document)
-    assert hashed[2:] == [len(document)] and list(recent) == [id(document)]
+    assert hashed[2:] == [len(document)]
+    assert list(recent) == [id(document)]
 
 
 def test_remembered_documents_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
