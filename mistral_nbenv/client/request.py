@@ -186,7 +186,7 @@ def endpoint_for(op: Operation, *, stream: bool | None = None) -> Endpoint:
     )
 
 
-@dataclass
+@dataclass(slots=True)  # one per call: no instance dict to allocate
 class Prepared:
     """One call after *prepare*: its arguments, where to store it, what a hit found."""
 
