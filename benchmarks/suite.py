@@ -261,55 +261,75 @@ def bench_miss_instructions(ctx: Context) -> list[Figure]:
     if valgrind is None or control is None:
         ctx.skipped.append("2c (instructions per miss): valgrind is not installed")
         return []
-    n, warmup = ctx.config.pick(100, 3), ctx.config.pick(10, 1)
-    modes = ["sdk", "cache_off", "refresh", "wrapper"]
+    n, warmup, blocks = ctx.config.pick(10, 2), ctx.config.pick(10, 1), ctx.config.pick(8, 2)
 
-    projects = {mode: ctx.project(f"miss_instructions_{mode}") for mode in modes}
-
-    def count(mode: str) -> float:
-        env, cwd = projects[mode]
+    def count(seed: int) -> dict[str, list[float]]:
+        """Per-call instructions of each block of one process: {contender: [per block]}."""
+        env, cwd = ctx.project(f"miss_instructions_{seed}")
         env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run
+        out = cwd / "callgrind.out"
         prefix = [
             valgrind,
             "--tool=callgrind",
             "--instr-atstart=no",
             "--collect-atstart=no",
             "--toggle-collect=functools_reduce",
-            f"--callgrind-out-file={cwd / 'callgrind.out'}",
+            f"--callgrind-out-file={out}",
         ]
-        params = {"mode": mode, "n": n, "warmup": warmup, "control": control}
+        params = {"n": n, "warmup": warmup, "blocks": blocks, "seed": seed, "control": control}
         run = run_task("miss_instructions", params, env, cwd, prefix=prefix, timeout=900)
-        made = run.result
-        if mode != "sdk" and (made["requests"], made["hits"]) != (n, 0):
-            raise RuntimeError(f"2c {mode}: expected {n} calls to the server, got {made}")
-        if mode == "wrapper":
-            _expect_misses(made, n)
-        found = re.search(r"Collected : ([0-9]+)", run.stderr)
-        if found is None or not int(found.group(1)):
-            raise RuntimeError(f"callgrind collected nothing for {mode}:\n{run.stderr[-2000:]}")
-        return int(found.group(1)) / n
+        names, made = run.result["contenders"], run.result["stats"]
+        wrapped = 3 * n * blocks  # cache_off, refresh and wrapper: n calls per block each
+        if (made["requests"], made["hits"], made["misses"]) != (wrapped, 0, n * blocks):
+            raise RuntimeError(f"2c: expected {wrapped} calls to the server, got {made}")
+        per_block: dict[str, list[float]] = {name: [] for name in names}
+        for path in cwd.glob("callgrind.out.*"):
+            text = path.read_text(errors="replace")
+            label = re.search(r"^desc: Trigger: .*?dump ([a-z_]+)-([0-9]+)$", text, re.M)
+            total = re.search(r"^totals: ([0-9]+)", text, re.M)
+            if label is None or total is None or label.group(1) not in per_block:
+                continue  # the warm-up's dump, or the one at exit
+            per_block[label.group(1)].append(int(total.group(1)) / n)
+        if any(len(v) != blocks or not all(v) for v in per_block.values()):
+            counts = {k: len(v) for k, v in per_block.items()}
+            raise RuntimeError(f"2c: expected {blocks} counted blocks each, got {counts}")
+        for name, found in run.result["garbage"].items():
+            per_block[f"garbage_{name}"] = found
+        return per_block
 
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the count does not depend on the load
-        each = dict(zip(modes, pool.map(count, modes), strict=True))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes, the rounds in each shuffled
+        runs = list(pool.map(count, [1, 2]))
+    pooled = {name: [x for run in runs for x in run[name]] for name in runs[0]}
+    cycles = {k[len("garbage_") :]: median(v) for k, v in pooled.items() if k[:8] == "garbage_"}
+    samples = {k: [x / 1e3 for x in v] for k, v in pooled.items() if k[:8] != "garbage_"}
+    each = {name: median(values) for name, values in samples.items()}
     own = each["sdk"]
 
     def share(name: str) -> str:
-        return f"{name} {each[name] / 1e3:,.0f}k ({each[name] / own:.3f}x)"
+        return f"{name} {each[name]:,.0f}k ({each[name] / own:.3f}x)"
 
     return [
         _against_own_sdk(
             "2c",
             "cache miss: wrapper instructions",
-            each["wrapper"] / 1e3,
-            own / 1e3,
+            each["wrapper"],
+            own,
             "k instr",
-            f"instructions of the caller's thread per call, {n} misses per contender, each in "
-            "its own process under callgrind (counted inside functools.reduce only; the same "
-            f"count on a busy machine). Split: {share('cache_off')} is the pipeline with no "
-            f"cache work; {share('refresh')} adds the key and the queued store; the lookup "
-            f"adds {(each['wrapper'] - each['refresh']) / 1e3:,.0f}k. Under valgrind OpenSSL "
-            "hashes without the CPU's SHA instructions, so the key counts more than it costs",
-            {name: [value] for name, value in each.items()},
+            f"instructions of the caller's thread per call: two processes under callgrind, each "
+            f"calling every contender in {blocks} rounds of {n} misses, in a random order each "
+            "round, counted per block (inside functools.reduce only; the same count on a busy "
+            f"machine); medians of the {2 * blocks} blocks. Automatic garbage collection is "
+            "off inside a block and a collection runs after it, uncounted: it would fall in "
+            "whichever call crosses its threshold, while the cycles it frees are the SDK's, "
+            "the same for every contender (cyclic objects per call: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in cycles.items())
+            + f"). A/A control, the SDK object against "
+            f"itself: {each['sdk_again'] / own:.3f}x. Split: {share('cache_off')} is the "
+            f"pipeline with no cache work; {share('refresh')} adds the key and the queued "
+            f"store; the lookup adds {each['wrapper'] - each['refresh']:,.0f}k. Under valgrind "
+            "OpenSSL hashes without the CPU's SHA instructions, so the key counts more than it "
+            "costs",
+            {**samples, **{f"garbage_{k}": pooled[f"garbage_{k}"] for k in cycles}},
         )
     ]
 

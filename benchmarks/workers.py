@@ -237,47 +237,81 @@ def _shuffled_calls(
 
 
 def miss_instructions(params: Params) -> Params:
-    """``n`` cache misses of one contender for row 2c, counted by callgrind.
+    """Cache misses of every row-2c contender in one process, counted by callgrind per block.
 
     The parent runs this process under ``valgrind --tool=callgrind`` with instrumentation off
     (imports and the first calls run at near-native speed) and collection only inside
     ``functools.reduce``. After a warm-up the process switches instrumentation on
-    (``callgrind_control``), warms up again so that every path is translated, then makes its
-    ``n`` calls inside ``functools.reduce``: the instructions the caller's thread executes
-    for those calls and nothing else (the write-behind's thread is not in that C function).
+    (``callgrind_control``) and warms up again so that every path is translated. Then, for
+    ``blocks`` rounds, it calls the contenders in a random order, each making ``n`` calls
+    inside ``functools.reduce`` followed by a dump named ``<contender>-<round>``: each dump
+    holds the instructions the caller's thread executed for those ``n`` calls and nothing
+    else (the write-behind's thread is not in that C function, and a dump starts the count
+    afresh). Contenders taking turns in one process see the same heap and connection, so
+    the state of one process weighs on all alike (A/A: ``sdk_again``).
+
+    The cycle collector is off inside a block and runs, uncounted, after it. A collection
+    costs ~250 us and runs every few dozen calls, in whichever call crosses the threshold: a
+    call that holds more objects alive at its peak (the wrapper's) crosses it first and
+    would be charged for collections the cycles of every call made. What each contender's
+    calls leave to the collector is counted instead (``garbage``, cyclic objects per call).
     """
     import functools
+    import gc
     import subprocess
 
     import mistral_nbenv
     from mistral_nbenv import _fastsdk
 
-    mode, n, warmup = str(params["mode"]), int(params["n"]), int(params["warmup"])
+    n, warmup, blocks = int(params["n"]), int(params["warmup"]), int(params["blocks"])
+    control, me = str(params["control"]), str(os.getpid())
     client = mistral_nbenv.get_client()
     _fastsdk.install()
     _fastsdk.enter()  # the scope the wrapper gives its own calls, for the SDK object too
-    call = client.raw.chat.complete if mode == "sdk" else client.chat.complete
-    options: dict[str, Params] = {
-        "sdk": {},
-        "cache_off": {"cache": False},
-        "refresh": {"cache": "refresh"},
-        "wrapper": {},
+    wrapped, raw = client.chat.complete, client.raw.chat.complete
+    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
+        "sdk": (raw, {}),
+        "sdk_again": (raw, {}),
+        "cache_off": (wrapped, {"cache": False}),
+        "refresh": (wrapped, {"cache": "refresh"}),
+        "wrapper": (wrapped, {}),
     }
-    extra = options[mode]
 
-    def one(tag: str) -> Any:
-        return call(model=MODEL, messages=_messages(f"{mode}-{tag}"), **extra)
+    garbage: dict[str, list[float]] = {name: [] for name in contenders}
 
-    for i in range(warmup):
-        one(f"warm-{i}")
-    subprocess.run(
-        [str(params["control"]), "--instr=on", str(os.getpid())], check=True, capture_output=True
-    )
-    for i in range(warmup):
-        one(f"warm-instrumented-{i}")
+    def block(name: str, tag: str, count: int) -> None:
+        call, extra = contenders[name]
+        gc.disable()  # no collection inside the count: one runs after the block, uncounted
+        try:
+            functools.reduce(
+                lambda _, i: call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra),
+                range(count),
+                None,
+            )
+        finally:
+            gc.enable()
+        garbage[name].append(gc.collect() / count)  # the cycles these calls left behind
+
+    def dump(label: str) -> None:
+        subprocess.run([control, "--dump=" + label, me], check=True, capture_output=True)
+
+    for name in contenders:
+        block(name, f"warm-{name}", warmup)
+    subprocess.run([control, "--instr=on", me], check=True, capture_output=True)
+    for name in contenders:
+        block(name, f"warm-instrumented-{name}", warmup)
+    dump("warm-up")  # what collection may hold so far goes to a dump of its own
+    for found in garbage.values():
+        found.clear()  # (the warm-up's)
     before = client.stats.as_dict()
-    functools.reduce(lambda _, i: one(str(i)), range(n), None)
-    return {k: v - before[k] for k, v in client.stats.as_dict().items() if isinstance(v, int)}
+    order, shuffle = list(contenders), random.Random(int(params["seed"])).shuffle
+    for r in range(blocks):
+        shuffle(order)
+        for name in order:
+            block(name, f"{params['seed']}-{r}-{name}", n)
+            dump(f"{name}-{r}")
+    made = {k: v - before[k] for k, v in client.stats.as_dict().items() if isinstance(v, int)}
+    return {"stats": made, "contenders": list(contenders), "garbage": garbage}
 
 
 def miss_long_prompt(params: Params) -> Params:
