@@ -160,7 +160,7 @@ def remember(secret: str) -> None:
             if len(_known) < _MAX_KNOWN and secret not in _known:
                 _known.add(secret)
                 _known_order = tuple(sorted(_known, key=len, reverse=True))
-                _known_forms = tuple(form for known in _known_order for form in forms(known))
+                _known_forms = (*_known_forms, *forms(secret))  # (any order: a yes/no check)
 
 
 def shows_secret(text: str, secret: str = "") -> bool:
