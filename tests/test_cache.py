@@ -246,15 +246,23 @@ def test_the_key_memo_keeps_short_strings_only_and_stays_bounded(
     assert memo["\u00e9\n"] == '"\u00e9\\n"'
 
 
-def test_a_document_sent_again_is_hashed_once_and_keys_stay_exact(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    hashed: list[int] = []
-    real = hashlib.sha256
+_REAL_SHA256 = hashlib.sha256  # (the fixture below replaces hashlib.sha256 itself)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every text the cache module hashes, in order (with an empty memo)."""
+    lengths: list[int] = []
+    real = _REAL_SHA256
     monkeypatch.setattr(
-        cache_module.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data)
+        cache_module.hashlib, "sha256", lambda data: lengths.append(len(data)) or real(data)
     )
-    cache_module._recent.clear()
+    monkeypatch.setattr(cache_module, "_recent", cache_module._RecentDigests())
+    return lengths
+
+
+def test_a_document_sent_again_is_hashed_once_and_keys_stay_exact(hashed: list[int]) -> None:
+    real = _REAL_SHA256
     document = "Quarterly report: revenue, costs and outlook.\n" * 2000
     expected = "#" + real(document.encode()).hexdigest()
     assert cache_module._key_string(document) == expected
@@ -272,15 +280,9 @@ def test_a_document_sent_again_is_hashed_once_and_keys_stay_exact(
 
 
 def test_a_long_prompt_under_a_document_s_size_is_hashed_each_time_and_never_held(
-    monkeypatch: pytest.MonkeyPatch,
+    hashed: list[int],
 ) -> None:
-    hashed: list[int] = []
-    real = hashlib.sha256
-    monkeypatch.setattr(
-        cache_module.hashlib, "sha256", lambda data: hashed.append(len(data)) or real(data)
-    )
-    recent = cache_module._RecentDigests()
-    monkeypatch.setattr(cache_module, "_recent", recent)
+    real, recent = _REAL_SHA256, cache_module._recent
     prompt = "Summarise this report. " * 40  # 920 characters: hashed apart, not a document
     assert DIGEST_FROM <= len(prompt) < cache_module.RECENT_FROM
     expected = "#" + real(prompt.encode()).hexdigest()
