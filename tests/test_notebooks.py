@@ -35,18 +35,41 @@ def _code_cells(nb: Any) -> dict[str, Any]:
     return {cell.source: cell for cell in nb.cells if cell.cell_type == "code"}
 
 
+def _no_stderr(nb: Any) -> None:
+    """No cell wrote to stderr: a warning or a background thread's log would show there to
+    the user, and would land in the middle of whatever cell was running."""
+    stray = [
+        (cell.source.splitlines()[0], output.text)
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream" and output.name == "stderr"
+    ]
+    assert not stray, stray
+
+
 def _text(cell: Any) -> str:
-    """Every output of a cell as text: streams, and every mime type of rich outputs."""
-    parts = []
+    """Every output of a cell as text: streams, and every mime type of rich outputs.
+
+    The kernel sends a long print in several stream messages when it flushes in between (a
+    loaded machine): consecutive pieces of one stream are joined as they were written.
+    """
+    parts: list[str] = []
+    previous = None
     for output in cell.outputs:
         if output.output_type == "stream":
-            parts.append(output.text)
+            same = previous is not None and previous.output_type == "stream"
+            if same and previous.name == output.name:
+                parts[-1] += output.text
+            else:
+                parts.append(output.text)
         elif output.output_type in ("display_data", "execute_result"):
             parts.extend(
                 json.dumps(v) if not isinstance(v, str) else v for v in output.data.values()
             )
         elif output.output_type == "error":
             parts.append(f"{output.ename}: {output.evalue}")
+        previous = output
     return "\n".join(parts)
 
 
@@ -74,6 +97,7 @@ def test_quickstart(
         if cell.cell_type == "code":
             assert not [o for o in cell.outputs if o.output_type == "error"], cell.source
     assert_no_key(nbformat.writes(nb))
+    _no_stderr(nb)
 
     [switcher] = [c for c in _find(nb, "%mistral_env") if c.source == "%mistral_env"]
     assert any(WIDGET_MIME in o.get("data", {}) for o in switcher.outputs)
@@ -120,6 +144,7 @@ def test_environments(
         if cell.cell_type == "code":
             assert not [o for o in cell.outputs if o.output_type == "error"], cell.source
     assert_no_key(nbformat.writes(nb))
+    _no_stderr(nb)
     texts = [_text(c) for c in nb.cells if c.cell_type == "code"]
 
     intro, table, sources, listing, check, flags, guards, protected, status = texts
