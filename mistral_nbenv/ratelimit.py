@@ -1,6 +1,6 @@
 """Client-side budgets: requests/min and tokens/min shared across processes, and concurrency.
 
-**Rate semantics** (two token buckets, one state, updated in one diskcache transaction):
+**Rate semantics** (two token buckets, one state, updated in one SQLite transaction):
 
 * requests: refills at ``requests_per_minute / 60`` per second and holds at most one
   second's worth (at least 1).  So after an idle period a short burst of
@@ -20,8 +20,9 @@
   transaction; above, a process holds at most 0.1 s of budget the others cannot use (and
   loses it if it exits without closing its client).
 
-The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default a small
-diskcache at ``<cache_root>/<environment>/ratelimit``, so every process (several notebook
+The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default one row of
+``<cache_root>/<environment>/ratelimit/budget.db`` (:mod:`mistral_nbenv.store.budgetfile`:
+one page written per update), so every process (several notebook
 kernels, scripts) using the same cache root shares one budget; without one, in memory.
 The clock is read *inside* the store's atomic update, so updates from several processes are
 ordered by their clock readings and no interval is credited twice: the stored time never

@@ -1,6 +1,6 @@
 """The shared budget's bound holds exactly across processes (issue 18).
 
-Eight real processes share one diskcache budget at 6,000 requests/min for four seconds;
+Eight real processes share one budget file at 6,000 requests/min for four seconds;
 every admission is stamped with the limiter's own clock reading (taken inside the store's
 transaction).  In every window of W seconds at most ``burst + rpm * W / 60`` requests were
 admitted: no slack beyond float rounding.

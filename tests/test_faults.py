@@ -128,9 +128,9 @@ def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
     use_environment("staging")
     client = get_client()
     client.chat.complete(messages=HELLO, cache=False)  # the limiter's db is open now
-    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "cache.db"
+    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "budget.db"
     assert ratelimit_db.is_file()
-    for path in ratelimit_db.parent.glob("cache.db*"):  # the db, its -wal and -shm
+    for path in ratelimit_db.parent.glob("budget.db*"):  # the db, its -wal and -shm
         with open(path, "r+b") as fh:  # same inode: the open connection sees it
             fh.write(b"garbage!" * 4096)
     with warnings.catch_warnings(record=True) as caught:

@@ -11,7 +11,7 @@ import pytest
 
 from mistral_nbenv.concurrency import ConcurrencyLimiter
 from mistral_nbenv.ratelimit import RateLimiter, add_wait_listener
-from mistral_nbenv.store.local import DiskStore
+from mistral_nbenv.store.budgetfile import budget_file
 
 
 class FakeClock:
@@ -29,7 +29,7 @@ class FakeClock:
 
 def limiter(tmp_path: Path | None, clock: FakeClock, rpm: float = 0, tpm: float = 0) -> RateLimiter:
     return RateLimiter(
-        DiskStore(tmp_path / "rl") if tmp_path else None,
+        budget_file(tmp_path / "rl") if tmp_path else None,
         requests_per_minute=rpm,
         tokens_per_minute=tpm,
         environment="staging",

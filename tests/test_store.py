@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from typing import Any
 import pytest
 
 from mistral_nbenv.ratelimit import RateLimiter
-from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger
+from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger, budgetfile
+from mistral_nbenv.store.budgetfile import DATABASE, BudgetFile, budget_file
+from mistral_nbenv.store.budgetfile import close_all as budget_close_all
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +172,90 @@ def test_a_failing_budget_store_falls_back_to_memory_with_one_warning() -> None:
         assert rl.acquire() == pytest.approx(1.0)
     assert [w.category for w in caught] == [CacheUnavailableWarning]
     assert "broken://store" in str(caught[0].message)
+
+
+# --------------------------------------------------------------------- the rate limit's file
+
+
+def _bump(state: str | None) -> tuple[str, int]:
+    n = int(state or 0) + 1
+    return str(n), n
+
+
+def test_budget_file_is_read_modify_write_and_a_failed_change_keeps_the_state(
+    tmp_path: Path,
+) -> None:
+    budget = BudgetFile(tmp_path / "rl")
+    assert [budget.update("n", _bump) for _ in range(3)] == [1, 2, 3]
+    assert budget.update("n", lambda state: (None, state)) == "3"  # None keeps the state
+
+    def fails(state: str | None) -> tuple[str, None]:
+        raise ValueError("in the middle")
+
+    with pytest.raises(ValueError, match="in the middle"):
+        budget.update("n", fails)
+    assert budget.update("n", _bump) == 4  # rolled back, and the file is usable again
+    assert BudgetFile(tmp_path / "rl").update("n", _bump) == 5  # a second connection agrees
+    budget.close()
+
+
+def test_budget_file_stays_private_and_reads_text_only(tmp_path: Path) -> None:
+    directory = tmp_path / "rl"
+    directory.mkdir(mode=0o755)
+    db = sqlite3.connect(directory / DATABASE)  # left by someone with a looser umask
+    db.execute("CREATE TABLE budget (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO budget VALUES ('blob', ?)", (b"\x80\x03pickle",))
+    db.commit()
+    db.close()
+    (directory / DATABASE).chmod(0o644)
+    budget = BudgetFile(directory)
+    assert budget.update("blob", lambda state: (None, state)) is None  # not text: absent
+    budget.update("n", _bump)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    made = sorted(p.name for p in directory.iterdir())
+    assert made == [DATABASE, DATABASE + "-shm", DATABASE + "-wal"]
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    budget.close()
+
+
+_BUDGET_WORKER = """
+import sys
+from pathlib import Path
+from mistral_nbenv.store.budgetfile import budget_file
+store = budget_file(Path(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    store.update("n", lambda s: (str(int(s or 0) + 1), None))
+"""
+
+
+def test_budget_file_update_is_atomic_across_processes(tmp_path: Path) -> None:
+    n = 300
+    argv = [sys.executable, "-c", _BUDGET_WORKER, str(tmp_path / "shared"), str(n)]
+    procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert BudgetFile(tmp_path / "shared").update("n", lambda s: (None, s)) == str(3 * n)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_opens_its_own_budget_connection(tmp_path: Path) -> None:
+    budget = budget_file(tmp_path / "rl")
+    assert budget.update("n", _bump) == 1  # the parent's connection is open
+    parents = budget._db
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, the parent's kept (never closed) and unused
+        code = 1
+        try:
+            if budget._db is None and parents in budgetfile._inherited:
+                for _ in range(50):
+                    budget.update("n", _bump)
+                code = 0 if budget._db is not parents else 2
+        finally:
+            os._exit(code)
+    for _ in range(50):
+        budget.update("n", _bump)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert budget.update("n", lambda s: (None, s)) == "101"  # no update lost on either side
+    budget_close_all()
+    assert budget_file(tmp_path / "rl") is not budget  # forgotten: the next one opens afresh

@@ -24,7 +24,7 @@ from ..errors import APIError, CacheMissError, SecretNotCachedWarning
 from ..ratelimit import RateLimiter
 from ..retry import RetryPolicy
 from ..secrets import known, shows_secret
-from ..store.local import DiskStore
+from ..store.budgetfile import budget_file
 from ..translate import quotes_secret, translate_error
 from ..usage import UsageRecorder, ledger_for
 from . import deadline
@@ -76,7 +76,7 @@ class Pipeline:
         if shared is not None and shared.share_budget:
             budget = shared.budget(key.value.get_secret_value())
         self.limiter = RateLimiter(
-            DiskStore(cache_dir(settings) / "ratelimit"),
+            budget_file(cache_dir(settings) / "ratelimit"),
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,

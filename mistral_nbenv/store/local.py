@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from .private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
     import diskcache
@@ -28,9 +29,7 @@ __all__ = [
     "DiskStore",
     "MemoryStore",
     "close_all",
-    "make_private_dir",
     "open_diskcache",
-    "private_umask",
 ]
 
 R = TypeVar("R")
@@ -79,36 +78,6 @@ def _json_text_disk() -> type:
 
 
 _open_lock = threading.Lock()
-_umask_lock = threading.RLock()
-
-
-@contextlib.contextmanager
-def private_umask() -> Iterator[None]:
-    """Create files 0600 and directories 0700 inside the block (process-wide umask)."""
-    with _umask_lock:
-        old = os.umask(0o077)
-        try:
-            yield
-        finally:
-            os.umask(old)
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) and make it 0700."""
-    with private_umask():
-        path.mkdir(parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
-
-
-def _tighten(directory: Path) -> None:
-    for child in directory.iterdir():
-        with contextlib.suppress(OSError):
-            if child.is_symlink():
-                continue
-            want = 0o700 if child.is_dir() else 0o600
-            if stat.S_IMODE(child.lstat().st_mode) != want:
-                child.chmod(want)
 
 
 def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcache.Cache:
@@ -135,19 +104,21 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
             kwargs["size_limit"] = size_limit
         with private_umask():
             cache = diskcache.Cache(str(directory), disk=_json_text_disk(), **kwargs)
-        _tighten(directory)
+        tighten(directory)
         _open[key] = cache
         return cache
 
 
 def close_all() -> None:
     """Close every diskcache this process opened (tests, interpreter shutdown), after the
-    write-behind stores have written what they hold, and the key indexes' connections."""
-    from . import presence
+    write-behind stores have written what they hold, and the key indexes' and the budget
+    files' connections."""
+    from . import budgetfile, presence
     from .writebehind import flush_all
 
     flush_all()
     presence.close_all()
+    budgetfile.close_all()
     with _open_lock:
         for cache in _open.values():
             with contextlib.suppress(Exception):
