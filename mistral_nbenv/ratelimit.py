@@ -51,6 +51,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 from .store import Budget, warn_once
@@ -169,11 +170,12 @@ class RateLimiter:
         """
         if raw:
             try:
-                req, tok, last = (float(x) for x in raw.split(","))
+                req_text, tok_text, last_text = raw.split(",")
+                req, tok, last = float(req_text), float(tok_text), float(last_text)
             except (ValueError, TypeError, AttributeError):
                 pass
             else:
-                if all(map(_finite, (req, tok, last))):
+                if isfinite(req) and isfinite(tok) and isfinite(last):
                     if last - now > CLOCK_SKEW:
                         last = now
                     return min(req, self._req_cap), min(tok, self._tok_cap), last
@@ -364,7 +366,3 @@ class RateLimiter:
         if self._shared is not None:
             self._shared.reset()
         self._update(lambda _raw: (f"{self._req_cap!r},{self._tok_cap!r},{self.clock()!r}", None))
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
