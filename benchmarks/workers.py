@@ -599,9 +599,75 @@ def shared_admit(params: Params) -> Any:
     }
 
 
+def local_admit(params: Params) -> Any:
+    """One admission against the local budget file at a rate that batches nothing (every
+    request is a transaction: below 1,200 rpm), vs a bare read-modify-write of one SQLite row
+    on the same disk; and the same admission on a diskcache directory (the store before).
+
+    Each limiter's clock moves a second per reading, so every admission finds a refilled
+    budget and none waits: what is timed is the admission's own work.
+    """
+    import itertools
+    import sqlite3
+
+    import mistral_nbenv
+    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.ratelimit import RateLimiter
+    from mistral_nbenv.store.budgetfile import budget_file
+    from mistral_nbenv.store.local import DiskStore
+
+    settings = mistral_nbenv.get_client().settings
+    rpm, tpm = float(params["rpm"]), float(settings.rate_limits.tokens_per_minute)
+    root = cache_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def limiter(store: Any) -> Any:
+        ticks = itertools.count(time.time(), 1.0)
+        return RateLimiter(
+            store,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            clock=lambda: next(ticks),
+            sleep=_never_sleeps,
+        )
+
+    file_limiter = limiter(budget_file(root / "ratelimit"))
+    disk_limiter = limiter(DiskStore(root / "ratelimit-diskcache"))
+    floor_db = sqlite3.connect(str(root / "floor.db"), isolation_level=None)
+    floor_db.execute("PRAGMA journal_mode = WAL")
+    floor_db.execute("PRAGMA synchronous = NORMAL")
+    floor_db.execute(
+        "CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID"
+    )
+
+    def admission() -> None:
+        file_limiter.acquire(120)
+        file_limiter.reconcile(120, 100)
+
+    def diskcache_admission() -> None:
+        disk_limiter.acquire(120)
+        disk_limiter.reconcile(120, 100)
+
+    def write() -> None:  # the least an atomic read-modify-write of one row can do
+        floor_db.execute("BEGIN IMMEDIATE")
+        floor_db.execute("SELECT value FROM t WHERE key = 'bucket'").fetchone()
+        floor_db.execute("INSERT OR REPLACE INTO t VALUES ('bucket', ?)", (repr(time.time()),))
+        floor_db.execute("COMMIT")
+
+    samples = _interleave(
+        {"admission": admission, "diskcache": diskcache_admission, "write": write}, params
+    )
+    return {"samples_ms": samples, "batch": file_limiter._batch, "tpm": tpm}
+
+
+def _never_sleeps(seconds: float) -> None:
+    raise RuntimeError(f"the benchmark's limiter was asked to wait {seconds:.3f} s")
+
+
 TASKS: dict[str, Callable[[Params], Any]] = {
     "shared_hit": shared_hit,
     "shared_admit": shared_admit,
+    "local_admit": local_admit,
     "cache_hit": cache_hit,
     "miss_wrapper_serve": miss_wrapper_serve,
     "miss_raw_serve": miss_raw_serve,
