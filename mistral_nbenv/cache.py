@@ -119,7 +119,8 @@ def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str
     names one request. A request with only shorter strings keeps the key earlier releases
     gave it.
     """
-    return _digest(_prefix(namespace, endpoint), params)
+    present = {k: v for k, v in params.items() if v is not None}
+    return _digest(_prefix(namespace, endpoint), present)
 
 
 #: Strings this long or longer enter a cache key as their own SHA-256 (see :func:`request_key`).
@@ -214,8 +215,8 @@ _c_key_text = (
 
 
 def _key_text(params: Mapping[str, Any]) -> str:
-    """The text a request's key hashes: :func:`canonical_json`, long strings as digests."""
-    params = {k: v for k, v in params.items() if v is not None}
+    """The text a request's key hashes: :func:`canonical_json` of ``params`` (which hold no
+    ``None`` value at the top), long strings as digests."""
     if _c_key_text is None:  # json without its C accelerator: its Python twin
         make = json.encoder._make_iterencode  # type: ignore[attr-defined]
         iterencode = make(
@@ -304,7 +305,11 @@ class ResponseCache:
             self._behind.flush()  # a failed write warns, never raises
 
     def key(self, endpoint: str, params: Mapping[str, Any]) -> str:
-        """Cache key of a request to ``endpoint`` with ``params`` (:func:`request_key`)."""
+        """Cache key of a request to ``endpoint`` with ``params`` (:func:`request_key`).
+
+        ``params`` hold no ``None`` value at the top, as the client's ``canonical`` gives
+        them (:func:`request_key` drops those itself; the pipeline need not do it twice).
+        """
         prefix = self._prefixes.get(endpoint)
         if prefix is None:
             prefix = self._prefixes[endpoint] = _prefix(self.namespace, endpoint)
