@@ -115,13 +115,8 @@ class UsageRecorder:
     def record(self, model: str | None, **amounts: float) -> None:
         """Count ``amounts`` for ``model`` today; write the batch when it is due."""
         now = self.clock()
-        day, prefix = now // 86400, self._day[1]
-        if day != self._day[0]:
-            prefix = f"{time.strftime('%Y-%m-%d', time.gmtime(now))}|{self.environment}|"
-            self._day = (day, prefix)
-        bucket = prefix + (model or "-")
         with self._lock:
-            counters = self._pending.setdefault(bucket, {})
+            counters = self._counters(model, now)
             for name, amount in amounts.items():
                 counters[name] = counters.get(name, 0.0) + amount
             due = not self._queued and now - self._last_flush >= FLUSH_EVERY
@@ -129,6 +124,33 @@ class UsageRecorder:
                 self._queued = True
         if due:
             _writer.submit(self)
+
+    def answered(self, model: str | None, prompt_tokens: float, completion_tokens: float) -> None:
+        """One answered request: ``record(model, requests=1, prompt_tokens=...,
+        completion_tokens=...)`` without building its keywords (every call that reaches the
+        API makes it)."""
+        now = self.clock()
+        with self._lock:
+            counters = self._counters(model, now)
+            counters["requests"] = counters.get("requests", 0.0) + 1.0
+            counters["prompt_tokens"] = counters.get("prompt_tokens", 0.0) + prompt_tokens
+            counters["completion_tokens"] = (
+                counters.get("completion_tokens", 0.0) + completion_tokens
+            )
+            due = not self._queued and now - self._last_flush >= FLUSH_EVERY
+            if due:
+                self._queued = True
+        if due:
+            _writer.submit(self)
+
+    def _counters(self, model: str | None, now: float) -> dict[str, float]:
+        """The pending counters of ``model``'s bucket for the day of ``now``; caller holds
+        ``_lock``."""
+        day, prefix = now // 86400, self._day[1]
+        if day != self._day[0]:
+            prefix = f"{time.strftime('%Y-%m-%d', time.gmtime(now))}|{self.environment}|"
+            self._day = (day, prefix)
+        return self._pending.setdefault(prefix + (model or "-"), {})
 
     def take(self) -> dict[str, dict[str, float]]:
         """The pending counts, now no longer pending."""

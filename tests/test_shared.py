@@ -452,6 +452,31 @@ def test_usage_counted_on_each_side_of_midnight_utc_lands_in_two_days() -> None:
     }
 
 
+def test_an_answer_counts_as_the_request_and_tokens_it_records() -> None:
+    from mistral_nbenv.store.local import MemoryStore
+    from mistral_nbenv.usage import UsageRecorder
+
+    now = [1_764_892_799.5]  # 2025-12-04 23:59:59.5 UTC
+    ledgers = MemoryStore(), MemoryStore()
+    answered, recorded = (
+        UsageRecorder(lambda led=led: led, "staging", clock=lambda: now[0]) for led in ledgers
+    )
+    for model, prompt, completion in (("m", 10, 5), ("m", 7, 0), (None, 3, 2)):
+        answered.answered(model, prompt, completion)
+        recorded.record(model, requests=1, prompt_tokens=prompt, completion_tokens=completion)
+        now[0] += 0.4  # the last one lands on the next day
+    answered.record("m", hits=1)  # the two kinds of counting share a bucket
+    recorded.record("m", hits=1)
+    answered.flush()
+    recorded.flush()
+    assert ledgers[0].totals() == ledgers[1].totals()
+    assert ledgers[0].totals() == {
+        "2025-12-04|staging|m": {"requests": 2.0, "prompt_tokens": 17.0, "completion_tokens": 5.0},
+        "2025-12-05|staging|-": {"requests": 1.0, "prompt_tokens": 3.0, "completion_tokens": 2.0},
+        "2025-12-05|staging|m": {"hits": 1.0},
+    }
+
+
 class _SlowLedger:
     """A ledger that notes which thread wrote each batch; the first batch waits for ``go``."""
 

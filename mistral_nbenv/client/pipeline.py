@@ -347,12 +347,7 @@ class Pipeline:
         """Count a request and its tokens; correct the tpm estimate with the real usage."""
         prompt, completion, total = usage_of(result)
         self.stats.count_request(prompt, completion, total)
-        self.usage.record(
-            call.kwargs.get("model"),
-            requests=1,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-        )
+        self.usage.answered(call.kwargs.get("model"), prompt, completion)
         if total:
             self.limiter.reconcile(call.estimate, total)
 
