@@ -294,17 +294,12 @@ class RateLimiter:
             _announce(self.environment, wait)
         return False
 
-    def _admit_held(self, tokens: float) -> bool:
-        """Admit from the budget this process holds (no shared store): the common case, in
-        short, before the general loop of :meth:`acquire` / :meth:`acquire_async`."""
-        if self._shared is None and self._take_held(tokens):
-            self.admitted_at = self.clock()
-            return True
-        return False
-
     def acquire(self, tokens: float = 0) -> float:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
-        if not self.enabled or self._admit_held(tokens):
+        if not self.enabled:
+            return 0.0
+        if self._shared is None and self._take_held(tokens):  # the common case, in short
+            self.admitted_at = self.clock()
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
@@ -317,7 +312,10 @@ class RateLimiter:
 
     async def acquire_async(self, tokens: float = 0) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
-        if not self.enabled or self._admit_held(tokens):
+        if not self.enabled:
+            return 0.0
+        if self._shared is None and self._take_held(tokens):
+            self.admitted_at = self.clock()
             return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
