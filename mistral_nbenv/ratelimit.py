@@ -157,7 +157,13 @@ class RateLimiter:
         try:
             return self._store.update(_STATE_KEY, change)
         except Exception as exc:
-            warn_once(self._store.location, f"{type(exc).__name__}: {exc}")
+            whose = f" of environment '{self.environment}'" if self.environment else ""
+            warn_once(
+                self._store.location,
+                f"{type(exc).__name__}: {exc}",
+                what=f"the rate-limit state{whose}",
+                then="this process keeps its budget in memory, no longer shared with others",
+            )
             self._store = MemoryStore()
             return self._store.update(_STATE_KEY, change)
 

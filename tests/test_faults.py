@@ -137,7 +137,11 @@ def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
         warnings.simplefilter("always")
         for i in range(45):  # past the batch (20) the limiter holds in memory at this rate
             assert client.chat.complete(messages=[{"role": "user", "content": f"n{i}"}]).choices
-    assert any(issubclass(w.category, CacheUnavailableWarning) for w in caught)
+    found = [str(w.message) for w in caught if issubclass(w.category, CacheUnavailableWarning)]
+    assert len(found) == 1, found
+    assert "the rate-limit state of environment 'staging'" in found[0]
+    assert "keeps its budget in memory" in found[0]
+    assert str(ratelimit_db.parent) in found[0]
 
 
 # ------------------------------------------------------------------ the CLI tells the truth

@@ -94,15 +94,21 @@ _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-def warn_once(location: str, problem: str) -> None:
-    """Warn once per location and process that a store is off, and why."""
+_WITHOUT_CACHE = "continuing without a cache"
+
+
+def warn_once(
+    location: str, problem: str, *, what: str = "response cache", then: str = _WITHOUT_CACHE
+) -> None:
+    """Warn once per location and process that a store is off, and why: ``what`` (at
+    ``location``) is unavailable; ``then`` says how calls go on."""
     with _warned_lock:
         if location in _warned:
             return
         _warned.add(location)
     warnings.warn(
-        f"mistral_nbenv: response cache at {location} is unavailable ({problem}); "
-        "continuing without a cache. Fix or delete that directory, or set cache.directory.",
+        f"mistral_nbenv: {what} at {location} is unavailable ({problem}); {then}. "
+        "Fix or delete that directory, or set cache.directory.",
         CacheUnavailableWarning,
         stacklevel=4,
     )
