@@ -319,9 +319,10 @@ def bench_miss_instructions(ctx: Context) -> list[Figure]:
             "k instr",
             f"instructions of the caller's thread per call: two processes under callgrind, each "
             f"calling every contender in {blocks} rounds of {n} misses, in a random order each "
-            "round, counted per block (inside functools.reduce only; the same count on a busy "
-            f"machine); means of the {2 * blocks} blocks. Automatic garbage collection is "
-            "off inside a block and a collection runs after it, uncounted: it would fall in "
+            "round, counted per block (inside functools.reduce only; a busy machine moves it "
+            f"~0.1 %, through thread timing); means of the {2 * blocks} blocks. Automatic "
+            "garbage collection is off inside a block and a collection runs after it, "
+            "uncounted: it would fall in "
             "whichever call crosses its threshold, "
             + (
                 "while the cycles it frees are the SDK's, the same for every contender"
