@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +21,7 @@ from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledge
 from mistral_nbenv.store.budgetfile import DATABASE, BudgetFile, budget_file
 from mistral_nbenv.store.budgetfile import close_all as budget_close_all
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
+from mistral_nbenv.store.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -259,3 +262,62 @@ def test_a_forked_child_opens_its_own_budget_connection(tmp_path: Path) -> None:
     assert budget.update("n", lambda s: (None, s)) == "101"  # no update lost on either side
     budget_close_all()
     assert budget_file(tmp_path / "rl") is not budget  # forgotten: the next one opens afresh
+
+
+# ------------------------------------------------------------------ one object per location
+
+
+def test_a_registry_makes_each_object_once_even_from_many_threads() -> None:
+    registry: Registry[str, object] = Registry()
+    made: list[str] = []
+    start = threading.Barrier(8)
+
+    def make(key: str) -> object:
+        made.append(key)
+        time.sleep(0.01)  # a slow constructor: a second maker would show here
+        return object()
+
+    found: list[object] = []
+
+    def worker() -> None:
+        start.wait()
+        found.append(registry.get("a", lambda: make("a")))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == ["a"]
+    assert len({id(x) for x in found}) == 1
+    assert registry.values() == [found[0]]
+    assert registry.clear() == [found[0]]
+    assert len(registry) == 0
+    assert registry.get("a", lambda: make("a")) is not found[0]  # forgotten: made afresh
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_finds_a_registry_free_that_another_thread_held() -> None:
+    registry: Registry[str, int] = Registry()
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with registry._lock:  # the moment of the fork, in another thread
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: the holder thread does not exist here; its lock must not block
+        code = 1
+        try:
+            signal.alarm(10)  # a deadlock ends the child instead of hanging the suite
+            code = 0 if registry.get("k", lambda: 7) == 7 else 2
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .private import make_private_dir, private_umask, tighten
+from .registry import Registry
 
 __all__ = ["BUSY_TIMEOUT", "DATABASE", "BudgetFile", "budget_file", "close_all"]
 
@@ -46,20 +47,14 @@ DATABASE = "budget.db"
 #: Seconds an update waits for another process's transaction before it fails.
 BUSY_TIMEOUT = 60.0
 
-_instances: dict[str, BudgetFile] = {}
-_registry_lock = threading.Lock()
+_instances: Registry[str, BudgetFile] = Registry()
 #: Connections inherited across a fork: kept so that the child never closes them.
 _inherited: list[sqlite3.Connection] = []
 
 
 def budget_file(directory: Path) -> BudgetFile:
     """This process's :class:`BudgetFile` for ``directory`` (made on first use)."""
-    key = str(directory)
-    with _registry_lock:
-        found = _instances.get(key)
-        if found is None:
-            found = _instances[key] = BudgetFile(Path(directory))
-        return found
+    return _instances.get(str(directory), lambda: BudgetFile(Path(directory)))
 
 
 class BudgetFile:
@@ -134,18 +129,13 @@ class BudgetFile:
 
 def close_all() -> None:
     """Close every budget file's connection in this process and forget them."""
-    with _registry_lock:
-        found = list(_instances.values())
-        _instances.clear()
-    for budget in found:
+    for budget in _instances.clear():
         budget.close()
 
 
 def _after_fork() -> None:
     """In a forked child: fresh locks, and no connection of the parent's used or closed."""
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for budget in list(_instances.values()):
+    for budget in _instances.values():
         budget._lock = threading.Lock()
         if budget._db is not None:
             _inherited.append(budget._db)

@@ -46,6 +46,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from .registry import Registry
+
 __all__ = ["MAX_KEYS", "SIGNAL_FILE", "Presence", "close_all", "presence_for"]
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,12 @@ MAX_KEYS = 200_000
 _DATABASE = "cache.db"  # diskcache's database file
 _WIDTH = 8
 
-_instances: dict[str, Presence] = {}
-_registry_lock = threading.Lock()
+_instances: Registry[str, Presence] = Registry()
 
 
 def presence_for(directory: Path) -> Presence:
     """This process's :class:`Presence` for ``directory`` (made on first use)."""
-    key = str(directory)
-    with _registry_lock:
-        found = _instances.get(key)
-        if found is None:
-            found = _instances[key] = Presence(Path(directory))
-        return found
+    return _instances.get(str(directory), lambda: Presence(Path(directory)))
 
 
 class Presence:
@@ -198,9 +194,7 @@ class Presence:
 
 def close_all() -> None:
     """Close every index's connection and mapping (each reads afresh if used again)."""
-    with _registry_lock:
-        found = list(_instances.values())
-    for presence in found:
+    for presence in _instances.values():
         with presence._lock:
             with contextlib.suppress(Exception):
                 if presence._db is not None:
@@ -217,9 +211,7 @@ def _row_key(db: sqlite3.Connection, rowid: int) -> object:
 
 def _after_fork() -> None:
     """In a forked child: no mapping, connection or set from the parent (read afresh)."""
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    for presence in list(_instances.values()):
+    for presence in _instances.values():
         with contextlib.suppress(Exception):
             presence._reset()
 

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .registry import Registry
+
 __all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
 
 #: The admission: two token buckets (requests, tokens) in one hash, refilled from Redis's
@@ -139,27 +141,19 @@ class Connection:
             client.close()
 
 
-_connections: dict[tuple[str, float], Connection] = {}
-_connections_lock = threading.Lock()
+_connections: Registry[tuple[str, float], Connection] = Registry()
 
 
 def connect(url: str, *, timeout: float, location: str) -> Connection:
     """The process's :class:`Connection` to ``url`` (made once per URL and timeout)."""
-    with _connections_lock:
-        found = _connections.get((url, timeout))
-        if found is None:
-            found = _connections[(url, timeout)] = Connection(
-                url, timeout=timeout, location=location
-            )
-        return found
+    return _connections.get(
+        (url, timeout), lambda: Connection(url, timeout=timeout, location=location)
+    )
 
 
 def close_all() -> None:
     """Close every connection this process opened (tests)."""
-    with _connections_lock:
-        found = list(_connections.values())
-        _connections.clear()
-    for connection in found:
+    for connection in _connections.clear():
         connection.close()
 
 

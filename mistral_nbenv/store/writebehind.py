@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import KeyValue, warn_once
+from .registry import Registry
 
 __all__ = ["WriteBehind", "flush_all", "write_behind"]
 
@@ -39,8 +40,7 @@ BATCH = 256
 #: with the caller on every call.
 DELAY = 0.05
 
-_instances: dict[str, WriteBehind] = {}
-_registry_lock = threading.Lock()
+_instances: Registry[str, WriteBehind] = Registry()
 #: Every WriteBehind of this process, registered or not: a forked child resets them all.
 _every: weakref.WeakSet[WriteBehind] = weakref.WeakSet()
 
@@ -49,11 +49,7 @@ def write_behind(
     inner: Any, *, write_many: Callable[[list[tuple[str, str, float | None]]], None] | None = None
 ) -> WriteBehind:
     """This process's :class:`WriteBehind` for ``inner``'s location (made on first use)."""
-    with _registry_lock:
-        found = _instances.get(inner.location)
-        if found is None:
-            found = _instances[inner.location] = WriteBehind(inner, write_many=write_many)
-        return found
+    return _instances.get(inner.location, lambda: WriteBehind(inner, write_many=write_many))
 
 
 class WriteBehind:
@@ -198,16 +194,12 @@ class WriteBehind:
 
 def flush_all() -> None:
     """Flush every write-behind store of this process (at exit; before a report)."""
-    with _registry_lock:
-        stores = list(_instances.values())
-    for store in stores:
+    for store in _instances.values():
         store.flush()  # a failed write warns, never raises
 
 
 def _after_fork() -> None:
     """In a forked child: nothing pending (the parent writes its own), no writer thread."""
-    global _registry_lock
-    _registry_lock = threading.Lock()  # a lock another thread held at the fork stays held
     for store in list(_every):
         store._reset()  # its locks may have been held by the parent's writer thread
 
