@@ -264,6 +264,32 @@ def test_a_forked_child_opens_its_own_budget_connection(tmp_path: Path) -> None:
     assert budget_file(tmp_path / "rl") is not budget  # forgotten: the next one opens afresh
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_uses_a_connection_of_a_budget_file_outside_the_registry(
+    tmp_path: Path,
+) -> None:
+    made = BudgetFile(tmp_path / "made")  # made directly, never registered
+    forgotten = budget_file(tmp_path / "forgotten")
+    budget_close_all()  # forgotten by the registry while a limiter would still hold it
+    for budget in (made, forgotten):
+        assert budget.update("n", _bump) == 1  # each has its own connection open now
+    parents = [made._db, forgotten._db]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            parked = all(any(db is kept for kept in budgetfile._inherited) for db in parents)
+            if made._db is None and forgotten._db is None and parked:
+                code = 0 if [b.update("n", _bump) for b in (made, forgotten)] == [2, 2] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert made._db is parents[0]  # the parent goes on with its own connections
+    assert forgotten._db is parents[1]
+    assert [b.update("n", _bump) for b in (made, forgotten)] == [3, 3]
+
+
 # ------------------------------------------------------------------ one object per location
 
 

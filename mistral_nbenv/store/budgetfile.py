@@ -31,6 +31,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -48,6 +49,9 @@ DATABASE = "budget.db"
 BUSY_TIMEOUT = 60.0
 
 _instances: Registry[str, BudgetFile] = Registry()
+#: Every BudgetFile of this process, in the registry or not (made directly, or forgotten by
+#: :func:`close_all` while a limiter still holds it): a forked child resets them all.
+_every: weakref.WeakSet[BudgetFile] = weakref.WeakSet()
 #: Connections inherited across a fork: kept so that the child never closes them.
 _inherited: list[sqlite3.Connection] = []
 
@@ -64,6 +68,7 @@ class BudgetFile:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        _every.add(self)
 
     def __repr__(self) -> str:
         return f"BudgetFile({str(self.directory)!r})"
@@ -135,7 +140,7 @@ def close_all() -> None:
 
 def _after_fork() -> None:
     """In a forked child: fresh locks, and no connection of the parent's used or closed."""
-    for budget in _instances.values():
+    for budget in list(_every):
         budget._lock = threading.Lock()
         if budget._db is not None:
             _inherited.append(budget._db)
