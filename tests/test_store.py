@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +92,30 @@ def test_disk_store_reads_json_text_only_and_stays_private(tmp_path: Path) -> No
 _WORKER = """
 import sys
 from pathlib import Path
+from mistral_nbenv.store.budgetfile import budget_file
 from mistral_nbenv.store.local import DiskStore
-store = DiskStore(Path(sys.argv[1]))
+store = {make}(Path(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     store.update("n", lambda s: (str(int(s or 0) + 1), None))
 """
 
 
-def test_disk_update_is_atomic_across_processes(tmp_path: Path) -> None:
-    n = 150
-    argv = [sys.executable, "-c", _WORKER, str(tmp_path / "shared"), str(n)]
+@pytest.mark.parametrize(
+    ("make", "read"),
+    [
+        ("DiskStore", lambda d: DiskStore(d).get("n")),
+        ("budget_file", lambda d: BudgetFile(d).update("n", lambda s: (None, s))),
+    ],
+)
+def test_update_is_atomic_across_processes(
+    tmp_path: Path, make: str, read: Callable[[Path], str | None]
+) -> None:
+    """The diskcache store (the usage ledger's) and the budget file (the rate limit's)."""
+    n = 200
+    argv = [sys.executable, "-c", _WORKER.format(make=make), str(tmp_path / "shared"), str(n)]
     procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    assert DiskStore(tmp_path / "shared").get("n") == str(3 * n)  # no lost update
+    assert read(tmp_path / "shared") == str(3 * n)  # no lost update
     close_all()
 
 
@@ -220,24 +232,6 @@ def test_budget_file_stays_private_and_reads_text_only(tmp_path: Path) -> None:
     for path in directory.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     budget.close()
-
-
-_BUDGET_WORKER = """
-import sys
-from pathlib import Path
-from mistral_nbenv.store.budgetfile import budget_file
-store = budget_file(Path(sys.argv[1]))
-for _ in range(int(sys.argv[2])):
-    store.update("n", lambda s: (str(int(s or 0) + 1), None))
-"""
-
-
-def test_budget_file_update_is_atomic_across_processes(tmp_path: Path) -> None:
-    n = 300
-    argv = [sys.executable, "-c", _BUDGET_WORKER, str(tmp_path / "shared"), str(n)]
-    procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(3)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    assert BudgetFile(tmp_path / "shared").update("n", lambda s: (None, s)) == str(3 * n)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
