@@ -585,11 +585,7 @@ def shared_admit(params: Params) -> Any:
     db = redis.sync()
     before = db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
 
-    def admission() -> Any:
-        limiter.acquire(120)
-        limiter.reconcile(120, 100)
-
-    samples = _interleave({"admission": admission, "ping": db.ping}, params)
+    samples = _interleave({"admission": _admission(limiter), "ping": db.ping}, params)
     after = db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     admissions = (int(params["rounds"]) + 1) * int(params["n"])
     return {
@@ -640,14 +636,6 @@ def local_admit(params: Params) -> Any:
         "CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID"
     )
 
-    def admission() -> None:
-        file_limiter.acquire(120)
-        file_limiter.reconcile(120, 100)
-
-    def diskcache_admission() -> None:
-        disk_limiter.acquire(120)
-        disk_limiter.reconcile(120, 100)
-
     def write() -> None:  # the least an atomic read-modify-write of one row can do
         floor_db.execute("BEGIN IMMEDIATE")
         floor_db.execute("SELECT value FROM t WHERE key = 'bucket'").fetchone()
@@ -655,9 +643,25 @@ def local_admit(params: Params) -> Any:
         floor_db.execute("COMMIT")
 
     samples = _interleave(
-        {"admission": admission, "diskcache": diskcache_admission, "write": write}, params
+        {
+            "admission": _admission(file_limiter),
+            "diskcache": _admission(disk_limiter),
+            "write": write,
+        },
+        params,
     )
     return {"samples_ms": samples, "batch": file_limiter._batch, "tpm": tpm}
+
+
+def _admission(limiter: Any) -> Callable[[], None]:
+    """One call's admission: ``acquire`` with a token estimate, then ``reconcile`` with the
+    usage the answer reported (the pipeline's two steps around every call)."""
+
+    def admit() -> None:
+        limiter.acquire(120)
+        limiter.reconcile(120, 100)
+
+    return admit
 
 
 def _never_sleeps(seconds: float) -> None:
