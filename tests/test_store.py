@@ -234,6 +234,39 @@ def test_budget_file_stays_private_and_reads_text_only(tmp_path: Path) -> None:
     budget.close()
 
 
+_TOGETHER = """
+import sys, time
+from pathlib import Path
+from mistral_nbenv.store.budgetfile import budget_file
+root, start = Path(sys.argv[1]), float(sys.argv[2])
+for i in range(int(sys.argv[3])):
+    while time.time() < start + 0.25 * i:  # every process opens the same fresh directory
+        pass
+    budget_file(root / str(i)).update("n", lambda s: (str(int(s or 0) + 1), None))
+"""
+
+
+def test_processes_starting_together_on_a_fresh_budget_directory_all_get_in(
+    tmp_path: Path,
+) -> None:
+    """Switching a new database to WAL says "database is locked" at once, without SQLite's
+    busy wait, while another process does the same: notebooks started together."""
+    processes, rounds = 6, 8
+    start = time.time() + 2.0  # after every interpreter has started
+    argv = [sys.executable, "-c", _TOGETHER, str(tmp_path), repr(start), str(rounds)]
+    procs = [
+        subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * processes, [
+        p.stderr.read()[-500:] for p in procs if p.stderr is not None
+    ]
+    for i in range(rounds):
+        got = BudgetFile(tmp_path / str(i)).update("n", lambda s: (None, s))
+        assert got == str(processes), i
+    budget_close_all()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_opens_its_own_budget_connection(tmp_path: Path) -> None:
     budget = budget_file(tmp_path / "rl")

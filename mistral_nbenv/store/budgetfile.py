@@ -31,6 +31,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -110,12 +111,8 @@ class BudgetFile:
                 check_same_thread=False,
             )
             try:
-                db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS budget"
-                    " (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
-                )
+                _set_up(db)
             except BaseException:
                 db.close()
                 raise
@@ -130,6 +127,27 @@ class BudgetFile:
             if db is not None:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    """WAL mode and the table, waiting (up to :data:`BUSY_TIMEOUT`) for other processes
+    doing the same: switching a new database to WAL answers "database is locked" at once,
+    without SQLite's busy wait, when another process holds it (processes starting together
+    on a fresh directory). diskcache retries its own set-up the same way."""
+    ends = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS budget"
+                " (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+            )
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > ends:
+                raise
+            time.sleep(0.001)
 
 
 def close_all() -> None:
