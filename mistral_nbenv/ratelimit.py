@@ -29,7 +29,9 @@ ordered by their clock readings and no interval is credited twice: the stored ti
 moves backwards; one up to ``CLOCK_SKEW`` ahead (another host's clock) is kept, one further
 ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
 by something else) is a full budget; a store that fails switches this limiter to memory
-with one warning. Clock and sleep are injectable.
+with one warning. Clock and sleep are injectable. The async admission never waits inside
+SQLite: where another transaction holds the state it sleeps with ``await`` and tries again
+(:meth:`RateLimiter._update_async`), so the event loop's other tasks run meanwhile.
 
 With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis instead and
 every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
@@ -54,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-from .store import Budget, warn_once
+from .store import Budget, Busy, budgetfile, warn_once
 from .store.local import MemoryStore
 
 if TYPE_CHECKING:
@@ -79,6 +81,9 @@ _EPSILON = 1e-6
 #: A stored time at most this far ahead of the clock is another host's skew (kept); further
 #: ahead, the clock stepped back (the stored time counts as now).
 CLOCK_SKEW = 1.0
+#: First and longest pause of an async admission while another transaction holds the state.
+_BUSY_PAUSE = 0.001
+_BUSY_PAUSE_MAX = 0.05
 
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
@@ -157,15 +162,43 @@ class RateLimiter:
         try:
             return self._store.update(_STATE_KEY, change)
         except Exception as exc:
-            whose = f" of environment '{self.environment}'" if self.environment else ""
-            warn_once(
-                self._store.location,
-                f"{type(exc).__name__}: {exc}",
-                what=f"the rate-limit state{whose}",
-                then="this process keeps its budget in memory, no longer shared with others",
-            )
-            self._store = MemoryStore()
-            return self._store.update(_STATE_KEY, change)
+            return self._fall_back(exc, change)
+
+    async def _update_async(self, change: Callable[[str | None], tuple[str | None, Any]]) -> Any:
+        """:meth:`_update` without blocking the event loop: where the store would wait for
+        another transaction (:class:`Busy`), the task sleeps and tries again, up to
+        :data:`~mistral_nbenv.store.budgetfile.BUSY_TIMEOUT` as :meth:`_update` would."""
+        attempt = getattr(self._store, "try_update", None)
+        if attempt is None:  # memory: never waits
+            return self._update(change)
+        ends, pause = None, _BUSY_PAUSE
+        while True:
+            try:
+                return attempt(_STATE_KEY, change)
+            except Busy as exc:
+                now = time.monotonic()
+                if ends is None:
+                    ends = now + budgetfile.BUSY_TIMEOUT
+                elif now >= ends:
+                    return self._fall_back(TimeoutError(f"still locked: {exc}"), change)
+            except Exception as exc:
+                return self._fall_back(exc, change)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _BUSY_PAUSE_MAX)
+
+    def _fall_back(
+        self, exc: Exception, change: Callable[[str | None], tuple[str | None, Any]]
+    ) -> Any:
+        """The store failed: warn once, keep the budget in memory, apply ``change`` there."""
+        whose = f" of environment '{self.environment}'" if self.environment else ""
+        warn_once(
+            self._store.location,
+            f"{type(exc).__name__}: {exc}",
+            what=f"the rate-limit state{whose}",
+            then="this process keeps its budget in memory, no longer shared with others",
+        )
+        self._store = MemoryStore()
+        return self._store.update(_STATE_KEY, change)
 
     def _parse(self, raw: str | None, now: float) -> tuple[float, float, float]:
         """``(requests, tokens, last)``; anything unreadable is a full budget as of now.
@@ -243,12 +276,26 @@ class RateLimiter:
             if got is not None:
                 return got[0], self.clock()
             self._unsent(args)
-        return self._try_local(cost)
+        return await self._try_local_async(cost)
 
     def _try_local(self, cost: float) -> tuple[float, float]:
         """:meth:`_try` on the local (disk or memory) budget."""
         if self._take_held(cost):
             return 0.0, self.clock()
+        result: tuple[float, float] = self._update(self._admission(cost))
+        return result
+
+    async def _try_local_async(self, cost: float) -> tuple[float, float]:
+        """:meth:`_try_local`, the event loop free while another transaction holds the state."""
+        if self._take_held(cost):
+            return 0.0, self.clock()
+        result: tuple[float, float] = await self._update_async(self._admission(cost))
+        return result
+
+    def _admission(
+        self, cost: float
+    ) -> Callable[[str | None], tuple[str | None, tuple[float, float]]]:
+        """The state change admitting one request of ``cost`` tokens (``(wait, now)``)."""
 
         def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
             now = self.clock()  # inside the transaction: ordered with every other process
@@ -285,8 +332,7 @@ class RateLimiter:
                         self._held_tok += extra * cost if self.tpm > 0 else 0.0
             return f"{req!r},{tok!r},{stamp!r}", (0.0, now)
 
-        result: tuple[float, float] = self._update(change)
-        return result
+        return change
 
     # -- public ----------------------------------------------------------------------------
 

@@ -769,6 +769,38 @@ def test_rate_limit_wait_is_counted(make: Any, server: MistralTestServer) -> Non
     assert slow.stats.rate_limit_wait_seconds > 0.1
 
 
+def test_an_async_call_waits_for_another_processs_budget_without_stopping_other_tasks(
+    make: Any, server: MistralTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store import budgetfile
+    from tests.test_ratelimit import _hold_budget, _release
+
+    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 5.0)  # a regression fails in 5 s, not 60
+    client = make(cache={"enabled": False}, rate_limits={"requests_per_minute": 600})
+    client.chat.complete(messages=hello("opens the shared budget"))
+    holder = _hold_budget(cache_dir(client.settings) / "ratelimit")  # another kernel, mid-update
+
+    async def run() -> tuple[int, int, str]:
+        call = asyncio.ensure_future(client.chat.complete_async(messages=hello("waits")))
+        ticks = 0
+        while ticks < 20 and not call.done():  # the loop's other tasks: 0.2 s of ticks
+            await asyncio.sleep(0.01)
+            ticks += 1
+        sent_meanwhile = server.count(CHAT)
+        _release(holder)
+        answer = await asyncio.wait_for(call, timeout=30)
+        return ticks, sent_meanwhile, answer.choices[0].message.content
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall back to an in-memory budget
+        ticks, sent_meanwhile, content = asyncio.run(run())
+    assert ticks == 20, "the event loop stopped while another process held the budget"
+    assert sent_meanwhile == 1, "the call went out before it was admitted"
+    assert content == "Echo: waits"
+    assert server.count(CHAT) == 2
+
+
 # ----------------------------------------------------------------------------- get_client
 
 

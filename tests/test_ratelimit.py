@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
 from mistral_nbenv.concurrency import ConcurrencyLimiter
 from mistral_nbenv.ratelimit import RateLimiter, add_wait_listener
-from mistral_nbenv.store.budgetfile import budget_file
+from mistral_nbenv.store import CacheUnavailableWarning, budgetfile
+from mistral_nbenv.store.budgetfile import DATABASE, BudgetFile, budget_file
 
 
 class FakeClock:
@@ -249,3 +253,117 @@ def test_acquire_returns_the_seconds_waited(tmp_path: Path) -> None:
     assert rl.acquire() == 0.0
     assert rl.acquire() == pytest.approx(1.0)
     assert rl.acquire() == pytest.approx(1.0)
+
+
+# ------------------------------------------------- an event loop never waits inside SQLite
+
+_HOLD = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("holding", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def _hold_budget(directory: Path) -> subprocess.Popen[str]:
+    """Another process holding the budget's write lock until told (a line on its stdin)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(directory / DATABASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "released"
+    assert holder.wait(timeout=30) == 0
+
+
+async def _ticking_until(task: asyncio.Future[float], ticks_wanted: int) -> int:
+    """Tick every 10 ms while ``task`` runs; return the ticks counted before ``ticks_wanted``
+    were reached or the task ended (a blocked loop counts none)."""
+    ticks = 0
+    while not task.done() and ticks < ticks_wanted:
+        await asyncio.sleep(0.01)
+        ticks += 1
+    return ticks
+
+
+def test_an_async_admission_waits_for_another_processs_transaction_without_blocking_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a short busy timeout: without the async path the loop would block this long, then
+    # give up and fall back to memory (the test would fail in 3 s, not hang for 60)
+    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 3.0)
+    directory = tmp_path / "rl"
+    rl = RateLimiter(  # 600 rpm: a burst of 10, one transaction per request (no batching)
+        budget_file(directory),
+        requests_per_minute=600,
+        tokens_per_minute=0,
+        environment="staging",
+        clock=FakeClock(),  # a clock that stands still: no refill between the two admissions
+    )
+    assert rl.acquire() == 0.0  # the database exists, and this process's connection is open
+    holder = _hold_budget(directory)
+
+    async def main() -> tuple[int, bool, float]:
+        task = asyncio.ensure_future(rl.acquire_async())
+        ticks = await _ticking_until(task, 20)  # 0.2 s of other tasks running meanwhile
+        waiting = not task.done()
+        _release(holder)
+        return ticks, waiting, await asyncio.wait_for(task, timeout=30)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheUnavailableWarning)  # still the shared budget
+        ticks, waiting, waited = asyncio.run(main())
+    assert ticks == 20, "the event loop was blocked while the budget was locked"
+    assert waiting, "the admission went ahead while another process held the budget"
+    assert waited == 0.0  # no rate-limit wait: the burst had room
+    assert isinstance(rl._store, BudgetFile)  # not fallen back to memory
+    # the admission was written to the shared state, after the holder's transaction
+    state = rl._store.update("bucket", lambda raw: (None, raw))
+    assert state is not None
+    assert float(state.split(",")[0]) == pytest.approx(8.0, abs=0.1)
+
+
+def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 0.3)
+    directory = tmp_path / "rl"
+    rl = RateLimiter(
+        budget_file(directory), requests_per_minute=600, tokens_per_minute=0, environment="staging"
+    )
+    rl.acquire()
+    holder = _hold_budget(directory)
+    try:
+
+        async def main() -> tuple[int, float]:
+            task = asyncio.ensure_future(rl.acquire_async())
+            ticks = await _ticking_until(task, 10_000)  # until the admission gives up
+            return ticks, await task
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ticks, waited = asyncio.run(main())
+    finally:
+        _release(holder)
+    assert waited == 0.0
+    assert ticks >= 5, "the event loop was blocked while the budget was locked"
+    found = [str(w.message) for w in caught if issubclass(w.category, CacheUnavailableWarning)]
+    assert len(found) == 1, found
+    assert "the rate-limit state of environment 'staging'" in found[0]
+    assert "still locked" in found[0]
+    assert "keeps its budget in memory" in found[0]
+    assert not isinstance(rl._store, BudgetFile)

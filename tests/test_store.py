@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from mistral_nbenv.ratelimit import RateLimiter
-from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger, budgetfile
+from mistral_nbenv.store import Budget, Busy, CacheUnavailableWarning, KeyValue, Ledger, budgetfile
 from mistral_nbenv.store.budgetfile import DATABASE, BudgetFile, budget_file
 from mistral_nbenv.store.budgetfile import close_all as budget_close_all
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
@@ -211,6 +211,39 @@ def test_budget_file_is_read_modify_write_and_a_failed_change_keeps_the_state(
         budget.update("n", fails)
     assert budget.update("n", _bump) == 4  # rolled back, and the file is usable again
     assert BudgetFile(tmp_path / "rl").update("n", _bump) == 5  # a second connection agrees
+    budget.close()
+
+
+def test_budget_file_try_update_says_busy_at_once_and_update_still_waits(tmp_path: Path) -> None:
+    budget = BudgetFile(tmp_path / "rl")
+    assert budget.update("n", _bump) == 1
+    other = sqlite3.connect(
+        tmp_path / "rl" / DATABASE, isolation_level=None, check_same_thread=False
+    )
+    other.execute("BEGIN IMMEDIATE")  # another connection's transaction holds the budget
+    ran: list[str | None] = []
+
+    def records(state: str | None) -> tuple[str, None]:
+        ran.append(state)
+        return "99", None
+
+    with pytest.raises(Busy, match="locked"):
+        budget.try_update("n", records)
+    assert ran == []  # nothing ran, nothing was taken
+    # the patient update (a sync caller) waits for the other transaction again
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    assert budget.update("n", _bump) == 2
+    assert budget.try_update("n", _bump) == 3  # free now: the same update
+    assert BudgetFile(tmp_path / "rl").update("n", lambda state: (None, state)) == "3"
+    other.close()
+    budget.close()
+
+
+def test_budget_file_try_update_on_a_fresh_directory_makes_the_database(tmp_path: Path) -> None:
+    budget = BudgetFile(tmp_path / "fresh")
+    assert budget.try_update("n", _bump) == 1  # opened without waiting, set up, written
+    assert budget.update("n", _bump) == 2
+    assert stat.S_IMODE((tmp_path / "fresh" / DATABASE).stat().st_mode) == 0o600
     budget.close()
 
 

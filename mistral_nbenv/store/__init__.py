@@ -19,13 +19,18 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-__all__ = ["Budget", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
+__all__ = ["Budget", "Busy", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
 
 R = TypeVar("R")
 
 
 class CacheUnavailableWarning(RuntimeWarning):
     """A store (response cache, rate-limit state) could not be used; calls go on without it."""
+
+
+class Busy(Exception):
+    """Another transaction holds a store's state now: a ``try_update`` (where a :class:`Budget`
+    has one) raises this at once instead of waiting, and has changed nothing."""
 
 
 class KeyValue(Protocol):
@@ -70,6 +75,10 @@ class Budget(Protocol):
 
         No other process reads or writes ``key`` between the read and the write, so a
         clock read inside ``change`` is ordered with every other update.
+
+        A store whose update can wait for another process may also offer
+        ``try_update(key, change)``: the same update, or :class:`Busy` at once where it
+        would wait (the async limiter's form: it sleeps with ``await`` instead).
         """
         ...
 

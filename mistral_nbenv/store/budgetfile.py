@@ -21,6 +21,11 @@ What stays as it was:
 * a forked child opens its own connection (SQLite connections must not cross a fork); the
   parent's is kept, never closed by the child.
 
+An event loop must not wait inside SQLite: :meth:`BudgetFile.try_update` is the same update
+that raises :class:`Busy` at once where :meth:`~BudgetFile.update` would wait for another
+process's (or thread's) transaction, so the async limiter sleeps with ``await`` and tries
+again, and the loop's other tasks run meanwhile.
+
 The file is ``budget.db``; an older mistral_nbenv kept this state in ``cache.db`` next to
 it. The two do not share a budget, so hosts sharing a directory should run one version.
 """
@@ -37,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from . import Busy
 from .private import make_private_dir, private_umask, tighten
 from .registry import Registry
 
@@ -48,6 +54,7 @@ R = TypeVar("R")
 DATABASE = "budget.db"
 #: Seconds an update waits for another process's transaction before it fails.
 BUSY_TIMEOUT = 60.0
+
 
 _instances: Registry[str, BudgetFile] = Registry()
 #: Every BudgetFile of this process, in the registry or not (made directly, or forgotten by
@@ -69,6 +76,7 @@ class BudgetFile:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._patient = True  # the connection's busy timeout: BUSY_TIMEOUT (else 0)
         _every.add(self)
 
     def __repr__(self) -> str:
@@ -83,41 +91,49 @@ class BudgetFile:
         """``change`` runs inside one SQLite transaction (no other process in between)."""
         with self._lock:
             db = self._db if self._db is not None else self._open()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT value FROM budget WHERE key = ?", (key,)).fetchone()
-                old = row[0] if row is not None and isinstance(row[0], str) else None
-                new, result = change(old)
-                if new is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO budget (key, value) VALUES (?, ?)", (key, new)
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-            return result
+            if not self._patient:  # (the event loop's try_update last used it)
+                db.execute(_WAIT)
+                self._patient = True
+            return _transaction(db, key, change)
 
-    def _open(self) -> sqlite3.Connection:
-        """Connect (creating the directory 0700 and the database 0600); caller holds the lock."""
+    def try_update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
+        """:meth:`update`, or :class:`Busy` at once (``change`` not run) where it would wait."""
+        if not self._lock.acquire(blocking=False):
+            raise Busy(f"{self.location}: in use by another thread of this process")
+        try:
+            db = self._db if self._db is not None else self._open(patient=False)
+            if self._patient:
+                db.execute(_NO_WAIT)
+                self._patient = False
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _locked(exc):
+                    raise Busy(f"{self.location}: {exc}") from None
+                raise
+            return _transaction(db, key, change, begun=True)
+        finally:
+            self._lock.release()
+
+    def _open(self, *, patient: bool = True) -> sqlite3.Connection:
+        """Connect (creating the directory 0700 and the database 0600); caller holds the lock.
+        ``patient=False``: :class:`Busy` where the set-up would wait for another process."""
         make_private_dir(self.directory)
         with private_umask():
             db = sqlite3.connect(
                 str(self.directory / DATABASE),
-                timeout=BUSY_TIMEOUT,
+                timeout=BUSY_TIMEOUT if patient else 0.0,
                 isolation_level=None,
                 check_same_thread=False,
             )
             try:
                 db.execute("PRAGMA synchronous = NORMAL")
-                _set_up(db)
+                _set_up(db, patient=patient)
             except BaseException:
                 db.close()
                 raise
         tighten(self.directory)  # a database from before, made with a looser mode
-        self._db = db
+        self._db, self._patient = db, patient
         return db
 
     def close(self) -> None:
@@ -129,11 +145,47 @@ class BudgetFile:
                     db.close()
 
 
-def _set_up(db: sqlite3.Connection) -> None:
+_WAIT = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}"
+_NO_WAIT = "PRAGMA busy_timeout = 0"
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite said another connection holds the lock ("database is locked")."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _transaction(
+    db: sqlite3.Connection,
+    key: str,
+    change: Callable[[str | None], tuple[str | None, R]],
+    *,
+    begun: bool = False,
+) -> R:
+    """Read ``key``, apply ``change``, write its new value: one ``BEGIN IMMEDIATE``
+    transaction (already begun when ``begun``), rolled back on any failure."""
+    if not begun:
+        db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute("SELECT value FROM budget WHERE key = ?", (key,)).fetchone()
+        old = row[0] if row is not None and isinstance(row[0], str) else None
+        new, result = change(old)
+        if new is not None:
+            db.execute("INSERT OR REPLACE INTO budget (key, value) VALUES (?, ?)", (key, new))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _set_up(db: sqlite3.Connection, *, patient: bool = True) -> None:
     """WAL mode and the table, waiting (up to :data:`BUSY_TIMEOUT`) for other processes
     doing the same: switching a new database to WAL answers "database is locked" at once,
     without SQLite's busy wait, when another process holds it (processes starting together
-    on a fresh directory). diskcache retries its own set-up the same way."""
+    on a fresh directory). diskcache retries its own set-up the same way. Not ``patient``:
+    :class:`Busy` instead of waiting."""
     ends = time.monotonic() + BUSY_TIMEOUT
     while True:
         try:
@@ -145,7 +197,11 @@ def _set_up(db: sqlite3.Connection) -> None:
             )
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > ends:
+            if not _locked(exc):
+                raise
+            if not patient:
+                raise Busy(f"setting up {DATABASE}: {exc}") from None
+            if time.monotonic() > ends:
                 raise
             time.sleep(0.001)
 
@@ -160,6 +216,7 @@ def _after_fork() -> None:
     """In a forked child: fresh locks, and no connection of the parent's used or closed."""
     for budget in list(_every):
         budget._lock = threading.Lock()
+        budget._patient = True
         if budget._db is not None:
             _inherited.append(budget._db)
             budget._db = None
