@@ -239,6 +239,28 @@ def test_budget_file_try_update_says_busy_at_once_and_update_still_waits(tmp_pat
     budget.close()
 
 
+def test_budget_file_try_update_says_busy_while_another_thread_of_this_process_updates(
+    tmp_path: Path,
+) -> None:
+    budget = BudgetFile(tmp_path / "rl")
+    inside, leave = threading.Event(), threading.Event()
+
+    def slow(state: str | None) -> tuple[str, None]:
+        inside.set()
+        assert leave.wait(30)
+        return str(int(state or 0) + 1), None
+
+    thread = threading.Thread(target=budget.update, args=("n", slow))
+    thread.start()
+    assert inside.wait(30)  # the other thread is inside its transaction
+    with pytest.raises(Busy, match="another thread"):
+        budget.try_update("n", _bump)
+    leave.set()
+    thread.join(30)
+    assert budget.try_update("n", _bump) == 2  # its update counted, then this one
+    budget.close()
+
+
 def test_budget_file_try_update_on_a_fresh_directory_makes_the_database(tmp_path: Path) -> None:
     budget = BudgetFile(tmp_path / "fresh")
     assert budget.try_update("n", _bump) == 1  # opened without waiting, set up, written

@@ -55,7 +55,6 @@ DATABASE = "budget.db"
 #: Seconds an update waits for another process's transaction before it fails.
 BUSY_TIMEOUT = 60.0
 
-
 _instances: Registry[str, BudgetFile] = Registry()
 #: Every BudgetFile of this process, in the registry or not (made directly, or forgotten by
 #: :func:`close_all` while a limiter still holds it): a forked child resets them all.
@@ -76,7 +75,7 @@ class BudgetFile:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._patient = True  # the connection's busy timeout: BUSY_TIMEOUT (else 0)
+        self._patient = True  # the open connection's busy timeout: _busy_ms(self._patient)
         _every.add(self)
 
     def __repr__(self) -> str:
@@ -89,29 +88,46 @@ class BudgetFile:
 
     def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
         """``change`` runs inside one SQLite transaction (no other process in between)."""
-        with self._lock:
-            db = self._db if self._db is not None else self._open()
-            if not self._patient:  # (the event loop's try_update last used it)
-                db.execute(_WAIT)
-                self._patient = True
-            return _transaction(db, key, change)
+        return self._update(key, change, patient=True)
 
     def try_update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
         """:meth:`update`, or :class:`Busy` at once (``change`` not run) where it would wait."""
-        if not self._lock.acquire(blocking=False):
+        return self._update(key, change, patient=False)
+
+    def _update(
+        self, key: str, change: Callable[[str | None], tuple[str | None, R]], *, patient: bool
+    ) -> R:
+        """One ``BEGIN IMMEDIATE`` transaction: read ``key``, apply ``change``, write its new
+        value, rolled back on any failure. Not ``patient``: :class:`Busy` where it would wait
+        (for this file's lock in another thread, or another connection's transaction)."""
+        if not self._lock.acquire(blocking=patient):
             raise Busy(f"{self.location}: in use by another thread of this process")
         try:
-            db = self._db if self._db is not None else self._open(patient=False)
-            if self._patient:
-                db.execute(_NO_WAIT)
-                self._patient = False
+            db = self._db if self._db is not None else self._open(patient=patient)
+            if self._patient is not patient:  # the other kind of caller used it last
+                db.execute(f"PRAGMA busy_timeout = {_busy_ms(patient)}")
+                self._patient = patient
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if _locked(exc):
-                    raise Busy(f"{self.location}: {exc}") from None
+                if patient or not _locked(exc):
+                    raise
+                raise Busy(f"{self.location}: {exc}") from None
+            try:
+                row = db.execute("SELECT value FROM budget WHERE key = ?", (key,)).fetchone()
+                old = row[0] if row is not None and isinstance(row[0], str) else None
+                new, result = change(old)
+                if new is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO budget (key, value) VALUES (?, ?)", (key, new)
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            return _transaction(db, key, change, begun=True)
+            return result
         finally:
             self._lock.release()
 
@@ -122,7 +138,7 @@ class BudgetFile:
         with private_umask():
             db = sqlite3.connect(
                 str(self.directory / DATABASE),
-                timeout=BUSY_TIMEOUT if patient else 0.0,
+                timeout=_busy_ms(patient) / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -145,39 +161,17 @@ class BudgetFile:
                     db.close()
 
 
-_WAIT = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}"
-_NO_WAIT = "PRAGMA busy_timeout = 0"
+def _busy_ms(patient: bool) -> int:
+    """The connection's busy timeout: :data:`BUSY_TIMEOUT` for a patient caller, else none."""
+    return int(BUSY_TIMEOUT * 1000) if patient else 0
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
-    """Whether SQLite said another connection holds the lock ("database is locked")."""
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _transaction(
-    db: sqlite3.Connection,
-    key: str,
-    change: Callable[[str | None], tuple[str | None, R]],
-    *,
-    begun: bool = False,
-) -> R:
-    """Read ``key``, apply ``change``, write its new value: one ``BEGIN IMMEDIATE``
-    transaction (already begun when ``begun``), rolled back on any failure."""
-    if not begun:
-        db.execute("BEGIN IMMEDIATE")
-    try:
-        row = db.execute("SELECT value FROM budget WHERE key = ?", (key,)).fetchone()
-        old = row[0] if row is not None and isinstance(row[0], str) else None
-        new, result = change(old)
-        if new is not None:
-            db.execute("INSERT OR REPLACE INTO budget (key, value) VALUES (?, ?)", (key, new))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        raise
-    return result
+    """Whether SQLite answered that another connection holds the lock (BUSY or LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised without a code (not by SQLite itself): its message
+        return "locked" in str(exc)
+    return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # (extended codes)
 
 
 def _set_up(db: sqlite3.Connection, *, patient: bool = True) -> None:
@@ -216,7 +210,6 @@ def _after_fork() -> None:
     """In a forked child: fresh locks, and no connection of the parent's used or closed."""
     for budget in list(_every):
         budget._lock = threading.Lock()
-        budget._patient = True
         if budget._db is not None:
             _inherited.append(budget._db)
             budget._db = None
