@@ -389,26 +389,45 @@ class RateLimiter:
         with self._local_lock:
             self._adjust += actual - estimated
 
+    def _holds(self) -> bool:
+        """Whether :meth:`flush` has anything to write (corrections or held budget)."""
+        return bool(self._adjust or self._held_req or self._held_tok)
+
     def flush(self) -> None:
         """Write pending token corrections and return held (batched) budget now."""
-        if not self._adjust and not self._held_req and not self._held_tok:
+        if not self._holds():
             return
         if self._shared is not None:
             if self._adjust:
                 args = self._shared_args(0.0, admit=False)
                 if self._shared.admit(args) is None:
                     self._unsent(args)
-            if not self._adjust and not self._held_req and not self._held_tok:
+            if not self._holds():
                 return  # nothing was taken from the local budget meanwhile
+        self._update(self._return_held)
 
-        def change(raw: str | None) -> tuple[str, None]:
-            req, tok, last = self._parse(raw, self.clock())
-            held_req, held_tok = self._give_back()
-            req = min(self._req_cap, req + held_req)
-            tok = min(self._tok_cap, tok + held_tok)
-            return f"{req!r},{tok!r},{last!r}", None
+    async def flush_async(self) -> None:
+        """:meth:`flush` with the event loop free: the shared store's round trip awaited, and
+        another process's transaction on the budget file waited for by sleeping
+        (:meth:`_update_async`)."""
+        if not self._holds():
+            return
+        if self._shared is not None:
+            if self._adjust:
+                args = self._shared_args(0.0, admit=False)
+                if await self._shared.admit_async(args) is None:
+                    self._unsent(args)
+            if not self._holds():
+                return
+        await self._update_async(self._return_held)
 
-        self._update(change)
+    def _return_held(self, raw: str | None) -> tuple[str, None]:
+        """The state change giving back what this process holds (and its corrections)."""
+        req, tok, last = self._parse(raw, self.clock())
+        held_req, held_tok = self._give_back()
+        req = min(self._req_cap, req + held_req)
+        tok = min(self._tok_cap, tok + held_tok)
+        return f"{req!r},{tok!r},{last!r}", None
 
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""

@@ -337,6 +337,39 @@ def test_an_async_admission_waits_for_another_processs_transaction_without_block
     assert float(state.split(",")[0]) == pytest.approx(8.0, abs=0.1)
 
 
+def test_held_budget_goes_back_from_a_coroutine_without_blocking_the_loop_on_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 3.0)  # a regression fails in 3 s, not 60
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)  # 1000/s: batches of 20
+    other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
+    req_cap, tok_cap = _shared_state(rl)
+    rl.acquire(50)  # 20 requests and 20 x 50 tokens taken, 19 of each held
+    rl.reconcile(50, 80)  # the answer used 80 tokens: a correction of 30 pending as well
+    holder = _hold_budget(tmp_path / "rl")
+
+    async def main() -> tuple[int, bool]:
+        task = asyncio.ensure_future(rl.flush_async())
+        ticks = await _ticking_until(task, 20)  # 0.2 s of other tasks running meanwhile
+        waiting = not task.done()
+        _release(holder)
+        await asyncio.wait_for(task, timeout=30)
+        return ticks, waiting
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheUnavailableWarning)  # still the shared budget
+        ticks, waiting = asyncio.run(main())
+    assert ticks == 20, "the event loop was blocked while the budget was locked"
+    assert waiting, "the budget was written while another process held it"
+    assert isinstance(rl._store, BudgetFile)
+    # one request of 80 tokens spent; the 19 held and the correction written back
+    assert _shared_state(other) == (pytest.approx(req_cap - 1), pytest.approx(tok_cap - 80))
+    assert (rl._held_req, rl._held_tok, rl._adjust) == (0, 0.0, 0.0)
+    asyncio.run(rl.flush_async())  # nothing held: no transaction, no change
+    assert _shared_state(other) == (pytest.approx(req_cap - 1), pytest.approx(tok_cap - 80))
+
+
 def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

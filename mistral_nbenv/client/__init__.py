@@ -21,6 +21,7 @@ The parts, one concern each:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -118,13 +119,35 @@ class Client:
         entries; the client reopens lazily if used again."""
         with contextlib.suppress(Exception):
             self._limiter.flush()
+        self._write_pending()
+        self._transport.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for async code (``async with get_client() as client:``), with the
+        event loop free throughout: held budget goes back without waiting in the loop for
+        another process's lock, the usage counts and cache entries are written in a worker
+        thread, and this loop's HTTP connections are closed before it returns."""
+        try:
+            with contextlib.suppress(Exception):
+                await self._limiter.flush_async()
+            await asyncio.to_thread(self._write_pending)
+        finally:
+            await self._transport.aclose()
+
+    def _write_pending(self) -> None:
+        """Write the usage counts and the cache entries still pending (a failure only warns)."""
         with contextlib.suppress(Exception):
             self._pipeline.usage.flush()
         self._pipeline.cache.flush()
-        self._transport.close()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -222,8 +222,9 @@ class Transport:
                 return body.__get__(target)
         return method
 
-    def close(self) -> None:
-        """Release HTTP connections; the SDK objects are made again if used again."""
+    def _detach(self) -> tuple[Any, list[tuple[asyncio.AbstractEventLoop, Any]]]:
+        """Forget the SDK objects (made again if used again) and close the sync HTTP client;
+        return the sync SDK object and each loop's, whose async clients are still open."""
         with self._lock:
             raw, self.sync_raw = self.sync_raw, None
             loops = list(self._async_raw.items())
@@ -231,17 +232,49 @@ class Transport:
         if raw is not None:
             with contextlib.suppress(Exception):
                 raw.sdk_configuration.client.close()
+        return raw, loops
+
+    def close(self) -> None:
+        """Release HTTP connections; the SDK objects are made again if used again."""
+        raw, loops = self._detach()
+        if raw is not None:
             _close_async(None, raw.sdk_configuration.async_client)
         for loop, loop_raw in loops:
             _close_async(loop, loop_raw.sdk_configuration.async_client)
 
+    async def aclose(self) -> None:
+        """:meth:`close` from a coroutine: the running loop's HTTP clients are closed before
+        it returns (other loops' as :meth:`close` closes them)."""
+        running = asyncio.get_running_loop()
+        raw, loops = self._detach()
+        here = [] if raw is None else [raw.sdk_configuration.async_client]
+        for loop, loop_raw in loops:
+            if loop is running:
+                here.append(loop_raw.sdk_configuration.async_client)
+            else:
+                _close_async(loop, loop_raw.sdk_configuration.async_client)
+        for async_client in here:
+            if _opened(async_client):
+                with contextlib.suppress(Exception):
+                    await async_client.aclose()
+
+
+#: Closing tasks started on a running loop by :func:`_close_async`, kept until they end (the
+#: loop holds only a weak reference to a task).
+_closing: set[asyncio.Task[Any]] = set()
+
+
+def _opened(async_client: Any) -> bool:
+    """Whether an ``httpx2.AsyncClient`` was used (an unused one has nothing to release)."""
+    if async_client is None:
+        return False
+    state = getattr(async_client, "_state", None)
+    return getattr(state, "name", "") != "UNOPENED"
+
 
 def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> None:
     """Close an ``httpx2.AsyncClient`` from sync code, as well as its loop allows."""
-    if async_client is None:
-        return
-    state = getattr(async_client, "_state", None)
-    if getattr(state, "name", "") == "UNOPENED":
+    if not _opened(async_client):
         return  # never used: no connections to release (and no event loop to build)
     try:
         running = asyncio.get_running_loop()
@@ -252,7 +285,9 @@ def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> N
         return  # its connections died with the loop
     with contextlib.suppress(Exception):
         if running is not None and (loop is None or loop is running):
-            running.create_task(async_client.aclose())
+            task = running.create_task(async_client.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
         elif loop is not None and loop.is_running():
             asyncio.run_coroutine_threadsafe(async_client.aclose(), loop)
         elif loop is None:
