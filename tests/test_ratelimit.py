@@ -288,6 +288,8 @@ def _release(holder: subprocess.Popen[str]) -> None:
     holder.stdin.flush()
     assert holder.stdout.readline().strip() == "released"
     assert holder.wait(timeout=30) == 0
+    holder.stdin.close()
+    holder.stdout.close()
 
 
 async def _ticking_until(task: asyncio.Future[float], ticks_wanted: int) -> int:
