@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from ._forksafe import PerProcess
 from .errors import ConcurrencyLimitError
 
 __all__ = ["ConcurrencyLimiter", "Holder"]
@@ -76,39 +77,54 @@ class ConcurrencyLimiter:
     def __init__(self, limit: int, *, environment: str = "") -> None:
         self.limit = max(1, int(limit))
         self.environment = environment
+        self._mutex = PerProcess(self._fresh)
+
+    def _fresh(self) -> threading.Lock:
+        """This process's slots, all free: a forked child holds none of its parent's calls,
+        streams or waiters."""
         self._in_flight = 0
-        self._lock = threading.Lock()
         self._waiters: collections.deque[_AsyncWaiter | _ThreadWaiter] = collections.deque()
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        return threading.Lock()
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return self._mutex.get()
 
     def __repr__(self) -> str:
-        return f"ConcurrencyLimiter(limit={self.limit}, in_flight={self._in_flight})"
+        return f"ConcurrencyLimiter(limit={self.limit}, in_flight={self.in_flight})"
 
     @property
     def in_flight(self) -> int:
         """Calls currently holding a slot (live streams included)."""
-        return self._in_flight
+        with self._lock:
+            return self._in_flight
 
     @property
     def streams(self) -> int:
         """Slots held by live streams."""
-        return len(self._holders)
+        with self._lock:
+            return len(self._holders)
 
     # -- holders ---------------------------------------------------------------------------
 
     def hold(self, holder: Holder) -> None:
         """Register the owner of a slot already taken as a reclaimable long-lived holder."""
-        self._holders.add(holder)
+        with self._lock:
+            self._holders.add(holder)
 
     def forget(self, holder: Holder) -> None:
         """The holder gives its slot back itself (call :meth:`release` too)."""
-        self._holders.discard(holder)
+        with self._lock:
+            self._holders.discard(holder)
 
     def _reclaim(self) -> float:
         """Expire holders idle past their limit; seconds until the next one may be."""
         now = time.monotonic()
         soonest = _RECHECK
-        for holder in list(self._holders):
+        with self._lock:
+            holders = list(self._holders)
+        for holder in holders:
             left = holder.idle_left(now)
             if left is None:
                 continue
@@ -141,7 +157,7 @@ class ConcurrencyLimiter:
 
     def _too_long(self, timeout: float) -> ConcurrencyLimitError:
         streams = self.streams
-        calls = max(0, self._in_flight - streams)
+        calls = max(0, self.in_flight - streams)
         where = f"environment '{self.environment}'" if self.environment else "this client"
         return ConcurrencyLimitError(
             f"No free slot for {where} within timeout={timeout:g} s: all "
@@ -180,10 +196,6 @@ class ConcurrencyLimiter:
 
     def acquire(self, timeout: float | None = None) -> None:
         """Take a slot, blocking the thread at most ``timeout`` seconds while all are busy."""
-        with self._lock:  # a free slot, the common case, without another call
-            if self._in_flight < self.limit and not self._waiters:
-                self._in_flight += 1
-                return
         waiter: _ThreadWaiter | None = self._enqueue(_ThreadWaiter)
         if waiter is None:
             return

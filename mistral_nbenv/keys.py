@@ -19,13 +19,13 @@ process state: the keys already resolved and the secrets fetched from stores
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ._forksafe import Lock
 from ._names import key_variable
 from .backends import (
     SecretReference,
@@ -122,7 +122,7 @@ class SecretCache:
     """Keys fetched from secret stores, kept in memory for ``secrets.cache_seconds``."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._entries: dict[tuple[object, ...], tuple[float, SecretStr]] = {}
 
     def get(self, key: tuple[object, ...], now: float) -> SecretStr | None:

@@ -12,30 +12,25 @@
   full, so one request larger than the bucket still goes); the estimate is then debited,
   possibly into debt, which later requests wait out.  The estimate (prompt characters / 4
   plus ``max_tokens``) is corrected with the response's ``usage`` by :meth:`reconcile`.
-* batching: at high request rates one transaction takes up to
-  ``k = clamp(floor(rpm / 60 * 0.1), 1, 20)`` requests (about 0.1 s worth, and only what
-  the buckets hold) plus as many times this request's token estimate, and hands them out
-  from memory; unspent ones go back to the shared buckets on :meth:`flush` (``Client.close``)
-  or with the next transaction.  Up to 1,199 rpm ``k`` is 1 and every request is its own
-  transaction; above, a process holds at most 0.1 s of budget the others cannot use (and
-  loses it if it exits without closing its client).
+* write-through: every admission and every correction is its own transaction, committed
+  before the call goes on, so no process holds budget that the others cannot see.
 
-The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default one row of
-``<cache_root>/<environment>/ratelimit/budget.db`` (:mod:`mistral_nbenv.store.budgetfile`:
-one page written per update), so every process (several notebook
-kernels, scripts) using the same cache root shares one budget; without one, in memory.
+The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default the diskcache
+directory ``<cache_root>/<environment>/ratelimit`` (each update inside diskcache's
+``transact``), so every process (several notebook kernels, scripts) using the same cache
+root shares one budget; without one, in memory.
 The clock is read *inside* the store's atomic update, so updates from several processes are
 ordered by their clock readings and no interval is credited twice: the stored time never
 moves backwards; one up to ``CLOCK_SKEW`` ahead (another host's clock) is kept, one further
 ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
 by something else) is a full budget; a store that fails switches this limiter to memory
-with one warning. Clock and sleep are injectable. The async admission never waits inside
-SQLite: where another transaction holds the state it sleeps with ``await`` and tries again
-(:meth:`RateLimiter._update_async`), so the event loop's other tasks run meanwhile.
+with one warning. Clock and sleep are injectable. The async admission runs the update in a
+worker thread (:func:`asyncio.to_thread`), so an event loop never waits on another
+process's transaction.
 
 With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis instead and
 every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
-the same arithmetic as :meth:`RateLimiter._try_local`, without batching): every host using
+the same arithmetic as :meth:`RateLimiter._admission`): every host using
 that Redis and the same API key shares one budget. While Redis is unavailable a request is
 admitted against the local budget (:mod:`mistral_nbenv.shared`).
 
@@ -50,13 +45,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-from .store import Budget, Busy, budgetfile, warn_once
+from .store import Budget, warn_once
 from .store.local import MemoryStore
 
 if TYPE_CHECKING:
@@ -73,18 +67,11 @@ log = logging.getLogger(__name__)
 #: Waits longer than this many seconds are announced (once per call).
 LONG_WAIT = 1.0
 _TOKEN_BUCKET_SECONDS = 10.0
-#: At high rates one transaction takes this many seconds' worth of requests (see above).
-_BATCH_SECONDS = 0.1
-_MAX_BATCH = 20
 _STATE_KEY = "bucket"
 _EPSILON = 1e-6
 #: A stored time at most this far ahead of the clock is another host's skew (kept); further
 #: ahead, the clock stepped back (the stored time counts as now).
 CLOCK_SKEW = 1.0
-#: First and longest pause of an async admission while another transaction holds the state.
-_BUSY_PAUSE = 0.001
-_BUSY_PAUSE_MAX = 0.05
-
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
 
@@ -142,12 +129,6 @@ class RateLimiter:
         self._req_cap = max(1.0, self._req_rate)
         self._tok_rate = self.tpm / 60.0
         self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
-        self._batch = min(_MAX_BATCH, max(1, int(self._req_rate * _BATCH_SECONDS)))
-        # requests and tokens taken from the shared buckets but not yet handed out
-        self._held_req = 0
-        self._held_tok = 0.0
-        self._adjust = 0.0  # token corrections not yet written (folded into the next acquire)
-        self._local_lock = threading.Lock()  # guards _held_req, _held_tok and _adjust
         #: The clock reading at which this limiter last admitted a request.
         self.admitted_at = 0.0
 
@@ -163,28 +144,6 @@ class RateLimiter:
             return self._store.update(_STATE_KEY, change)
         except Exception as exc:
             return self._fall_back(exc, change)
-
-    async def _update_async(self, change: Callable[[str | None], tuple[str | None, Any]]) -> Any:
-        """:meth:`_update` without blocking the event loop: where the store would wait for
-        another transaction (:class:`Busy`), the task sleeps and tries again, up to
-        :data:`~mistral_nbenv.store.budgetfile.BUSY_TIMEOUT` as :meth:`_update` would."""
-        attempt = getattr(self._store, "try_update", None)
-        if attempt is None:  # memory: never waits
-            return self._update(change)
-        ends, pause = None, _BUSY_PAUSE
-        while True:
-            try:
-                return attempt(_STATE_KEY, change)
-            except Busy as exc:
-                now = time.monotonic()
-                if ends is None:
-                    ends = now + budgetfile.BUSY_TIMEOUT
-                elif now >= ends:
-                    return self._fall_back(TimeoutError(f"still locked: {exc}"), change)
-            except Exception as exc:
-                return self._fall_back(exc, change)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _BUSY_PAUSE_MAX)
 
     def _fall_back(
         self, exc: Exception, change: Callable[[str | None], tuple[str | None, Any]]
@@ -220,76 +179,34 @@ class RateLimiter:
                     return min(req, self._req_cap), min(tok, self._tok_cap), last
         return self._req_cap, self._tok_cap, now
 
-    def _take_held(self, cost: float) -> bool:
-        """Admit one request from the budget this process already holds (batching)."""
-        if self._batch == 1:
-            return False
-        with self._local_lock:
-            if self._held_req < 1 or (self.tpm > 0 and self._held_tok < cost):
-                return False
-            self._held_req -= 1
-            if self.tpm > 0:
-                self._held_tok -= cost
-            return True
-
-    def _give_back(self) -> tuple[int, float]:
-        """Take what this process holds: (requests, tokens net of pending corrections)."""
-        with self._local_lock:
-            req, tok = self._held_req, self._held_tok - self._adjust
-            self._held_req, self._held_tok, self._adjust = 0, 0.0, 0.0
-        return req, tok
-
-    def _shared_args(self, cost: float, *, admit: bool = True) -> list[float | int | str]:
-        """The shared admission's arguments; takes this process's pending token corrections."""
-        with self._local_lock:
-            adjust, self._adjust = self._adjust, 0.0
+    def _shared_args(self, cost: float, adjust: float = 0.0, *, admit: bool = True) -> list[Any]:
+        """The shared admission script's arguments (:data:`~mistral_nbenv.store.redis.ADMIT`)."""
         return [
             repr(self._req_rate if self.rpm > 0 else 0.0),
             repr(self._req_cap),
             repr(self._tok_rate if self.tpm > 0 else 0.0),
             repr(self._tok_cap),
             repr(float(cost)),
-            repr(adjust),
+            repr(float(adjust)),
             1 if admit else 0,
         ]
-
-    def _unsent(self, args: list[float | int | str]) -> None:
-        """The shared store did not take ``args``: its correction goes to the local budget."""
-        with self._local_lock:
-            self._adjust += float(args[5])
 
     def _try(self, cost: float) -> tuple[float, float]:
         """Debit the buckets if possible: ``(0, now)`` on success, else ``(seconds, now)``."""
         if self._shared is not None:
-            args = self._shared_args(cost)
-            got = self._shared.admit(args)
+            got = self._shared.admit(self._shared_args(cost))
             if got is not None:
                 return got[0], self.clock()
-            self._unsent(args)
-        return self._try_local(cost)
-
-    async def _try_async(self, cost: float) -> tuple[float, float]:
-        """:meth:`_try`, with the shared store's round trip awaited."""
-        if self._shared is not None:
-            args = self._shared_args(cost)
-            got = await self._shared.admit_async(args)
-            if got is not None:
-                return got[0], self.clock()
-            self._unsent(args)
-        return await self._try_local_async(cost)
-
-    def _try_local(self, cost: float) -> tuple[float, float]:
-        """:meth:`_try` on the local (disk or memory) budget."""
-        if self._take_held(cost):
-            return 0.0, self.clock()
         result: tuple[float, float] = self._update(self._admission(cost))
         return result
 
-    async def _try_local_async(self, cost: float) -> tuple[float, float]:
-        """:meth:`_try_local`, the event loop free while another transaction holds the state."""
-        if self._take_held(cost):
-            return 0.0, self.clock()
-        result: tuple[float, float] = await self._update_async(self._admission(cost))
+    async def _try_async(self, cost: float) -> tuple[float, float]:
+        """:meth:`_try` with the event loop free: Redis awaited, the disk in a worker thread."""
+        if self._shared is not None:
+            got = await self._shared.admit_async(self._shared_args(cost))
+            if got is not None:
+                return got[0], self.clock()
+        result: tuple[float, float] = await asyncio.to_thread(self._update, self._admission(cost))
         return result
 
     def _admission(
@@ -302,9 +219,8 @@ class RateLimiter:
             req, tok, last = self._parse(raw, now)
             elapsed = max(0.0, now - last)
             stamp = max(now, last)  # the stored time never moves backwards
-            held_req, held_tok = self._give_back()
-            req = min(self._req_cap, req + elapsed * self._req_rate + held_req)
-            tok = min(self._tok_cap, tok + elapsed * self._tok_rate + held_tok)
+            req = min(self._req_cap, req + elapsed * self._req_rate)
+            tok = min(self._tok_cap, tok + elapsed * self._tok_rate)
             wait = 0.0
             # _EPSILON: float refills land a hair below the threshold after an exact wait
             if self.rpm > 0 and req < 1.0 - _EPSILON:
@@ -313,24 +229,21 @@ class RateLimiter:
                 need = min(cost, self._tok_cap)
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
-            if wait > 0:
-                return f"{req!r},{tok!r},{stamp!r}", (wait, now)
-            if self.rpm > 0:
-                req -= 1.0
-            if self.tpm > 0:
-                tok -= cost
-            if self._batch > 1:
-                extra = min(self._batch - 1, int(req + _EPSILON))
-                if self.tpm > 0 and extra > 0:
-                    extra = min(extra, int((tok + _EPSILON) / cost) if cost > 0 else extra)
-                if extra > 0:
-                    req -= extra
-                    if self.tpm > 0:
-                        tok -= extra * cost
-                    with self._local_lock:
-                        self._held_req += extra
-                        self._held_tok += extra * cost if self.tpm > 0 else 0.0
-            return f"{req!r},{tok!r},{stamp!r}", (0.0, now)
+            if wait <= 0:
+                if self.rpm > 0:
+                    req -= 1.0
+                if self.tpm > 0:
+                    tok -= cost
+            return f"{req!r},{tok!r},{stamp!r}", (wait, now)
+
+        return change
+
+    def _correction(self, adjust: float) -> Callable[[str | None], tuple[str, None]]:
+        """The state change debiting ``adjust`` more tokens (negative: crediting them)."""
+
+        def change(raw: str | None) -> tuple[str, None]:
+            req, tok, last = self._parse(raw, self.clock())
+            return f"{req!r},{min(self._tok_cap, tok - adjust)!r},{last!r}", None
 
         return change
 
@@ -350,9 +263,6 @@ class RateLimiter:
         """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
         if not self.enabled:
             return 0.0
-        if self._shared is None and self._take_held(tokens):  # the common case, in short
-            self.admitted_at = self.clock()
-            return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
             wait, now = self._try(tokens)
@@ -366,9 +276,6 @@ class RateLimiter:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
         if not self.enabled:
             return 0.0
-        if self._shared is None and self._take_held(tokens):
-            self.admitted_at = self.clock()
-            return 0.0
         started, announced, slept = self.clock(), [False], False
         while True:
             wait, now = await self._try_async(tokens)
@@ -379,59 +286,18 @@ class RateLimiter:
         return self.clock() - started if slept else 0.0
 
     def reconcile(self, estimated: float, actual: float) -> None:
-        """Correct the token bucket once the response's ``usage`` is known.
-
-        The correction is applied in this process's next :meth:`acquire` (one transaction per
-        request instead of two) or by :meth:`flush`.
-        """
+        """Correct the token bucket with the response's ``usage``, now (one update)."""
         if self.tpm <= 0 or actual <= 0 or actual == estimated:
             return
-        with self._local_lock:
-            self._adjust += actual - estimated
-
-    def _holds(self) -> bool:
-        """Whether :meth:`flush` has anything to write (corrections or held budget)."""
-        return bool(self._adjust or self._held_req or self._held_tok)
-
-    def flush(self) -> None:
-        """Write pending token corrections and return held (batched) budget now."""
-        if not self._holds():
-            return
+        adjust = actual - estimated
         if self._shared is not None:
-            if self._adjust:
-                args = self._shared_args(0.0, admit=False)
-                if self._shared.admit(args) is None:
-                    self._unsent(args)
-            if not self._holds():
-                return  # nothing was taken from the local budget meanwhile
-        self._update(self._return_held)
-
-    async def flush_async(self) -> None:
-        """:meth:`flush` with the event loop free: the shared store's round trip awaited, and
-        another process's transaction on the budget file waited for by sleeping
-        (:meth:`_update_async`)."""
-        if not self._holds():
-            return
-        if self._shared is not None:
-            if self._adjust:
-                args = self._shared_args(0.0, admit=False)
-                if await self._shared.admit_async(args) is None:
-                    self._unsent(args)
-            if not self._holds():
+            got = self._shared.admit(self._shared_args(0.0, adjust, admit=False))
+            if got is not None:
                 return
-        await self._update_async(self._return_held)
-
-    def _return_held(self, raw: str | None) -> tuple[str, None]:
-        """The state change giving back what this process holds (and its corrections)."""
-        req, tok, last = self._parse(raw, self.clock())
-        held_req, held_tok = self._give_back()
-        req = min(self._req_cap, req + held_req)
-        tok = min(self._tok_cap, tok + held_tok)
-        return f"{req!r},{tok!r},{last!r}", None
+        self._update(self._correction(adjust))
 
     def reset(self) -> None:
         """Forget the shared state (full buckets)."""
-        self._give_back()
         if self._shared is not None:
             self._shared.reset()
         self._update(lambda _raw: (f"{self._req_cap!r},{self._tok_cap!r},{self.clock()!r}", None))

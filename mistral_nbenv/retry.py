@@ -190,16 +190,6 @@ class RetryPolicy:
     on_retry: Callable[[int, BaseException, float], None] | None = None
 
     def _kwargs(self, mode: str = "always") -> dict[str, Any]:
-        state = (self.max_retries, self.retry_max_wait, self.initial_wait, self.jitter, mode)
-        cache: dict[str, Any] = self.__dict__.setdefault("_kwargs_cache", {})
-        cached = cache.get(mode)
-        if cached is not None and cached[0] == state:
-            return dict(cached[1])
-        kwargs = self._build_kwargs(mode)
-        cache[mode] = (state, kwargs)
-        return dict(kwargs)
-
-    def _build_kwargs(self, mode: str = "always") -> dict[str, Any]:
         cap = max(0.0, float(self.retry_max_wait))
         wait = _WaitRetryAfterOrBackoff(
             cap=cap,
@@ -230,34 +220,14 @@ class RetryPolicy:
 
         ``mode``: ``"always"`` retries every retryable failure, ``"unsent"`` only those that
         cannot have reached the server (:func:`is_unsent`: a write), ``"never"`` none.
-
-        On failure the original exception propagates with ``__attempts__`` set on it. The
-        first attempt runs outside tenacity (most calls succeed at once, and building the
-        retry loop costs more than the rest of the wrapper); a failure is handed to the
-        tenacity loop as its first attempt, so waits and counts are exactly tenacity's.
+        On failure the original exception propagates with ``__attempts__`` set on it.
         """
-        try:
-            return fn(), 1
-        except Exception as exc:
-            first: Exception | None = exc
-        except BaseException as exc:
-            _remember_attempts(exc, 1)
-            raise
-
-        def again() -> T:
-            nonlocal first
-            if first is not None:
-                failed, first = first, None
-                raise failed
-            return fn()
-
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(mode))
         attempt_number = 0
         try:
-            for attempt in retrying:
+            for attempt in tenacity.Retrying(sleep=self.sleep, **self._kwargs(mode)):
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
-                    return again(), attempt_number
+                    return fn(), attempt_number
         except BaseException as exc:
             _remember_attempts(exc, attempt_number)
             raise
@@ -266,29 +236,15 @@ class RetryPolicy:
     async def call_async(
         self, fn: Callable[[], Awaitable[T]], *, mode: str = "always"
     ) -> tuple[T, int]:
-        """Async twin of :meth:`call` (the first attempt outside tenacity too)."""
-        try:
-            return await fn(), 1
-        except Exception as exc:
-            first: Exception | None = exc
-        except BaseException as exc:
-            _remember_attempts(exc, 1)
-            raise
-
-        async def again() -> T:
-            nonlocal first
-            if first is not None:
-                failed, first = first, None
-                raise failed
-            return await fn()
-
-        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._kwargs(mode))
+        """Async twin of :meth:`call`."""
         attempt_number = 0
         try:
-            async for attempt in retrying:
+            async for attempt in tenacity.AsyncRetrying(
+                sleep=self.async_sleep, **self._kwargs(mode)
+            ):
                 attempt_number = attempt.retry_state.attempt_number
                 with attempt:
-                    return await again(), attempt_number
+                    return await fn(), attempt_number
         except BaseException as exc:
             _remember_attempts(exc, attempt_number)
             raise

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import hmac
 import re
-import threading
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from . import errors
+from ._forksafe import Lock
 
 __all__ = [
     "SHAPES",
@@ -143,7 +143,7 @@ def _shapes() -> tuple[tuple[re.Pattern[str], Any], ...]:
 
 
 _known: set[str] = set()
-_known_lock = threading.Lock()
+_known_lock = Lock()
 _MAX_KNOWN = 1000
 _MIN_KNOWN = 8
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._forksafe import Lock
 from .errors import SharedStoreUnavailableError
 from .secrets import scrub, url_without_password
 
@@ -82,7 +82,7 @@ class Shared:
         self.connection = connection or redis_store.connect(
             url.get_secret_value(), timeout=self.timeout, location=self.url
         )
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._down_until = 0.0
         self._down = False
 
@@ -245,17 +245,12 @@ class FailoverLedger:
         return self.shared.url
 
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
-        """Add to one bucket."""
-        self.add_many({bucket: amounts})
-
-    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
-        """Add to several buckets in one round trip (locally: one bucket at a time)."""
-
-        def local() -> None:
-            for bucket, amounts in buckets.items():
-                self.local.add(bucket, amounts)
-
-        self.shared.run("recording usage", lambda: self.primary.add_many(buckets), local)
+        """Add to one bucket in Redis (locally while it is down)."""
+        self.shared.run(
+            "recording usage",
+            lambda: self.primary.add(bucket, amounts),
+            lambda: self.local.add(bucket, amounts),
+        )
 
     def totals(self) -> dict[str, dict[str, float]]:
         """The shared totals (the local ones while Redis is down)."""

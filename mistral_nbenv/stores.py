@@ -95,11 +95,10 @@ class UsageReport:
 
 
 def collect_usage(env: str | None = None, *, all_environments: bool = True) -> UsageReport:
-    """The usage of ``env`` (or of every environment), this process's pending counts first."""
+    """The usage of ``env`` (or of every environment)."""
     from .cache import cache_dir
-    from .usage import bucket_parts, cost_of, flush_all, ledger_for
+    from .usage import bucket_parts, cost_of, ledger_for
 
-    flush_all()
     names: Iterable[str] = (
         list_environments() if all_environments and env is None else [get_settings(env).environment]
     )

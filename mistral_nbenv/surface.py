@@ -25,7 +25,6 @@ import importlib
 import inspect
 import sys
 import textwrap
-import threading
 import tokenize
 import types
 import typing
@@ -33,9 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._forksafe import RLock
+
 __all__ = ["Operation", "Space", "operations", "space", "walk"]
 
-_lock = threading.RLock()
+_lock = RLock()
 
 
 @dataclass(frozen=True)

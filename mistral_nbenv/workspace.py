@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config, environments
+from ._forksafe import RLock
 from ._names import normalize_name
 from .errors import ConfigurationError
 
@@ -64,7 +64,7 @@ class Workspace:
     """Settings, active environment, keys, fetched secrets and clients of one process."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = RLock()
         self._project: Project | None = None
         self._fingerprint: tuple[Any, ...] | None = None
         self._active: str | None = None

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mistral_nbenv"
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "errors": ("errors",),
+    "errors": ("errors", "_forksafe"),
     "core": ("_names", "secrets", "_logging", "backends", "surface"),
     "config": ("config",),
     "store": ("store",),

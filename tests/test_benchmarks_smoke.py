@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -35,8 +34,6 @@ def _check_figure(row: dict) -> None:
 
 @pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_benchmark_runs_quick(name: str) -> None:
-    if name == "2c" and shutil.which("callgrind_control") is None:
-        pytest.skip("valgrind is not installed (.ci/run installs it)")
     results = bench_run.run([name], Config(quick=True))
     figures = results.pop("_figures")
     assert figures

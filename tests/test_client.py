@@ -180,13 +180,13 @@ def test_close_then_reopen_lazily(make: Any, server: MistralTestServer) -> None:
 
 
 def _budget_requests(client: Client) -> float:
-    """The requests left in the client's shared budget file (as another process reads it)."""
+    """The requests left in the client's shared budget (as another process reads it)."""
     from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.store.budgetfile import BudgetFile
+    from mistral_nbenv.store.local import DiskStore
 
-    budget = BudgetFile(cache_dir(client.settings) / "ratelimit")
-    state = budget.update("bucket", lambda raw: (raw, raw))
-    budget.close()
+    state = DiskStore(cache_dir(client.settings) / "ratelimit").update(
+        "bucket", lambda raw: (None, raw)
+    )
     assert state is not None
     return float(state.split(",")[0])
 
@@ -196,96 +196,42 @@ def _loop_http(client: Client) -> Any:
     return client._transport._async_raw[asyncio.get_running_loop()].sdk_configuration.async_client
 
 
-def test_async_with_gives_back_the_budget_writes_what_is_pending_and_closes_the_connections(
-    make: Any, server: MistralTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_returned_call_has_written_everything_and_async_with_closes_the_connections(
+    make: Any, server: MistralTestServer, tmp_path: Path
 ) -> None:
-    from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.store import budgetfile, writebehind
     from mistral_nbenv.usage import ledger_for
-    from tests.test_ratelimit import _hold_budget, _release, _ticking_until
 
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 5.0)  # a regression fails in 5 s, not 60
-    monkeypatch.setattr(writebehind, "DELAY", 60.0)  # the writer thread leaves it to the exit
-    client = make(rate_limits={"requests_per_minute": 12_000})  # 200/s: batches of 20
-    holding, holder = asyncio.Event(), []
+    client = make(rate_limits={"requests_per_minute": 12_000})
 
-    async def use() -> tuple[Any, Any, int, int]:
+    async def use() -> tuple[Any, Any, int, float, float]:
         async with client as entered:
             assert entered is client
             answer = await client.chat.complete_async(messages=hello("async with"))
             http = _loop_http(client)
             assert http._transport._pool.connections  # a keep-alive connection to release
-            held, stored = client._limiter._held_req, len(_stored_values(tmp_path))
-            await holding.wait()  # another kernel takes the budget's lock meanwhile
+            # before any close: the answer, the budget and the usage are on disk
+            totals = ledger_for(client.settings, None).totals()
+            requests = sum(t.get("requests", 0.0) for t in totals.values())
+            stored = len(_stored_values(tmp_path))
+            budget = await asyncio.to_thread(_budget_requests, client)
         # closed when the block ends, not by a task left to run later
         assert not http._transport._pool.connections, "the loop's connections were left open"
-        return answer, http, held, stored
-
-    async def run() -> tuple[tuple[Any, Any, int, int], int, bool]:
-        task = asyncio.ensure_future(use())
-        while client._limiter._held_req == 0 and not task.done():  # (a failed call: its error)
-            await asyncio.sleep(0.01)
-        holder.append(_hold_budget(cache_dir(client.settings) / "ratelimit"))
-        holding.set()
-        ticks = await _ticking_until(task, 20)  # the exit waits; other tasks run meanwhile
-        waiting = not task.done()
-        _release(holder[0])
-        return await asyncio.wait_for(task, timeout=30), ticks, waiting
+        return answer, http, stored, budget, requests
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the budget stays shared: no fall back to memory
-        (answer, http, held, stored_inside), ticks, waiting = asyncio.run(run())
-    assert ticks == 20, "the event loop stopped while the exit waited for the budget"
-    assert waiting, "the held budget was written while another process held the lock"
+        warnings.simplefilter("error")
+        answer, http, stored, budget, requests = asyncio.run(use())
     assert answer.choices[0].message.content == "Echo: async with"
     assert http.is_closed
-    assert (held, client._limiter._held_req) == (19, 0)
-    assert _budget_requests(client) == pytest.approx(199.0)  # 200 less the one request made
-    assert (stored_inside, len(_stored_values(tmp_path))) == (0, 1)  # written at the exit
-    totals = ledger_for(client.settings, None).totals()
-    assert sum(t.get("requests", 0.0) for t in totals.values()) == 1.0
-    # the client reopens lazily, in async code as in sync code
+    assert (stored, budget, requests) == (1, pytest.approx(199.0), 1.0)
 
-    async def reopen() -> Any:
+    async def reopen() -> Any:  # the client reopens lazily, in async code as in sync code
         async with client:
             return await client.chat.complete_async(messages=hello("reopened"))
 
     again = asyncio.run(reopen())
     assert again.choices[0].message.content == "Echo: reopened"
     assert server.count(CHAT) == 2
-
-
-def test_a_cancelled_aclose_still_closes_the_connections_and_loses_no_budget(
-    make: Any, server: MistralTestServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.store import budgetfile
-    from tests.test_ratelimit import _hold_budget, _release
-
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 5.0)
-    client = make(rate_limits={"requests_per_minute": 12_000})  # 200/s: batches of 20
-
-    async def run() -> tuple[bool, bool]:
-        await client.chat.complete_async(messages=hello("closed in a hurry"))
-        http = _loop_http(client)
-        holder = _hold_budget(cache_dir(client.settings) / "ratelimit")
-        try:
-            with pytest.raises(TimeoutError):  # the close waits for the lock: cut short
-                await asyncio.wait_for(client.aclose(), timeout=0.2)
-            return http.is_closed, bool(http._transport._pool.connections)
-        finally:
-            _release(holder)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fall back to an in-memory budget
-        closed, still_connected = asyncio.run(run())
-    assert closed
-    assert not still_connected, "a cancelled aclose left the connections open"
-    # the cancelled close gave nothing back and lost nothing: a later close returns it all
-    assert client._limiter._held_req == 19
-    client.close()
-    assert client._limiter._held_req == 0
-    assert _budget_requests(client) == pytest.approx(199.0)
 
 
 # ----------------------------------------------------------------------------- retries
@@ -879,13 +825,11 @@ def test_rate_limit_wait_is_counted(make: Any, server: MistralTestServer) -> Non
 
 
 def test_an_async_call_waits_for_another_processs_budget_without_stopping_other_tasks(
-    make: Any, server: MistralTestServer, monkeypatch: pytest.MonkeyPatch
+    make: Any, server: MistralTestServer
 ) -> None:
     from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.store import budgetfile
     from tests.test_ratelimit import _hold_budget, _release
 
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 5.0)  # a regression fails in 5 s, not 60
     client = make(cache={"enabled": False}, rate_limits={"requests_per_minute": 600})
     client.chat.complete(messages=hello("opens the shared budget"))
     holder = _hold_budget(cache_dir(client.settings) / "ratelimit")  # another kernel, mid-update
@@ -1094,11 +1038,11 @@ def test_fastsdk_never_changes_a_users_own_sdk_client(
         return ser.create_model("Probe", body=(int, ...), __config__=config)
 
     assert build() is not build()  # outside the scope: pydantic's create_model, a new class
-    token = fastsdk_reset.enter()
+    token = fastsdk_reset.SCOPE.set(True)
     try:
         assert build() is build()  # inside: memoised
     finally:
-        fastsdk_reset.leave(token)
+        fastsdk_reset.SCOPE.reset(token)
 
     scopes: list[bool] = []
     patched = ser.create_model

@@ -128,14 +128,14 @@ def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
     use_environment("staging")
     client = get_client()
     client.chat.complete(messages=HELLO, cache=False)  # the limiter's db is open now
-    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "budget.db"
+    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "cache.db"
     assert ratelimit_db.is_file()
-    for path in ratelimit_db.parent.glob("budget.db*"):  # the db, its -wal and -shm
+    for path in ratelimit_db.parent.glob("cache.db*"):  # the db, its -wal and -shm
         with open(path, "r+b") as fh:  # same inode: the open connection sees it
             fh.write(b"garbage!" * 4096)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for i in range(45):  # past the batch (20) the limiter holds in memory at this rate
+        for i in range(5):
             assert client.chat.complete(messages=[{"role": "user", "content": f"n{i}"}]).choices
     found = [str(w.message) for w in caught if issubclass(w.category, CacheUnavailableWarning)]
     assert len(found) == 1, found

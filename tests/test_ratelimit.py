@@ -14,8 +14,9 @@ import pytest
 
 from mistral_nbenv.concurrency import ConcurrencyLimiter
 from mistral_nbenv.ratelimit import RateLimiter, add_wait_listener
-from mistral_nbenv.store import CacheUnavailableWarning, budgetfile
-from mistral_nbenv.store.budgetfile import DATABASE, BudgetFile, budget_file
+from mistral_nbenv.store import CacheUnavailableWarning
+from mistral_nbenv.store import local as local_store
+from mistral_nbenv.store.local import DiskStore
 
 
 class FakeClock:
@@ -33,7 +34,7 @@ class FakeClock:
 
 def limiter(tmp_path: Path | None, clock: FakeClock, rpm: float = 0, tpm: float = 0) -> RateLimiter:
     return RateLimiter(
-        budget_file(tmp_path / "rl") if tmp_path else None,
+        DiskStore(tmp_path / "rl") if tmp_path else None,
         requests_per_minute=rpm,
         tokens_per_minute=tpm,
         environment="staging",
@@ -72,55 +73,19 @@ def _shared_state(rl: RateLimiter) -> tuple[float, float]:
     return req, tok
 
 
-@pytest.mark.parametrize(
-    ("rpm", "batch"), [(120, 1), (1199, 1), (1200, 2), (6000, 10), (10**6, 20)]
-)
-def test_batch_size_follows_the_rate(rpm: int, batch: int) -> None:
-    assert limiter(None, FakeClock(), rpm=rpm)._batch == batch
-
-
-def test_batched_budget_is_held_in_memory_and_returned_on_flush(tmp_path: Path) -> None:
-    clock = FakeClock()
-    rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)  # 1000/s: batches of 20
-    other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
-    req_cap, tok_cap = _shared_state(rl)
-    rl.acquire(50)
-    # one transaction took 20 requests (and 20 x 50 tokens); the other process sees that
-    assert _shared_state(other) == (pytest.approx(req_cap - 20), pytest.approx(tok_cap - 1000))
-    for _ in range(19):
-        rl.acquire(50)  # from memory: the shared state does not move
-    assert _shared_state(other) == (pytest.approx(req_cap - 20), pytest.approx(tok_cap - 1000))
-    rl.acquire(50)  # the 21st takes a new batch
-    assert _shared_state(other)[0] == pytest.approx(req_cap - 40)
-    rl.flush()  # 19 unspent requests and their tokens go back
-    assert _shared_state(other) == (pytest.approx(req_cap - 21), pytest.approx(tok_cap - 1050))
-    assert clock.slept == []
-
-
-def test_a_larger_request_returns_the_batch_and_goes_alone(tmp_path: Path) -> None:
+def test_every_admission_and_correction_is_in_the_shared_state_at_once(tmp_path: Path) -> None:
+    """Write-through: nothing is held in memory, so another process sees each admission
+    and each token correction as soon as the call that made it goes on."""
     clock = FakeClock()
     rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
+    other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
     req_cap, tok_cap = _shared_state(rl)
-    rl.acquire(10)  # holds 19 x 10 tokens
-    rl.acquire(500)  # more than held: back to the shared buckets, new batch of 500s
-    rl.flush()
-    assert _shared_state(rl) == (pytest.approx(req_cap - 2), pytest.approx(tok_cap - 510))
-
-
-@pytest.mark.parametrize("seconds", [3, 7])
-def test_batched_limiters_sharing_a_directory_stay_accurate(tmp_path: Path, seconds: int) -> None:
-    clock = FakeClock()
-    rpm = 12_000  # 200/s: batches of 20
-    a, b = limiter(tmp_path, clock, rpm=rpm), limiter(tmp_path, clock, rpm=rpm)
-    start, admitted, turn = clock.now, 0, 0
-    while True:
-        (a if turn % 3 else b).acquire()
-        turn += 1
-        if clock.now - start > seconds:
-            break
-        admitted += 1
-    expected = rpm / 60 + rpm / 60 * seconds  # burst + steady rate
-    assert abs(admitted - expected) <= 2 * a._batch
+    for n in range(1, 4):
+        rl.acquire(50)
+        assert _shared_state(other) == (pytest.approx(req_cap - n), pytest.approx(tok_cap - 50 * n))
+    rl.reconcile(estimated=50, actual=80)  # the answer used 30 tokens more
+    assert _shared_state(other) == (pytest.approx(req_cap - 3), pytest.approx(tok_cap - 180))
+    assert clock.slept == []
 
 
 def test_tokens_per_minute_and_reconcile(tmp_path: Path) -> None:
@@ -271,7 +236,7 @@ print("released", flush=True)
 def _hold_budget(directory: Path) -> subprocess.Popen[str]:
     """Another process holding the budget's write lock until told (a line on its stdin)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(directory / DATABASE)],
+        [sys.executable, "-c", _HOLD, str(directory / "cache.db")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -303,20 +268,17 @@ async def _ticking_until(task: asyncio.Future[float], ticks_wanted: int) -> int:
 
 
 def test_an_async_admission_waits_for_another_processs_transaction_without_blocking_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    # a short busy timeout: without the async path the loop would block this long, then
-    # give up and fall back to memory (the test would fail in 3 s, not hang for 60)
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 3.0)
     directory = tmp_path / "rl"
-    rl = RateLimiter(  # 600 rpm: a burst of 10, one transaction per request (no batching)
-        budget_file(directory),
+    rl = RateLimiter(  # 600 rpm: a burst of 10
+        DiskStore(directory),
         requests_per_minute=600,
         tokens_per_minute=0,
         environment="staging",
         clock=FakeClock(),  # a clock that stands still: no refill between the two admissions
     )
-    assert rl.acquire() == 0.0  # the database exists, and this process's connection is open
+    assert rl.acquire() == 0.0  # the database exists
     holder = _hold_budget(directory)
 
     async def main() -> tuple[int, bool, float]:
@@ -332,53 +294,18 @@ def test_an_async_admission_waits_for_another_processs_transaction_without_block
     assert ticks == 20, "the event loop was blocked while the budget was locked"
     assert waiting, "the admission went ahead while another process held the budget"
     assert waited == 0.0  # no rate-limit wait: the burst had room
-    assert isinstance(rl._store, BudgetFile)  # not fallen back to memory
+    assert isinstance(rl._store, DiskStore)  # not fallen back to memory
     # the admission was written to the shared state, after the holder's transaction
-    state = rl._store.update("bucket", lambda raw: (None, raw))
-    assert state is not None
-    assert float(state.split(",")[0]) == pytest.approx(8.0, abs=0.1)
-
-
-def test_held_budget_goes_back_from_a_coroutine_without_blocking_the_loop_on_another_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 3.0)  # a regression fails in 3 s, not 60
-    clock = FakeClock()
-    rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)  # 1000/s: batches of 20
-    other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
-    req_cap, tok_cap = _shared_state(rl)
-    rl.acquire(50)  # 20 requests and 20 x 50 tokens taken, 19 of each held
-    rl.reconcile(50, 80)  # the answer used 80 tokens: a correction of 30 pending as well
-    holder = _hold_budget(tmp_path / "rl")
-
-    async def main() -> tuple[int, bool]:
-        task = asyncio.ensure_future(rl.flush_async())
-        ticks = await _ticking_until(task, 20)  # 0.2 s of other tasks running meanwhile
-        waiting = not task.done()
-        _release(holder)
-        await asyncio.wait_for(task, timeout=30)
-        return ticks, waiting
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CacheUnavailableWarning)  # still the shared budget
-        ticks, waiting = asyncio.run(main())
-    assert ticks == 20, "the event loop was blocked while the budget was locked"
-    assert waiting, "the budget was written while another process held it"
-    assert isinstance(rl._store, BudgetFile)
-    # one request of 80 tokens spent; the 19 held and the correction written back
-    assert _shared_state(other) == (pytest.approx(req_cap - 1), pytest.approx(tok_cap - 80))
-    assert (rl._held_req, rl._held_tok, rl._adjust) == (0, 0.0, 0.0)
-    asyncio.run(rl.flush_async())  # nothing held: no transaction, no change
-    assert _shared_state(other) == (pytest.approx(req_cap - 1), pytest.approx(tok_cap - 80))
+    assert _shared_state(rl)[0] == pytest.approx(8.0, abs=0.1)
 
 
 def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(budgetfile, "BUSY_TIMEOUT", 0.5)
+    monkeypatch.setattr(local_store, "BUSY_TIMEOUT", 0.5)  # before the directory is opened
     directory = tmp_path / "rl"
     rl = RateLimiter(
-        budget_file(directory), requests_per_minute=600, tokens_per_minute=0, environment="staging"
+        DiskStore(directory), requests_per_minute=600, tokens_per_minute=0, environment="staging"
     )
     rl.acquire()
     holder = _hold_budget(directory)
@@ -399,6 +326,6 @@ def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_
     found = [str(w.message) for w in caught if issubclass(w.category, CacheUnavailableWarning)]
     assert len(found) == 1, found
     assert "the rate-limit state of environment 'staging'" in found[0]
-    assert "still locked" in found[0]
+    assert "Timeout" in found[0]
     assert "keeps its budget in memory" in found[0]
-    assert not isinstance(rl._store, BudgetFile)
+    assert not isinstance(rl._store, DiskStore)

@@ -21,8 +21,6 @@ The parts, one concern each:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from .pipeline import CacheOption, ClientStats, Pipeline
@@ -115,30 +113,14 @@ class Client:
         return self._transport.sync_raw
 
     def close(self) -> None:
-        """Release HTTP connections and held budget, write the usage counts and pending cache
-        entries; the client reopens lazily if used again."""
-        with contextlib.suppress(Exception):
-            self._limiter.flush()
-        self._write_pending()
+        """Release HTTP connections; the client reopens lazily if used again. (Nothing else
+        is pending: each call wrote its cache entry, usage and budget before it returned.)"""
         self._transport.close()
 
     async def aclose(self) -> None:
-        """:meth:`close` for async code (``async with get_client() as client:``), with the
-        event loop free throughout: held budget goes back without waiting in the loop for
-        another process's lock, the usage counts and cache entries are written in a worker
-        thread, and this loop's HTTP connections are closed before it returns."""
-        try:
-            with contextlib.suppress(Exception):
-                await self._limiter.flush_async()
-            await asyncio.to_thread(self._write_pending)
-        finally:
-            await self._transport.aclose()
-
-    def _write_pending(self) -> None:
-        """Write the usage counts and the cache entries still pending (a failure only warns)."""
-        with contextlib.suppress(Exception):
-            self._pipeline.usage.flush()
-        self._pipeline.cache.flush()
+        """:meth:`close` for async code (``async with get_client() as client:``): this
+        event loop's HTTP connections are closed before it returns."""
+        await self._transport.aclose()
 
     def __enter__(self) -> Client:
         return self

@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from .._fastsdk import SCOPE as FAST_SCOPE
@@ -24,11 +27,10 @@ from ..errors import APIError, CacheMissError, SecretNotCachedWarning
 from ..ratelimit import RateLimiter
 from ..retry import RetryPolicy
 from ..secrets import known, shows_secret
-from ..store.budgetfile import budget_file
+from ..store.local import DiskStore
 from ..translate import quotes_secret, translate_error
 from ..usage import UsageRecorder, ledger_for
 from . import deadline
-from .deadline import DEADLINE
 from .policy import retry_mode
 from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from .stats import ClientStats
@@ -76,7 +78,7 @@ class Pipeline:
         if shared is not None and shared.share_budget:
             budget = shared.budget(key.value.get_secret_value())
         self.limiter = RateLimiter(
-            budget_file(cache_dir(settings) / "ratelimit"),
+            DiskStore(cache_dir(settings) / "ratelimit"),
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
@@ -133,7 +135,7 @@ class Pipeline:
                 except Exception as exc:  # a corrupt entry: dropped, and this call is a miss
                     self.cache.drop(key, f"{type(exc).__name__} rebuilding {ep.name}")
                 else:
-                    self.stats.count_hit()
+                    self.stats.add(hits=1)
                     self.usage.record(kwargs.get("model"), hits=1)
                     call.cached = True
                     return call
@@ -145,7 +147,7 @@ class Pipeline:
                 "offline mode (unset MISTRAL_NBENV_OFFLINE / set offline = false)."
             )
         if read:
-            self.stats.count_miss()
+            self.stats.add(misses=1)
         if "timeout_ms" in kwargs:  # else the SDK object's own (the settings' timeout)
             call.seconds = _seconds_of(kwargs["timeout_ms"], self.transport.timeout_ms)
         else:
@@ -186,21 +188,9 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            waited = self.limiter.acquire(call.estimate)
-            if waited > 0:
-                self._waited(call, waited)
-            # the SDK call with the response list, the deadline and the fast path (the
-            # async twin sets them around its await, in call_async); the variables are set
-            # and reset here, not through enter/leave/stop: three calls fewer per attempt
-            call.seen.clear()
-            token, scope = RESPONSES.set(call.seen), FAST_SCOPE.set(True)
-            ends = deadline.start(call.seconds)
-            try:
+            self._waited(call, self.limiter.acquire(call.estimate))
+            with _attempt(call):
                 return method(**call.kwargs)
-            finally:
-                DEADLINE.reset(ends)
-                FAST_SCOPE.reset(scope)
-                RESPONSES.reset(token)
 
         self.concurrency.acquire(call.seconds)
         try:
@@ -212,32 +202,26 @@ class Pipeline:
         return self.finish(call, result)
 
     async def call_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
-        """A request/response call (async): the same steps, awaited."""
-        call = self.prepare(ep, kwargs)
+        """A request/response call (async): the same steps, awaited; the store work (lookup,
+        cache write, usage, budget) in a worker thread, so the loop never waits on a file lock."""
+        call = await asyncio.to_thread(self.prepare, ep, kwargs)
         if call.cached:
             return call.hit
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
             self._waited(call, await self.limiter.acquire_async(call.estimate))
-            call.seen.clear()
-            token, scope = RESPONSES.set(call.seen), FAST_SCOPE.set(True)
-            ends = deadline.start(call.seconds)
-            try:  # set around the await: the response hooks and reads run inside it
+            with _attempt(call):  # around the await: the response hooks run inside it
                 return await method(**call.kwargs)
-            finally:
-                DEADLINE.reset(ends)
-                FAST_SCOPE.reset(scope)
-                RESPONSES.reset(token)
 
         await self.concurrency.acquire_async(call.seconds)
         try:
             result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
-            self.fail(exc, call)
+            await asyncio.to_thread(self.fail, exc, call)
         finally:
             self.concurrency.release()
-        return self.finish(call, result)
+        return await asyncio.to_thread(self.finish, call, result)
 
     def stream(self, ep: Endpoint, kwargs: dict[str, Any]) -> Stream:
         """A streaming call (sync); the stream holds the concurrency slot until it ends."""
@@ -278,7 +262,7 @@ class Pipeline:
         """A streaming call (async): the same steps, awaited."""
         from .streams import AsyncStream
 
-        call = self.prepare(ep, kwargs)
+        call = await asyncio.to_thread(self.prepare, ep, kwargs)
         if call.cached:
             return AsyncStream(self, call, replay=call.hit)
         method = self.transport.method(ep.group, ep.method, is_async=True)
@@ -346,8 +330,15 @@ class Pipeline:
     def account(self, result: Any, call: Prepared) -> None:
         """Count a request and its tokens; correct the tpm estimate with the real usage."""
         prompt, completion, total = usage_of(result)
-        self.stats.count_request(prompt, completion, total)
-        self.usage.answered(call.kwargs.get("model"), prompt, completion)
+        self.stats.add(
+            requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
+        )
+        self.usage.record(
+            call.kwargs.get("model"),
+            requests=1,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+        )
         if total:
             self.limiter.reconcile(call.estimate, total)
 
@@ -394,6 +385,19 @@ class Pipeline:
             type(exc).__name__,
             delay,
         )
+
+
+@contextlib.contextmanager
+def _attempt(call: Prepared) -> Iterator[None]:
+    """One attempt's scope: its responses collected, its deadline, the SDK fast path."""
+    call.seen.clear()
+    token, scope = RESPONSES.set(call.seen), FAST_SCOPE.set(True)
+    try:
+        with deadline.within(call.seconds):
+            yield
+    finally:
+        FAST_SCOPE.reset(scope)
+        RESPONSES.reset(token)
 
 
 def _seconds_of(timeout_ms: Any, default_ms: int) -> float:

@@ -10,11 +10,11 @@ rebuilt into by name (the fast path of the hot endpoints).
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._forksafe import Lock
 from .policy import CACHED_READ, INFERENCE, Policy, RetryMode, policy_for
 from .transport import SDK
 
@@ -90,7 +90,7 @@ def _is_model(annotation: Any) -> bool:
 
 
 _adapters: dict[str, Any] = {}
-_adapters_lock = threading.Lock()
+_adapters_lock = Lock()
 
 
 def _adapter(ep: Endpoint) -> Any:

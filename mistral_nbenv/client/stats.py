@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from .._forksafe import Lock
 
 __all__ = ["ClientStats"]
 
@@ -23,31 +24,13 @@ class ClientStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: Lock = field(default_factory=Lock, repr=False, compare=False)
 
     def add(self, **amounts: float) -> None:
         """Add to several counters at once (thread-safe)."""
         with self._lock:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
-
-    def count_hit(self) -> None:
-        """One answer served from the cache."""
-        with self._lock:
-            self.hits += 1
-
-    def count_miss(self) -> None:
-        """One lookup that found nothing."""
-        with self._lock:
-            self.misses += 1
-
-    def count_request(self, prompt: int, completion: int, total: int) -> None:
-        """One answered request and its tokens (the hot path's :meth:`add`)."""
-        with self._lock:
-            self.requests += 1
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-            self.total_tokens += total
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Protocol
 
 from .. import _fastsdk
+from .._forksafe import Lock
 from ..errors import StreamExpiredError
 from . import deadline
 from .request import Prepared
@@ -62,7 +62,7 @@ class _StreamBase:
         self._source = source
         self._recorded: list[str] | None = [] if call.key is not None else None
         self._last_usage: Any = None
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._reading = False
         self._expired = False
         self._active = time.monotonic()
@@ -160,7 +160,7 @@ class Stream(_StreamBase):
             return self._next_pending()
         if not self._begin_read():
             raise StopIteration
-        scope = _fastsdk.enter()
+        scope = _fastsdk.SCOPE.set(True)
         try:
             with deadline.within(self._call.seconds, until=self._call.ends):
                 event = next(self._source)
@@ -173,7 +173,7 @@ class Stream(_StreamBase):
             self.close()
             self._pipeline.fail(exc, self._call)
         finally:
-            _fastsdk.leave(scope)
+            _fastsdk.SCOPE.reset(scope)
         self._end_read()
         return self._note(event)
 
@@ -216,7 +216,7 @@ class AsyncStream(_StreamBase):
             raise
         if not reading:
             raise StopAsyncIteration
-        scope = _fastsdk.enter()
+        scope = _fastsdk.SCOPE.set(True)
         try:
             with deadline.within(self._call.seconds, until=self._call.ends):
                 event = await self._source.__anext__()
@@ -229,7 +229,7 @@ class AsyncStream(_StreamBase):
             await self.aclose()
             self._pipeline.fail(exc, self._call)
         finally:
-            _fastsdk.leave(scope)
+            _fastsdk.SCOPE.reset(scope)
         self._end_read()
         return self._note(event)
 

@@ -4,6 +4,11 @@ This is the only module that imports ``mistralai`` (and ``httpx2``, its HTTP cli
 only on first use. The SDK's own retries are off (the pipeline retries, in one place);
 the timeout comes from the settings.
 
+**Fork-safe.** The SDK objects hold pooled keep-alive connections; a forked child must never
+read from a socket its parent also reads. Every entry point checks the pid
+(:meth:`Transport._own`): in a child, the parent's SDK objects are forgotten (not closed:
+their sockets are the parent's) and the child opens its own connections.
+
 Every HTTP response goes through a response hook that appends it to the list in the
 :data:`RESPONSES` context variable while the pipeline makes an attempt, so a successful
 body is cached as received (:func:`response_json`) instead of re-serialising the model.
@@ -14,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import threading
+import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import _fastsdk
+from .._forksafe import Lock, RLock
 from . import deadline
 
 if TYPE_CHECKING:
@@ -38,7 +44,7 @@ class SDK:
     ssl_context: Any
     adapters: dict[str, Any]
     model_types: dict[str, Any]
-    _lock = threading.Lock()
+    _lock = Lock()
 
     @classmethod
     def load(cls) -> type[SDK]:
@@ -130,13 +136,24 @@ class Transport:
         self._key = key
         self._fast_sdk = fast_sdk
         self.timeout_ms = max(1, int(float(settings.timeout) * 1000))
-        self._lock = threading.RLock()
+        self._lock = RLock()
         self.sync_raw: Any = None
         # the sync SDK object's bound methods by (group, name), looked up once per object
         self._sync_methods: tuple[Any, dict[tuple[str, str], Any]] = (None, {})
         self._async_raw: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._pid = os.getpid()
+
+    def _own(self) -> None:
+        """In a forked child, forget the parent's SDK objects and their connections."""
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self.sync_raw = None
+                    self._sync_methods = (None, {})
+                    self._async_raw = weakref.WeakKeyDictionary()
+                    self._pid = os.getpid()
 
     def _new_sdk(self, sync_client: Any, async_client: Any) -> Any:
         sdk = SDK.load()
@@ -166,6 +183,7 @@ class Transport:
     @property
     def raw(self) -> Any:
         """The SDK object for sync calls (made on first use)."""
+        self._own()
         raw = self.sync_raw
         if raw is None:
             with self._lock:
@@ -183,6 +201,7 @@ class Transport:
 
     def for_loop(self) -> Any:
         """An SDK object whose async HTTP client belongs to the running event loop."""
+        self._own()
         loop = asyncio.get_running_loop()
         raw = self._async_raw.get(loop)
         if raw is None:
@@ -200,7 +219,7 @@ class Transport:
         ``group`` may be dotted (``beta.conversations``)."""
         if is_async:
             return self._method(self.for_loop(), group, name, is_async=True)
-        raw = self.sync_raw if self.sync_raw is not None else self.raw
+        raw = self.raw
         methods = self._sync_methods
         if methods[0] is not raw:  # a new SDK object (after close): look up afresh
             methods = self._sync_methods = (raw, {})
@@ -225,6 +244,7 @@ class Transport:
     def _detach(self) -> tuple[Any, list[tuple[asyncio.AbstractEventLoop, Any]]]:
         """Forget the SDK objects (made again if used again) and close the sync HTTP client;
         return the sync SDK object and each loop's, whose async clients are still open."""
+        self._own()  # a child closes only what it opened
         with self._lock:
             raw, self.sync_raw = self.sync_raw, None
             loops = list(self._async_raw.items())

@@ -14,10 +14,11 @@ one :class:`CacheUnavailableWarning` (:func:`warn_once`), never failing the call
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
+
+from .._forksafe import Lock
 
 __all__ = ["Budget", "Busy", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
 
@@ -90,17 +91,13 @@ class Ledger(Protocol):
         """Add ``amounts`` to the counters of ``bucket`` (e.g. ``day|environment|model``)."""
         ...
 
-    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
-        """:meth:`add` for several buckets at once (one transaction or round trip)."""
-        ...
-
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket with its counters."""
         ...
 
 
 _warned: set[str] = set()
-_warned_lock = threading.Lock()
+_warned_lock = Lock()
 
 
 _WITHOUT_CACHE = "continuing without a cache"

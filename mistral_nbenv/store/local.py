@@ -12,18 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._forksafe import Lock, RLock
 from .private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
     import diskcache
-
-    from .presence import Presence
 
 __all__ = [
     "DiskStore",
@@ -36,6 +34,9 @@ R = TypeVar("R")
 
 #: Values up to this size stay inside SQLite (responses are typically ~1 KB).
 DISK_MIN_FILE_SIZE = 4 * 1024 * 1024
+#: Seconds a transaction waits for another process's before it fails (a stalled holder:
+#: the rate limiter then keeps its budget in memory, with one warning).
+BUSY_TIMEOUT = 60.0
 #: Enforce the size limit (evict oldest entries) once every this many writes.
 CULL_EVERY = 64
 _LEDGER_PREFIX = "usage\0"
@@ -77,7 +78,7 @@ def _json_text_disk() -> type:
     return _disk_class
 
 
-_open_lock = threading.Lock()
+_open_lock = Lock()
 
 
 def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcache.Cache:
@@ -97,6 +98,7 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
             "statistics": False,
             "tag_index": False,
             "eviction_policy": "least-recently-stored",
+            "timeout": BUSY_TIMEOUT,
             # culling on every write costs more than the write: DiskStore culls in batches
             "cull_limit": 0,
         }
@@ -110,15 +112,8 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
 
 
 def close_all() -> None:
-    """Close every diskcache this process opened (tests, interpreter shutdown), after the
-    write-behind stores have written what they hold, and the key indexes' and the budget
-    files' connections."""
-    from . import budgetfile, presence
-    from .writebehind import flush_all
-
-    flush_all()
-    presence.close_all()
-    budgetfile.close_all()
+    """Close every diskcache this process opened (tests). Nothing is pending: every write
+    was committed before the call that made it returned."""
     with _open_lock:
         for cache in _open.values():
             with contextlib.suppress(Exception):
@@ -141,16 +136,14 @@ def _text(value: Any) -> str | None:
 class DiskStore:
     """:class:`~mistral_nbenv.store.KeyValue`, ``Budget`` and ``Ledger`` in one directory.
 
-    The directory's keys are also known in memory (:mod:`~mistral_nbenv.store.presence`): a
-    ``get`` of a key that is not there skips SQLite, and every write that can add a key tells
-    the other processes after its commit.
+    Every method commits before it returns (write-through): another process sees a ``set``
+    at once, and a process killed right after a call loses nothing that call wrote.
     """
 
     def __init__(self, directory: Path, *, size_limit: int | None = None) -> None:
         self.directory = Path(directory)
         self.size_limit = size_limit
         self._db: diskcache.Cache | None = None
-        self._presence: Presence | None = None  # with the database, on first use
         self._writes = 0
 
     def __repr__(self) -> str:
@@ -165,45 +158,22 @@ class DiskStore:
         """The open diskcache (opened, privately, on first use)."""
         db = self._db
         if db is None:
-            from .presence import presence_for
-
             db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
-            self._presence = presence_for(self.directory)
         return db
-
-    def _tell_indexes(self) -> None:
-        """After a commit that may have added keys: tell the key indexes of every process."""
-        if self._presence is not None:
-            self._presence.signal()
 
     # -- KeyValue -------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
         """The JSON text under ``key``; None when absent, expired or not text."""
-        db = self._db if self._db is not None else self.db()
-        if self._presence is not None and not self._presence.may_hold(key):
-            return None
-        return _text(db.get(key, None, retry=True))
+        return _text(self.db().get(key, None, retry=True))
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
         db = self.db()
         with private_umask():
             db.set(key, value, expire=ttl, retry=True)
-        self._tell_indexes()
         self._writes += 1
         if self._writes % CULL_EVERY == 1:
-            db.cull(retry=True)
-
-    def set_many(self, items: list[tuple[str, str, float | None]]) -> None:
-        """Store ``(key, value, ttl)`` items in one transaction (the write-behind's batch)."""
-        db = self.db()
-        with private_umask(), db.transact(retry=True):
-            for key, value, ttl in items:
-                db.set(key, value, expire=ttl, retry=True)
-        self._tell_indexes()
-        before, self._writes = self._writes, self._writes + len(items)
-        if before // CULL_EVERY != self._writes // CULL_EVERY or before == 0:
             db.cull(retry=True)
 
     def delete(self, key: str) -> None:
@@ -223,53 +193,50 @@ class DiskStore:
     # -- Budget ---------------------------------------------------------------------------
 
     def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
-        """``change`` runs inside one SQLite transaction (no other process in between)."""
+        """``change`` runs inside one SQLite transaction (no other process in between); a
+        transaction held elsewhere past :data:`BUSY_TIMEOUT` raises ``diskcache.Timeout``."""
         db = self.db()
-        with db.transact(retry=True):
+        with db.transact(retry=False):
             old = db.get(key, None, retry=True)
             new, result = change(_text(old))
             if new is not None:
                 db.set(key, new, retry=True)
-        if new is not None and old is None:  # a key added (a changed one is known already)
-            self._tell_indexes()
         return result
 
     # -- Ledger ---------------------------------------------------------------------------
 
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
-        """Add to one bucket's counters (one transaction)."""
-        self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
-
-    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
-        """Add to several buckets in one transaction."""
+        """Add to one bucket's counters: one number per counter, incremented in place, all
+        in one transaction."""
         db = self.db()
-        added = False
         with db.transact(retry=True):
-            for bucket, amounts in buckets.items():
-                key = _LEDGER_PREFIX + bucket
-                old = db.get(key, None, retry=True)
-                added = added or old is None
-                db.set(key, _added(_text(old), amounts), retry=True)
-        if added:
-            self._tell_indexes()
+            for name, amount in amounts.items():
+                if amount:
+                    db.incr(f"{_LEDGER_PREFIX}{bucket}\0{name}", amount, retry=True)
 
     def totals(self) -> dict[str, dict[str, float]]:
-        """Every bucket's counters."""
+        """Every bucket's counters (a bucket an earlier release wrote as one JSON text too)."""
         db = self.db()
         out: dict[str, dict[str, float]] = {}
         for key in list(db.iterkeys()):
-            if isinstance(key, str) and key.startswith(_LEDGER_PREFIX):
-                counters = _counters(_text(db.get(key, None, retry=True)))
-                if counters:
-                    out[key[len(_LEDGER_PREFIX) :]] = counters
-        return out
+            if not (isinstance(key, str) and key.startswith(_LEDGER_PREFIX)):
+                continue
+            bucket, _, name = key[len(_LEDGER_PREFIX) :].partition("\0")
+            value = db.get(key, None, retry=True)
+            counters = out.setdefault(bucket, {})
+            if name and isinstance(value, int | float) and not isinstance(value, bool):
+                counters[name] = counters.get(name, 0.0) + float(value)
+            elif not name:
+                for old, amount in _counters(_text(value)).items():
+                    counters[old] = counters.get(old, 0.0) + amount
+        return {bucket: counters for bucket, counters in out.items() if counters}
 
 
 class MemoryStore:
     """The same protocols in this process's memory (no directory configured, tests)."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.RLock()
+        self._lock = RLock()
         self._values: dict[str, tuple[str, float | None]] = {}
         self._clock = clock
 
@@ -323,11 +290,6 @@ class MemoryStore:
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """Add to one bucket's counters."""
         self.update(_LEDGER_PREFIX + bucket, lambda state: (_added(state, amounts), None))
-
-    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
-        """Add to several buckets."""
-        for bucket, amounts in buckets.items():
-            self.add(bucket, amounts)
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .._forksafe import RLock
+
 __all__ = ["make_private_dir", "private_umask", "tighten"]
 
-_umask_lock = threading.RLock()
+_umask_lock = RLock()
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ per event loop from ``redis.asyncio``), and three views of it:
 * :class:`RedisKeyValue`: the :class:`~mistral_nbenv.store.KeyValue` protocol under a key
   prefix (``mistral-nbenv:cache:<environment>:``), TTL kept by Redis (``SET ... PX``);
 * :class:`RedisLedger`: the :class:`~mistral_nbenv.store.Ledger` protocol, one hash per
-  bucket (``HINCRBYFLOAT``, one pipelined round trip per flush);
+  bucket (``HINCRBYFLOAT``, one pipelined round trip per call);
 * :class:`RedisBudget`: the rate budget's admission as one Lua script (:data:`ADMIT`), run
   atomically with Redis's own clock (``TIME``), so the hosts' clocks do not matter; one
   round trip (``EVALSHA``) per admission.
@@ -21,11 +21,11 @@ here: :attr:`Connection.location` is it without its password.
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .registry import Registry
+from .._forksafe import Lock
 
 __all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
 
@@ -86,9 +86,16 @@ class Connection:
         self._url = url
         self.timeout = timeout
         self.location = location
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._sync: Any = None
         self._async: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        self._pid = os.getpid()
+
+    def _own(self) -> None:
+        """In a forked child, forget the parent's clients (never closed here: their sockets
+        are the parent's); caller holds ``_lock``."""
+        if self._pid != os.getpid():
+            self._sync, self._async, self._pid = None, {}, os.getpid()
 
     def __repr__(self) -> str:
         return f"Connection({self.location!r})"
@@ -108,10 +115,11 @@ class Connection:
     def sync(self) -> Any:
         """The ``redis.Redis`` client (made on first use)."""
         client = self._sync
-        if client is None:
+        if client is None or self._pid != os.getpid():
             import redis
 
             with self._lock:
+                self._own()
                 if self._sync is None:
                     self._sync = redis.Redis.from_url(self._url, **self._options())
                 client = self._sync
@@ -121,6 +129,7 @@ class Connection:
         """The ``redis.asyncio.Redis`` client of the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
+            self._own()
             found = self._async.get(id(loop))
             if found is not None and found[0] is loop:
                 return found[1]
@@ -141,19 +150,26 @@ class Connection:
             client.close()
 
 
-_connections: Registry[tuple[str, float], Connection] = Registry()
+_connections: dict[tuple[str, float], Connection] = {}
+_connections_lock = Lock()
 
 
 def connect(url: str, *, timeout: float, location: str) -> Connection:
-    """The process's :class:`Connection` to ``url`` (made once per URL and timeout)."""
-    return _connections.get(
-        (url, timeout), lambda: Connection(url, timeout=timeout, location=location)
-    )
+    """The process's :class:`Connection` to ``url`` (made once per URL and timeout; redis-py
+    opens new sockets in a forked child by itself)."""
+    with _connections_lock:
+        found = _connections.get((url, timeout))
+        if found is None:
+            found = _connections[url, timeout] = Connection(url, timeout=timeout, location=location)
+        return found
 
 
 def close_all() -> None:
     """Close every connection this process opened (tests)."""
-    for connection in _connections.clear():
+    with _connections_lock:
+        connections = list(_connections.values())
+        _connections.clear()
+    for connection in connections:
         connection.close()
 
 
@@ -219,17 +235,12 @@ class RedisLedger:
 
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """HINCRBYFLOAT each counter and EXPIRE the bucket, in one round trip."""
-        self.add_many({bucket: amounts})
-
-    def add_many(self, buckets: Mapping[str, Mapping[str, float]]) -> None:
-        """Several buckets in one pipelined round trip."""
+        key = self.prefix + bucket
         pipe = self.connection.sync().pipeline(transaction=False)
-        for bucket, amounts in buckets.items():
-            key = self.prefix + bucket
-            for name, amount in amounts.items():
-                if amount:
-                    pipe.hincrbyfloat(key, name, float(amount))
-            pipe.expire(key, LEDGER_TTL)
+        for name, amount in amounts.items():
+            if amount:
+                pipe.hincrbyfloat(key, name, float(amount))
+        pipe.expire(key, LEDGER_TTL)
         pipe.execute()
 
     def totals(self) -> dict[str, dict[str, float]]:
