@@ -214,13 +214,12 @@ def run_python(
     cwd: Path,
     *,
     timeout: float = 120,
-    prefix: Sequence[str] = (),
 ) -> Run:
-    """Run ``python <args>`` in a fresh process (under ``prefix``, e.g. valgrind, when given);
-    wall time from spawn to exit. The run's stderr is kept on the result."""
+    """Run ``python <args>`` in a fresh process; wall time from spawn to exit. The run's
+    stderr is kept on the result."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [*prefix, sys.executable, *args],
+        [sys.executable, *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,

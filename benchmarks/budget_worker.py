@@ -15,20 +15,18 @@ import time
 from pathlib import Path
 
 from mistral_nbenv.ratelimit import RateLimiter
-from mistral_nbenv.store.budgetfile import budget_file
+from mistral_nbenv.store.local import DiskStore
 
 
 def main() -> None:
     directory, rpm, start, seconds = Path(sys.argv[1]), *map(float, sys.argv[2:5])
-    limiter = RateLimiter(budget_file(directory), requests_per_minute=rpm, tokens_per_minute=0)
+    limiter = RateLimiter(DiskStore(directory), requests_per_minute=rpm, tokens_per_minute=0)
     limiter.acquire(0)  # open the store before the start line (not counted)
-    limiter.flush()
     time.sleep(max(0.0, start - time.time()))
     admitted: list[float] = []
     while time.time() < start + seconds:
         limiter.acquire(0)
         admitted.append(limiter.admitted_at)
-    limiter.flush()
     print(json.dumps(admitted))
 
 

@@ -73,9 +73,7 @@ def _the_one_entry(client: Any) -> tuple[Any, str]:
     """The client's disk cache and the key of its only entry (the hit a floor reads)."""
     from mistral_nbenv.cache import cache_dir
     from mistral_nbenv.store.local import open_diskcache
-    from mistral_nbenv.store.writebehind import flush_all
 
-    flush_all()  # the store is written behind the call; the floor reads the disk itself
     db = open_diskcache(cache_dir(client.settings))
     keys = list(db)
     if len(keys) != 1:
@@ -153,217 +151,78 @@ def parse_hit(params: Params) -> Any:
     return {"samples_ms": samples, "hits": stats.hits, "misses": stats.misses}
 
 
-# --------------------------------------------------------------------------- 2. cache miss
+# --------------------------------------------------------------------------- 2. miss
 
 
-def miss_wrapper_serve(params: Params) -> None:
-    """Sequential cache misses through the wrapper (and through its own SDK object).
+def miss_latency(params: Params) -> Any:
+    """Cache misses against a server answering in ``latency`` seconds, each call timed on its
+    own: the wrapper (cache on, a new request each call), the plain SDK, and the floor, a
+    bare ``httpx2`` request whose body is validated into the SDK's response model; sync and
+    async (one event loop), every round calling all six in a random order."""
+    import itertools
 
-    ``mode`` ``wrapper`` (or another contender's name): one timed block of ``n`` calls (row 2).
-    ``mode`` ``shuffled``: ``n`` cycles, each calling every contender once in a random order
-    and timing each call on its own (row 2b): per-call medians of calls that all ran in the
-    same conditions, with ``sdk_again`` (the SDK object once more) as the A/A control.
-    """
-    import mistral_nbenv
-    from mistral_nbenv import _fastsdk
-    from mistral_nbenv.store.writebehind import flush_all
-
-    client = mistral_nbenv.get_client()
-    raw = client.raw  # the SDK object the wrapper calls...
-    _fastsdk.install()
-    _fastsdk.enter()  # ...in the scope the wrapper gives its own calls (the fast path)
-    for i in range(int(params["warmup"])):
-        client.chat.complete(model=MODEL, messages=_messages(f"warm-w{i}"))
-        raw.chat.complete(model=MODEL, messages=_messages(f"warm-s{i}"))
-    # wrapper: hash, lookup, limiter, call, queue the store; refresh: the same without the
-    # lookup (cache="refresh": what a lookup that cost nothing would leave); cache_off: the
-    # same pipeline with no key, lookup or store; sdk: the wrapper's own SDK object
-    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
-        "wrapper": (client.chat.complete, {}),
-        "refresh": (client.chat.complete, {"cache": "refresh"}),
-        "cache_off": (client.chat.complete, {"cache": False}),
-        "sdk": (raw.chat.complete, {}),
-        "sdk_again": (raw.chat.complete, {}),
-    }
-    for cmd in _commands():
-        n, tag = int(cmd["n"]), str(cmd["tag"])
-        hits, misses = client.stats.hits, client.stats.misses
-        if cmd["mode"] == "shuffled":
-            result: Params = {"per_call_ms": _shuffled_calls(contenders, n, tag, int(cmd["seed"]))}
-            flush_all()  # what the wrapper's and refresh's calls queued, before the next command
-        else:
-            call, extra = contenders[cmd["mode"]]
-            cpu, started = time.process_time(), perf()
-            for i in range(n):  # a new request each time
-                call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra)
-            elapsed, cpu = perf() - started, time.process_time() - cpu
-            # The entries the misses queued are written now, outside the timed block: the
-            # store is off the caller's path by design (written behind), and left to the writer
-            # thread it would land in whichever block runs next. Its cost is reported.
-            flushed = perf()
-            flush_all()
-            result = {
-                "ms_per_call": elapsed / n * 1e3,
-                "cpu_ms_per_call": cpu / n * 1e3,
-                "store_ms_per_entry": (perf() - flushed) / n * 1e3,
-            }
-        result.update(misses=client.stats.misses - misses, hits=client.stats.hits - hits)
-        _emit(result)
-
-
-def _shuffled_calls(
-    contenders: dict[str, tuple[Callable[..., Any], Params]],
-    cycles: int,
-    tag: str,
-    seed: int,
-    messages_for: Callable[[str], list[dict[str, str]]] = _messages,
-) -> dict[str, list[float]]:
-    """ms of each call: ``cycles`` rounds calling every contender once, in a random order.
-
-    Every contender's calls come after every other's equally often, so the state one call
-    leaves (CPU caches, the writer thread's batch, a collection) weighs on all alike.
-    """
-    order, shuffle = list(contenders), random.Random(seed).shuffle
-    ms: dict[str, list[float]] = {name: [] for name in order}
-    for c in range(cycles):
-        shuffle(order)
-        for name in order:
-            call, extra = contenders[name]
-            messages = messages_for(f"{tag}-{name}-{c}")  # a new request each time
-            started = perf()
-            call(model=MODEL, messages=messages, **extra)
-            ms[name].append((perf() - started) * 1e3)
-    return ms
-
-
-def miss_instructions(params: Params) -> Params:
-    """Cache misses of every row-2c contender in one process, counted by callgrind per block.
-
-    The parent runs this process under ``valgrind --tool=callgrind`` with instrumentation off
-    (imports and the first calls run at near-native speed) and collection only inside
-    ``functools.reduce``. After a warm-up the process switches instrumentation on
-    (``callgrind_control``) and warms up again so that every path is translated. Then, for
-    ``blocks`` rounds, it calls the contenders in a random order, each making ``n`` calls
-    inside ``functools.reduce`` followed by a dump named ``<contender>-<round>``: each dump
-    holds the instructions the caller's thread executed for those ``n`` calls and nothing
-    else (the write-behind's thread is not in that C function, and a dump starts the count
-    afresh). Contenders taking turns in one process see the same heap and connection, so
-    the state of one process weighs on all alike (A/A: ``sdk_again``).
-
-    The cycle collector is off inside a block and runs, uncounted, after it. A collection
-    costs ~250 us and runs every few dozen calls, in whichever call crosses the threshold: a
-    call that holds more objects alive at its peak (the wrapper's) crosses it first and
-    would be charged for collections the cycles of every call made. What each contender's
-    calls leave to the collector is counted instead (``garbage``, cyclic objects per call).
-    """
-    import functools
-    import gc
-    import subprocess
+    import httpx2
+    from mistralai.client.models import ChatCompletionResponse
 
     import mistral_nbenv
-    from mistral_nbenv import _fastsdk
-
-    n, warmup, blocks = int(params["n"]), int(params["warmup"]), int(params["blocks"])
-    control, me = str(params["control"]), str(os.getpid())
-    client = mistral_nbenv.get_client()
-    _fastsdk.install()
-    _fastsdk.enter()  # the scope the wrapper gives its own calls, for the SDK object too
-    wrapped, raw = client.chat.complete, client.raw.chat.complete
-    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
-        "sdk": (raw, {}),
-        "sdk_again": (raw, {}),
-        "cache_off": (wrapped, {"cache": False}),
-        "refresh": (wrapped, {"cache": "refresh"}),
-        "wrapper": (wrapped, {}),
-    }
-
-    garbage: dict[str, list[float]] = {name: [] for name in contenders}
-
-    def block(name: str, tag: str, count: int) -> None:
-        call, extra = contenders[name]
-        gc.disable()  # no collection inside the count: one runs after the block, uncounted
-        try:
-            functools.reduce(
-                lambda _, i: call(model=MODEL, messages=_messages(f"{tag}-{i}"), **extra),
-                range(count),
-                None,
-            )
-        finally:
-            gc.enable()
-        garbage[name].append(gc.collect() / count)  # the cycles these calls left behind
-
-    def dump(label: str) -> None:
-        subprocess.run([control, "--dump=" + label, me], check=True, capture_output=True)
-
-    for name in contenders:
-        block(name, f"warm-{name}", warmup)
-    subprocess.run([control, "--instr=on", me], check=True, capture_output=True)
-    for name in contenders:
-        block(name, f"warm-instrumented-{name}", warmup)
-    dump("warm-up")  # what collection may hold so far goes to a dump of its own
-    for found in garbage.values():
-        found.clear()  # (the warm-up's)
-    before = client.stats.as_dict()
-    order, shuffle = list(contenders), random.Random(int(params["seed"])).shuffle
-    for r in range(blocks):
-        shuffle(order)
-        for name in order:
-            block(name, f"{params['seed']}-{r}-{name}", n)
-            dump(f"{name}-{r}")
-    made = {k: v - before[k] for k, v in client.stats.as_dict().items() if isinstance(v, int)}
-    return {"stats": made, "contenders": list(contenders), "garbage": garbage}
-
-
-def miss_long_prompt(params: Params) -> Params:
-    """Row 2d: cache misses whose request carries a long document, wrapper against its own
-    SDK object, call by call in a random order (as row 2b). The document is the system
-    message and a short question the user's, so the server's echo (the answer) stays short,
-    as a real answer to such a request would."""
-    import mistral_nbenv
-    from mistral_nbenv import _fastsdk
-    from mistral_nbenv.store.writebehind import flush_all
-
-    line = "Quarterly report, section {}: revenue, costs and outlook, in plain words.\n"
-    document = "".join(line.format(i) for i in range(int(params["kib"]) * 1024 // 72))
-
-    def messages(tag: str) -> list[dict[str, str]]:
-        return [
-            {"role": "system", "content": document},
-            {"role": "user", "content": f"{tag}: what changed since last quarter?"},
-        ]
 
     client = mistral_nbenv.get_client()
-    raw = client.raw
-    _fastsdk.install()
-    _fastsdk.enter()
-    contenders: dict[str, tuple[Callable[..., Any], Params]] = {
-        "wrapper": (client.chat.complete, {}),
-        "sdk": (raw.chat.complete, {}),
-        "sdk_again": (raw.chat.complete, {}),
-    }
-    _shuffled_calls(contenders, int(params["warmup"]), "warm", 0, messages)
-    flush_all()
-    misses, hits = client.stats.misses, client.stats.hits
-    ms = _shuffled_calls(contenders, int(params["cycles"]), "long", 1, messages)
-    flush_all()
-    made = {"misses": client.stats.misses - misses, "hits": client.stats.hits - hits}
-    return {"per_call_ms": ms, "chars": len(document), **made}
-
-
-def miss_raw_serve(params: Params) -> None:
-    """Sequential calls through the plain SDK, same server, same requests."""
     raw = _raw_sdk(params["server_url"])
-    for i in range(int(params["warmup"])):
-        raw.chat.complete(model=MODEL, messages=_messages(f"warm-r{i}"))
-    if "mistral_nbenv" in sys.modules:
-        raise RuntimeError("the raw SDK process must not load mistral_nbenv")
-    for cmd in _commands():
-        n, tag = int(cmd["n"]), str(cmd["tag"])
-        cpu, started = time.process_time(), perf()
-        for i in range(n):
-            raw.chat.complete(model=MODEL, messages=_messages(f"{tag}-{i}"))
-        elapsed, cpu = perf() - started, time.process_time() - cpu
-        _emit({"ms_per_call": elapsed / n * 1e3, "cpu_ms_per_call": cpu / n * 1e3})
+    url = params["server_url"] + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {FAKE_KEYS['development']}"}
+    http, ahttp = httpx2.Client(timeout=30), httpx2.AsyncClient(timeout=30)
+    loop = asyncio.new_event_loop()  # one loop: the plain SDK's async client is bound to it
+    tags = itertools.count()
+
+    def messages() -> list[dict[str, str]]:
+        return _messages(f"miss-{next(tags)}")
+
+    def floor() -> Any:
+        response = http.post(url, json={"model": MODEL, "messages": messages()}, headers=headers)
+        response.raise_for_status()
+        return ChatCompletionResponse.model_validate_json(response.content)
+
+    async def floor_async() -> Any:
+        body = {"model": MODEL, "messages": messages()}
+        response = await ahttp.post(url, json=body, headers=headers)
+        response.raise_for_status()
+        return ChatCompletionResponse.model_validate_json(response.content)
+
+    contenders: dict[str, Callable[[], Any]] = {
+        "wrapper": lambda: client.chat.complete(model=MODEL, messages=messages()),
+        "sdk": lambda: raw.chat.complete(model=MODEL, messages=messages()),
+        "floor": floor,
+        "wrapper_async": lambda: loop.run_until_complete(
+            client.chat.complete_async(model=MODEL, messages=messages())
+        ),
+        "sdk_async": lambda: loop.run_until_complete(
+            raw.chat.complete_async(model=MODEL, messages=messages())
+        ),
+        "floor_async": lambda: loop.run_until_complete(floor_async()),
+    }
+    for fn in contenders.values():  # warm-up: imports, connections, first-call setup
+        fn()
+    rng = random.Random(0)
+    per_call: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(int(params["rounds"])):
+        order = list(contenders)
+        rng.shuffle(order)
+        for name in order:
+            started, cpu_started = perf(), time.process_time()
+            contenders[name]()
+            per_call[name].append((perf() - started) * 1e3)
+            cpu[name].append((time.process_time() - cpu_started) * 1e3)
+    loop.run_until_complete(ahttp.aclose())
+    loop.close()
+    http.close()
+    stats = client.stats
+    return {
+        "per_call_ms": per_call,
+        "cpu_ms": cpu,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
 
 
 # --------------------------------------------------------------------------- 6. async
@@ -595,64 +454,6 @@ def shared_admit(params: Params) -> Any:
     }
 
 
-def local_admit(params: Params) -> Any:
-    """One admission against the local budget file at a rate that batches nothing (every
-    request is a transaction: below 1,200 rpm), vs a bare read-modify-write of one SQLite row
-    on the same disk; and the same admission on a diskcache directory (the store before).
-
-    Each limiter's clock moves a second per reading, so every admission finds a refilled
-    budget and none waits: what is timed is the admission's own work.
-    """
-    import itertools
-    import sqlite3
-
-    import mistral_nbenv
-    from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.ratelimit import RateLimiter
-    from mistral_nbenv.store.budgetfile import budget_file
-    from mistral_nbenv.store.local import DiskStore
-
-    settings = mistral_nbenv.get_client().settings
-    rpm, tpm = float(params["rpm"]), float(settings.rate_limits.tokens_per_minute)
-    root = cache_dir(settings)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def limiter(store: Any) -> Any:
-        ticks = itertools.count(time.time(), 1.0)
-        return RateLimiter(
-            store,
-            requests_per_minute=rpm,
-            tokens_per_minute=tpm,
-            clock=lambda: next(ticks),
-            sleep=_never_sleeps,
-        )
-
-    file_limiter = limiter(budget_file(root / "ratelimit"))
-    disk_limiter = limiter(DiskStore(root / "ratelimit-diskcache"))
-    floor_db = sqlite3.connect(str(root / "floor.db"), isolation_level=None)
-    floor_db.execute("PRAGMA journal_mode = WAL")
-    floor_db.execute("PRAGMA synchronous = NORMAL")
-    floor_db.execute(
-        "CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID"
-    )
-
-    def write() -> None:  # the least an atomic read-modify-write of one row can do
-        floor_db.execute("BEGIN IMMEDIATE")
-        floor_db.execute("SELECT value FROM t WHERE key = 'bucket'").fetchone()
-        floor_db.execute("INSERT OR REPLACE INTO t VALUES ('bucket', ?)", (repr(time.time()),))
-        floor_db.execute("COMMIT")
-
-    samples = _interleave(
-        {
-            "admission": _admission(file_limiter),
-            "diskcache": _admission(disk_limiter),
-            "write": write,
-        },
-        params,
-    )
-    return {"samples_ms": samples, "batch": file_limiter._batch, "tpm": tpm}
-
-
 def _admission(limiter: Any) -> Callable[[], None]:
     """One call's admission: ``acquire`` with a token estimate, then ``reconcile`` with the
     usage the answer reported (the pipeline's two steps around every call)."""
@@ -664,19 +465,11 @@ def _admission(limiter: Any) -> Callable[[], None]:
     return admit
 
 
-def _never_sleeps(seconds: float) -> None:
-    raise RuntimeError(f"the benchmark's limiter was asked to wait {seconds:.3f} s")
-
-
 TASKS: dict[str, Callable[[Params], Any]] = {
     "shared_hit": shared_hit,
     "shared_admit": shared_admit,
-    "local_admit": local_admit,
     "cache_hit": cache_hit,
-    "miss_wrapper_serve": miss_wrapper_serve,
-    "miss_raw_serve": miss_raw_serve,
-    "miss_instructions": miss_instructions,
-    "miss_long_prompt": miss_long_prompt,
+    "miss_latency": miss_latency,
     "async_wrapper_serve": async_wrapper_serve,
     "async_raw_serve": async_raw_serve,
     "parse_hit": parse_hit,
