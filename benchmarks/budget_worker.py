@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from mistral_nbenv.ratelimit import RateLimiter
+from mistral_nbenv.policies.ratelimit import RateLimiter
 from mistral_nbenv.store.local import DiskStore
 
 

@@ -71,7 +71,7 @@ def _interleave(contenders: dict[str, Callable[[], Any]], params: Params) -> dic
 
 def _the_one_entry(client: Any) -> tuple[Any, str]:
     """The client's disk cache and the key of its only entry (the hit a floor reads)."""
-    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store.layout import cache_dir
     from mistral_nbenv.store.local import open_diskcache
 
     db = open_diskcache(cache_dir(client.settings))

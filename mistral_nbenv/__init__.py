@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (
+from mistral_nbenv.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -29,7 +29,7 @@ from .errors import (
     SecretBackendError,
     StreamExpiredError,
 )
-from .workspace import (
+from mistral_nbenv.workspace import (
     current_environment,
     detect_environment,
     environment,
@@ -78,13 +78,13 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext mistral_nbenv``: register ``%mistral_env`` and ``%%mistral``."""
-    from .magic import load_ipython_extension as _load
+    from mistral_nbenv.ui.magic import load_ipython_extension as _load
 
     _load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext mistral_nbenv``: close clients and remove the magics."""
-    from .magic import unload_ipython_extension as _unload
+    from mistral_nbenv.ui.magic import unload_ipython_extension as _unload
 
     _unload(ipython)

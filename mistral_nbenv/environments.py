@@ -13,9 +13,13 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ._names import canonical_or_none, normalize_name
-from .config import Settings
-from .errors import ConfigurationError, EnvironmentGuardError, ProductionConfirmationRequired
+from mistral_nbenv.config import Settings
+from mistral_nbenv.config.names import canonical_or_none, normalize_name
+from mistral_nbenv.errors import (
+    ConfigurationError,
+    EnvironmentGuardError,
+    ProductionConfirmationRequired,
+)
 
 __all__ = [
     "VERCEL_MAP",

@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import config, environments
-from ._forksafe import RLock
-from ._names import normalize_name
-from .errors import ConfigurationError
+from mistral_nbenv import config, environments
+from mistral_nbenv._forksafe import RLock
+from mistral_nbenv.config.names import normalize_name
+from mistral_nbenv.errors import ConfigurationError
 
 if TYPE_CHECKING:  # keys, the client and logging are imported on first use: import stays light
-    from .client import Client
-    from .config import FeatureFlags, Project, Settings
-    from .keys import ResolvedKey, SecretCache
-    from .shared import Shared
+    from mistral_nbenv.client import Client
+    from mistral_nbenv.config import FeatureFlags, Project, Settings
+    from mistral_nbenv.secrets.keys import ResolvedKey, SecretCache
+    from mistral_nbenv.store.shared import Shared
 
 __all__ = [
     "Workspace",
@@ -81,7 +81,7 @@ class Workspace:
     def secrets(self) -> SecretCache:
         """The secrets fetched from stores, kept for ``secrets.cache_seconds``."""
         if self._secrets is None:
-            from .keys import SecretCache
+            from mistral_nbenv.secrets.keys import SecretCache
 
             with self._lock:
                 if self._secrets is None:
@@ -237,7 +237,7 @@ class Workspace:
 
     def key_for(self, settings: Settings) -> ResolvedKey:
         """Resolve ``settings``' key and check no other environment has the same one."""
-        from . import keys
+        from mistral_nbenv.secrets import keys
 
         key = keys.resolve(settings, self.secrets)
         project = self.project()
@@ -279,8 +279,8 @@ class Workspace:
         if settings.shared.url is None:
             made = None
         else:
-            from . import keys
-            from .shared import Shared
+            from mistral_nbenv.secrets import keys
+            from mistral_nbenv.store.shared import Shared
 
             url = keys.shared_url(settings, self.secrets)
             made = Shared(settings, url) if url is not None else None
@@ -295,7 +295,7 @@ class Workspace:
 
         Debug logging follows the ``debug`` setting of the environment asked for.
         """
-        from ._logging import apply_debug
+        from mistral_nbenv.secrets.logfilter import apply_debug
 
         settings = self.settings(env)
         name = settings.environment
@@ -305,7 +305,7 @@ class Workspace:
             client = self._clients.get(name)
             if client is not None and client.settings is settings:
                 return client
-        from .client import Client
+        from mistral_nbenv.client import Client
 
         new = Client(settings, self.key_for(settings), shared=self.shared(settings))
         with self._lock:

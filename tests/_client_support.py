@@ -14,8 +14,8 @@ from mistral_nbenv.config import (
     Settings,
     SharedSettings,
 )
-from mistral_nbenv.keys import ResolvedKey
 from mistral_nbenv.secrets import SecretStr
+from mistral_nbenv.secrets.keys import ResolvedKey
 
 KEY = "Zq3XFakeWv2LrT8sYb4NcF6hJd1GaE7u"  # 32 characters, fake
 OTHER_KEY = "Hy5RtU2oPq8WsX3zLm9NbV4cKj7FgD1a"

@@ -10,14 +10,14 @@ from types import ModuleType
 
 import pytest
 
-from mistral_nbenv.backends import (
+from mistral_nbenv.errors import ConfigurationError, SecretBackendError
+from mistral_nbenv.secrets.backends import (
     KNOWN_SCHEMES,
     SecretReference,
     is_reference,
     load_backend,
     parse_reference,
 )
-from mistral_nbenv.errors import ConfigurationError, SecretBackendError
 from tests.secret_servers import GcpSecretServer, MotoServer, OpenBaoServer, closed_port
 
 KEY = "FakeTestKey0123456789abcdefGHIJK"  # a fake, committed on purpose
@@ -191,13 +191,14 @@ def test_missing_optional_dependency(
         backend.fetch(parse_reference(ref), Options(), no_env)
     assert hint in str(direct.value)
     assert isinstance(backend, ModuleType)
-    assert backend.__name__ == f"mistral_nbenv.backends.{module}"
+    assert backend.__name__ == f"mistral_nbenv.secrets.backends.{module}"
 
 
 def test_backends_import_no_third_party_library() -> None:
     code = (
-        "import sys, mistral_nbenv, mistral_nbenv.backends, mistral_nbenv.backends.vault, "
-        "mistral_nbenv.backends.aws, mistral_nbenv.backends.gcp, mistral_nbenv.scan\n"
+        "import sys, mistral_nbenv, mistral_nbenv.secrets.backends, "
+        "mistral_nbenv.secrets.backends.vault, mistral_nbenv.secrets.backends.aws, "
+        "mistral_nbenv.secrets.backends.gcp, mistral_nbenv.secrets.scan\n"
         "heavy = [m for m in ('hvac', 'boto3', 'botocore', 'google.cloud', 'requests') "
         "if m in sys.modules]\n"
         "assert not heavy, heavy"
@@ -424,7 +425,7 @@ def test_aws_permission_denied(
 
 
 def test_aws_store_down(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mistral_nbenv.backends import aws
+    from mistral_nbenv.secrets.backends import aws
 
     monkeypatch.setattr(aws, "MAX_ATTEMPTS", 1)  # no backoff wait in the test
     options = Options(aws_region="us-east-1", aws_endpoint_url=f"http://127.0.0.1:{closed_port()}")
@@ -514,7 +515,7 @@ def test_gcp_retries_unavailable_briefly(gcp_secret_server: GcpSecretServer) -> 
 def test_gcp_gives_up_on_persistent_unavailability(
     gcp_secret_server: GcpSecretServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mistral_nbenv.backends import gcp
+    from mistral_nbenv.secrets.backends import gcp
 
     monkeypatch.setattr(gcp, "RETRY_DEADLINE_SECONDS", 0.5)
     gcp_secret_server.fail_next(503, times=1000)

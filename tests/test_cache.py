@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mistral_nbenv.cache import (
+from mistral_nbenv.client.request import canonical
+from mistral_nbenv.policies.cache import (
     ResponseCache,
     _json_default,
     canonical_json,
     request_key,
 )
-from mistral_nbenv.client.request import canonical
 from mistral_nbenv.store import local as store_local
 from mistral_nbenv.store.local import DiskStore
 
@@ -211,8 +211,8 @@ def test_unusable_directory_warns_once(tmp_path: Path) -> None:
 
 def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Path) -> None:
     from mistral_nbenv import workspace
-    from mistral_nbenv.cache import cache_dir
-    from mistral_nbenv.stores import cache_stats, clear_cache
+    from mistral_nbenv.store.layout import cache_dir
+    from mistral_nbenv.ui.reports import cache_stats, clear_cache
 
     root = tmp_path / "shared-cache"
     project(f'[default.cache]\ndirectory = "{root}"\n')
@@ -234,7 +234,7 @@ def test_cache_stats_and_clear_touch_one_environment(project: Any, tmp_path: Pat
 
 def test_default_root_is_user_cache_dir(project: Any) -> None:
     from mistral_nbenv import workspace
-    from mistral_nbenv.cache import cache_root
+    from mistral_nbenv.store.layout import cache_root
 
     project("")
     assert "mistral-nbenv" in str(cache_root(workspace.get_settings("staging")))

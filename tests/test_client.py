@@ -181,7 +181,7 @@ def test_close_then_reopen_lazily(make: Any, server: MistralTestServer) -> None:
 
 def _budget_requests(client: Client) -> float:
     """The requests left in the client's shared budget (as another process reads it)."""
-    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store.layout import cache_dir
     from mistral_nbenv.store.local import DiskStore
 
     state = DiskStore(cache_dir(client.settings) / "ratelimit").update(
@@ -199,7 +199,7 @@ def _loop_http(client: Client) -> Any:
 def test_a_returned_call_has_written_everything_and_async_with_closes_the_connections(
     make: Any, server: MistralTestServer, tmp_path: Path
 ) -> None:
-    from mistral_nbenv.usage import ledger_for
+    from mistral_nbenv.store.layout import open_stores
 
     client = make(rate_limits={"requests_per_minute": 12_000})
 
@@ -210,7 +210,7 @@ def test_a_returned_call_has_written_everything_and_async_with_closes_the_connec
             http = _loop_http(client)
             assert http._transport._pool.connections  # a keep-alive connection to release
             # before any close: the answer, the budget and the usage are on disk
-            totals = ledger_for(client.settings, None).totals()
+            totals = open_stores(client.settings).ledger.totals()
             requests = sum(t.get("requests", 0.0) for t in totals.values())
             stored = len(_stored_values(tmp_path))
             budget = await asyncio.to_thread(_budget_requests, client)
@@ -827,7 +827,7 @@ def test_rate_limit_wait_is_counted(make: Any, server: MistralTestServer) -> Non
 def test_an_async_call_waits_for_another_processs_budget_without_stopping_other_tasks(
     make: Any, server: MistralTestServer
 ) -> None:
-    from mistral_nbenv.cache import cache_dir
+    from mistral_nbenv.store.layout import cache_dir
     from tests.test_ratelimit import _hold_budget, _release
 
     client = make(cache={"enabled": False}, rate_limits={"requests_per_minute": 600})
@@ -895,7 +895,7 @@ def test_get_client_follows_the_debug_setting_and_logs_no_key(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from mistral_nbenv import workspace
-    from mistral_nbenv._logging import HANDLER_NAME, apply_debug
+    from mistral_nbenv.secrets.logfilter import HANDLER_NAME, apply_debug
 
     def debug_on() -> bool:
         handlers = logging.getLogger("mistral_nbenv").handlers
@@ -931,8 +931,8 @@ def test_get_client_follows_the_debug_setting_and_logs_no_key(
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, mistral_nbenv, mistral_nbenv.client, mistral_nbenv.cache, "
-        "mistral_nbenv.retry, mistral_nbenv.ratelimit; "
+        "import sys, mistral_nbenv, mistral_nbenv.client, mistral_nbenv.policies.cache, "
+        "mistral_nbenv.policies.retry, mistral_nbenv.policies.ratelimit; "
         "print(sorted(m for m in ('mistralai', 'httpx2', 'diskcache', 'pydantic') "
         "if m in sys.modules))"
     )
@@ -947,7 +947,7 @@ def test_import_is_light() -> None:
 
 def test_fastsdk_internals() -> None:
     """Fails loudly when the SDK internals that _fastsdk patches change (tested: mistralai 3.7)."""
-    from mistral_nbenv import _fastsdk
+    from mistral_nbenv.client import sdkpatch as _fastsdk
 
     assert _fastsdk.check() == []
     assert _fastsdk.install() is True
@@ -955,7 +955,7 @@ def test_fastsdk_internals() -> None:
 
 
 def test_fastsdk_is_transparent(tmp_path: Path, server: MistralTestServer) -> None:
-    from mistral_nbenv import _fastsdk
+    from mistral_nbenv.client import sdkpatch as _fastsdk
 
     plain = Client(
         make_settings(tmp_path, server.url, cache={"enabled": False}), resolved(), fast_sdk=False
@@ -978,7 +978,7 @@ def test_fastsdk_is_transparent(tmp_path: Path, server: MistralTestServer) -> No
 @pytest.fixture
 def fastsdk_reset() -> Any:
     """Each test starts from the SDK unpatched and leaves it installed as the suite expects."""
-    from mistral_nbenv import _fastsdk
+    from mistral_nbenv.client import sdkpatch as _fastsdk
 
     _fastsdk.uninstall()
     yield _fastsdk
@@ -1005,7 +1005,7 @@ def test_fastsdk_falls_back_on_a_different_sdk(
 
     monkeypatch.setattr(ser, "unmarshal", unmarshal)
     original_create_model = ser.create_model
-    caplog.set_level(logging.DEBUG, logger="mistral_nbenv._fastsdk")
+    caplog.set_level(logging.DEBUG, logger="mistral_nbenv.client.sdkpatch")
     settings = make_settings(tmp_path, server.url, cache={"enabled": False})
     clients = [Client(settings, resolved()) for _ in range(2)]
     try:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from mistral_nbenv.commands import COMMANDS, build_parser, environment_of, names, split_words
+from mistral_nbenv.ui.commands import COMMANDS, build_parser, environment_of, names, split_words
 
 
 class _Refused(Exception):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mistral_nbenv import current_environment
-from mistral_nbenv.demo import _LOCAL_KEYS, run_demo
 from mistral_nbenv.testing import MistralTestServer
+from mistral_nbenv.ui.demo import _LOCAL_KEYS, run_demo
 from tests._browser_project import KEYS, assert_no_key, scrubbed_environ
 
 pytestmark = pytest.mark.slow

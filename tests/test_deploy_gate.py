@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from mistral_nbenv import APIConnectionError, ConfigurationError, get_client
+from mistral_nbenv.client.translate import scrub_secret
 from mistral_nbenv.secrets import forms, redact
 from mistral_nbenv.testing import MistralTestServer
-from mistral_nbenv.translate import scrub_secret
 from tests._browser_project import KEYS, reset_core
 from tests._cli import run_cli
 
@@ -177,7 +177,7 @@ def test_the_scrub_masks_every_form_of_a_key() -> None:
 def test_only_what_this_machine_cannot_send_counts_as_local() -> None:
     import httpx2
 
-    from mistral_nbenv.retry import is_local, is_retryable
+    from mistral_nbenv.policies.retry import is_local, is_retryable
 
     header = UnicodeEncodeError("ascii", "Bearer x\u200b", 8, 9, "ordinal not in range")
     body = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")

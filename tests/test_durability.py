@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from mistral_nbenv import surface
-from mistral_nbenv.client import Client
+from mistral_nbenv.client import Client, surface
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import scrubbed_environ, write_project
 from tests._client_support import KEY, make_settings, resolved

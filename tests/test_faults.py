@@ -24,8 +24,8 @@ from mistral_nbenv import (
     use_environment,
     workspace,
 )
-from mistral_nbenv.cache import cache_dir
 from mistral_nbenv.store import CacheUnavailableWarning
+from mistral_nbenv.store.layout import cache_dir
 from mistral_nbenv.store.local import close_all
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import KEYS, reset_core, use_project
@@ -207,7 +207,7 @@ def kernel(lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch) -> Iter
         InteractiveShell.clear_instance()
         shell = ReRaisingShell()
         outputs = Outputs(shell)
-        monkeypatch.setattr("mistral_nbenv.magic.display", outputs.record)
+        monkeypatch.setattr("mistral_nbenv.ui.magic.display", outputs.record)
         shell.run_cell("%load_ext mistral_nbenv")
         shells.append(shell)
         return shell, outputs

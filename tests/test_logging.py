@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mistral_nbenv._logging import HANDLER_NAME, apply_debug
+from mistral_nbenv.secrets.logfilter import HANDLER_NAME, apply_debug
 from mistral_nbenv.workspace import get_api_key
 from tests.conftest import fake_key
 
@@ -61,8 +61,9 @@ def test_without_debug_nothing_is_written(capsys: pytest.CaptureFixture[str]) ->
 )
 def test_one_mask_in_logs_errors_and_the_scanner(secret: str, shown: str) -> None:
     """The same secret is shown the same way by the log filter, API errors and the scanner."""
-    from mistral_nbenv import scan, translate
-    from mistral_nbenv._logging import RedactSecrets
+    from mistral_nbenv.client import translate
+    from mistral_nbenv.secrets import scan
+    from mistral_nbenv.secrets.logfilter import RedactSecrets
 
     record = logging.LogRecord("mistral_nbenv", logging.INFO, __file__, 1, "k=%s", (secret,), None)
     RedactSecrets(lambda: [secret]).filter(record)

@@ -73,7 +73,7 @@ def out(
 ) -> Iterator[Outputs]:
     """Records every displayed object; after the test, asserts no key in any output."""
     outputs = Outputs(ip)
-    monkeypatch.setattr("mistral_nbenv.magic.display", outputs.record)
+    monkeypatch.setattr("mistral_nbenv.ui.magic.display", outputs.record)
     yield outputs
     captured = capsys.readouterr()
     assert_no_key(outputs.all(), captured.out, captured.err, [repr(o) for o in outputs.objects])
@@ -162,7 +162,7 @@ def test_no_arguments_in_a_terminal_shows_text_status(ip: ReRaisingShell, out: O
 def test_no_arguments_in_a_kernel_shows_the_switcher(
     ip: ReRaisingShell, out: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mistral_nbenv.magic._widgets_can_render", lambda shell: True)
+    monkeypatch.setattr("mistral_nbenv.ui.magic._widgets_can_render", lambda shell: True)
     ip.run_cell("%mistral_env")
     [switcher] = out.objects
     assert type(switcher).__name__ == "EnvironmentSwitcher"

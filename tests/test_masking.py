@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mistral_nbenv import APIError, MistralEnvError, get_client, get_settings
-from mistral_nbenv._logging import apply_debug
 from mistral_nbenv.errors import SecretNotCachedWarning
 from mistral_nbenv.secrets import SecretStr, known, redact, shows_secret
+from mistral_nbenv.secrets.logfilter import apply_debug
 from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import KEYS, reset_core
 from tests._cli import run_cli
@@ -194,7 +194,7 @@ def test_ipython_shows_no_key_in_a_chained_error(lproject: MistralTestServer) ->
 
 
 def test_the_widget_never_shows_it(lproject: MistralTestServer) -> None:
-    from mistral_nbenv.widget import EnvironmentSwitcher
+    from mistral_nbenv.ui.widget import EnvironmentSwitcher
     from tests.test_widget import _state
 
     settings = Path(os.environ["MISTRAL_NBENV_SETTINGS"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mistral_nbenv.concurrency import ConcurrencyLimiter
-from mistral_nbenv.ratelimit import RateLimiter, add_wait_listener
+from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
+from mistral_nbenv.policies.ratelimit import RateLimiter, add_wait_listener
 from mistral_nbenv.store import CacheUnavailableWarning
 from mistral_nbenv.store import local as local_store
 from mistral_nbenv.store.local import DiskStore

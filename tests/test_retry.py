@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
+from mistral_nbenv.client.translate import translate_error
 from mistral_nbenv.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
     RateLimitError,
 )
-from mistral_nbenv.retry import RetryPolicy, is_retryable, parse_retry_after
-from mistral_nbenv.translate import translate_error
+from mistral_nbenv.policies.retry import RetryPolicy, is_retryable, parse_retry_after
 
 
 class MistralError(Exception):
@@ -189,7 +189,7 @@ def test_cap_message_states_the_exact_wait(header: str, shown: str) -> None:
 
 def test_every_translation_rule_is_reachable() -> None:
     """Each row of the table maps one kind of failure; the first matching row wins."""
-    from mistral_nbenv.translate import TRANSLATIONS
+    from mistral_nbenv.client.translate import TRANSLATIONS
 
     names = [name for name, _test, _build in TRANSLATIONS]
     assert names[0] == "malformed 200 body"  # before the status rows: it has status 200

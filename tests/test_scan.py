@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mistral_nbenv import scan as scan_module
-from mistral_nbenv.scan import Finding, is_scanned_name, mask, run_scan, scan, scan_paths
+from mistral_nbenv.secrets import scan as scan_module
+from mistral_nbenv.secrets.scan import Finding, is_scanned_name, mask, run_scan, scan, scan_paths
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scan"
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,8 @@ from typing import Any
 import pydantic
 import pytest
 
-from mistral_nbenv import errors, get_client, surface
+from mistral_nbenv import errors, get_client
+from mistral_nbenv.client import surface
 from mistral_nbenv.client.policy import policy_for
 from mistral_nbenv.testing import Fault, MistralTestServer
 from tests._browser_project import KEYS, loopback_project

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 import mistral_nbenv
-from mistral_nbenv import shared as shared_module
 from mistral_nbenv.errors import ConfigurationError, SharedStoreUnavailableError
-from mistral_nbenv.shared import SharedStoreWarning
+from mistral_nbenv.store import shared as shared_module
+from mistral_nbenv.store.shared import SharedStoreWarning
 from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.testing.redis import RedisTestServer
 from mistral_nbenv.workspace import close_clients
@@ -401,13 +401,13 @@ def test_usage_is_counted_on_local_disk_without_a_shared_store(
     client = mistral_nbenv.get_client("development")
     for _ in range(2):
         client.chat.complete(messages=MESSAGES, cache=True)
-    from mistral_nbenv.stores import collect_usage
+    from mistral_nbenv.ui.reports import collect_usage
 
     report = collect_usage()
     (row,) = report.rows
     assert (row.environment, row.requests, row.hits, row.cost) == ("development", 1, 1, None)
     assert report.ledgers["development"] == str(tmp_path / "p" / "cache" / "development" / "usage")
-    from mistral_nbenv.usage_view import usage_chart_svg
+    from mistral_nbenv.ui.display import usage_chart_svg
 
     svg = usage_chart_svg(report)
     assert 'data-environment="development"' in svg
@@ -415,12 +415,12 @@ def test_usage_is_counted_on_local_disk_without_a_shared_store(
 
 
 def test_usage_counted_on_each_side_of_midnight_utc_lands_in_two_days() -> None:
+    from mistral_nbenv.policies.usage import UsageRecorder
     from mistral_nbenv.store.local import MemoryStore
-    from mistral_nbenv.usage import UsageRecorder
 
     ledger = MemoryStore()
     now = [1_764_892_799.5]  # 2025-12-04 23:59:59.5 UTC
-    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: now[0])
+    recorder = UsageRecorder(ledger, "staging", clock=lambda: now[0])
     recorder.record("m", requests=1)
     now[0] += 1.0  # 2025-12-05 00:00:00.5 UTC
     recorder.record("m", requests=2)
@@ -435,19 +435,20 @@ def test_usage_counted_on_each_side_of_midnight_utc_lands_in_two_days() -> None:
 def test_usage_is_in_the_ledger_before_record_returns_and_a_failing_ledger_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from mistral_nbenv.policies.usage import UsageRecorder
     from mistral_nbenv.store.local import MemoryStore
-    from mistral_nbenv.usage import UsageRecorder
 
     ledger = MemoryStore()
-    recorder = UsageRecorder(lambda: ledger, "staging", clock=lambda: 1_764_892_000.0)
+    recorder = UsageRecorder(ledger, "staging", clock=lambda: 1_764_892_000.0)
     recorder.record("m", requests=1, prompt_tokens=10, completion_tokens=5)
     assert ledger.totals() == {
         "2025-12-04|staging|m": {"requests": 1.0, "prompt_tokens": 10.0, "completion_tokens": 5.0}
     }
 
-    def broken() -> MemoryStore:
-        raise OSError("disk full")
+    class Full(MemoryStore):
+        def add(self, bucket: str, amounts: Any) -> None:
+            raise OSError("disk full")
 
     with caplog.at_level("WARNING"):
-        UsageRecorder(broken, "staging").record("m", requests=1)  # never raises
+        UsageRecorder(Full(), "staging").record("m", requests=1)  # never raises
     assert "staging: usage counts could not be written (OSError)" in caplog.text

@@ -15,7 +15,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from mistral_nbenv import ConcurrencyLimitError, StreamExpiredError, get_client
-from mistral_nbenv.concurrency import ConcurrencyLimiter
+from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import reset_core
 from tests.test_magic import ReRaisingShell

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mistral_nbenv._forksafe import Lock, PerProcess, RLock
-from mistral_nbenv.ratelimit import RateLimiter
+from mistral_nbenv.policies.ratelimit import RateLimiter
 from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
 

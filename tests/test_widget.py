@@ -12,7 +12,7 @@ import pytest
 
 from mistral_nbenv import current_environment, get_client, use_environment, workspace
 from mistral_nbenv.testing import MistralTestServer
-from mistral_nbenv.widget import EnvironmentSwitcher
+from mistral_nbenv.ui.widget import EnvironmentSwitcher
 from tests._browser_project import (
     KEYS,
     assert_no_key,
@@ -87,7 +87,7 @@ def test_protected_environment_waits_for_confirm(switcher: EnvironmentSwitcher) 
 def test_a_switch_reads_the_status_once(
     switcher: EnvironmentSwitcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mistral_nbenv import widget as widget_module
+    from mistral_nbenv.ui import widget as widget_module
 
     calls: list[str | None] = []
     real = widget_module.collect_status

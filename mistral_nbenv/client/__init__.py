@@ -23,21 +23,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .pipeline import CacheOption, ClientStats, Pipeline
-from .streams import AsyncStream, Stream
-from .transport import Transport, response_json
+from mistral_nbenv.client.pipeline import CacheOption, ClientStats, Pipeline
+from mistral_nbenv.client.streams import AsyncStream, Stream
+from mistral_nbenv.client.transport import Transport, response_json
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keys import ResolvedKey
-    from ..shared import Shared
+    from mistral_nbenv.config import Settings
+    from mistral_nbenv.secrets.keys import ResolvedKey
+    from mistral_nbenv.store.shared import Shared
 
 __all__ = ["AsyncStream", "CacheOption", "Client", "ClientStats", "Stream", "response_json"]
 
 
 def _namespace_names() -> frozenset[str]:
     """The SDK's top-level namespaces (chat, files, beta ...)."""
-    from .. import surface
+    from mistral_nbenv.client import surface
 
     return frozenset(surface.space(()).children)
 
@@ -65,7 +65,7 @@ class Client:
         fast_sdk: bool | None = None,
         shared: Shared | None = None,
     ) -> None:
-        from .namespaces import build_namespaces
+        from mistral_nbenv.client.namespaces import build_namespaces
 
         self.settings = settings
         self.environment = settings.environment

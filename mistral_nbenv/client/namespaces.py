@@ -1,6 +1,6 @@
 """``client.chat``, ``client.beta.conversations`` ...: the installed SDK's namespaces, mirrored.
 
-Nothing here lists operations: a :class:`Namespace` asks :mod:`mistral_nbenv.surface` what
+Nothing here lists operations: a :class:`Namespace` asks :mod:`mistral_nbenv.client.surface` what
 its SDK namespace offers the first time an attribute is looked up, and binds it:
 
 * an operation that sends a request (``chat.complete``, ``files.upload``) runs the pipeline
@@ -23,11 +23,11 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .. import surface
-from .request import Endpoint, endpoint_for
+from mistral_nbenv.client import surface
+from mistral_nbenv.client.request import Endpoint, endpoint_for
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from mistral_nbenv.client.pipeline import Pipeline
 
 __all__ = ["Namespace", "build_namespaces"]
 

@@ -4,8 +4,9 @@
   request's cache key, a cache lookup (a hit is rebuilt with ``model_validate_json`` and
   touches nothing else), offline mode, the token estimate;
 * **execute**: a concurrency slot, then [rate-limit budget -> SDK call] retried by the
-  :class:`~mistral_nbenv.retry.RetryPolicy`; a stream is retried only until its first event.
-  This is the only step with a sync and an async form, and they differ only in ``await``;
+  :class:`~mistral_nbenv.policies.retry.RetryPolicy`; a stream is retried only until its
+  first event. This is the only step with a sync and an async form, and they differ only in
+  ``await``;
 * **finish** (shared): usage accounting (and the tpm estimate reconciled), the cache write,
   or the error translated into the package's tree, ``from`` the SDK's.
 """
@@ -20,28 +21,27 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from .._fastsdk import SCOPE as FAST_SCOPE
-from ..cache import ResponseCache, cache_dir
-from ..concurrency import ConcurrencyLimiter
-from ..errors import APIError, CacheMissError, SecretNotCachedWarning
-from ..ratelimit import RateLimiter
-from ..retry import RetryPolicy
-from ..secrets import known, shows_secret
-from ..store.local import DiskStore
-from ..translate import quotes_secret, translate_error
-from ..usage import UsageRecorder, ledger_for
-from . import deadline
-from .policy import retry_mode
-from .request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
-from .stats import ClientStats
-from .transport import RESPONSES, Transport, response_json
+from mistral_nbenv.client import deadline
+from mistral_nbenv.client.policy import retry_mode
+from mistral_nbenv.client.request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
+from mistral_nbenv.client.sdkpatch import SCOPE as FAST_SCOPE
+from mistral_nbenv.client.stats import ClientStats
+from mistral_nbenv.client.translate import quotes_secret, translate_error
+from mistral_nbenv.client.transport import RESPONSES, Transport, response_json
+from mistral_nbenv.errors import APIError, CacheMissError, SecretNotCachedWarning
+from mistral_nbenv.policies.cache import ResponseCache, namespace_of
+from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
+from mistral_nbenv.policies.ratelimit import RateLimiter
+from mistral_nbenv.policies.retry import RetryPolicy
+from mistral_nbenv.policies.usage import UsageRecorder
+from mistral_nbenv.secrets import known, shows_secret
+from mistral_nbenv.store.layout import open_stores
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keys import ResolvedKey
-    from ..shared import Shared
-    from ..store import Ledger
-    from .streams import AsyncStream, Stream
+    from mistral_nbenv.client.streams import AsyncStream, Stream
+    from mistral_nbenv.config import Settings
+    from mistral_nbenv.secrets.keys import ResolvedKey
+    from mistral_nbenv.store.shared import Shared
 
 __all__ = ["CacheOption", "ClientStats", "Pipeline"]
 
@@ -73,19 +73,20 @@ class Pipeline:
         # (read, write) of a call without cache=: offline reads only, else the settings'
         enabled = self.cache_enabled
         self._default_modes = (True, False) if self.offline else (enabled, enabled)
-        self.cache = ResponseCache.for_settings(settings, shared)
-        budget = None
-        if shared is not None and shared.share_budget:
-            budget = shared.budget(key.value.get_secret_value())
+        stores = open_stores(settings, shared, key.value.get_secret_value())
+        self.cache = ResponseCache(
+            stores.cache,
+            namespace=namespace_of(settings),
+            ttl_seconds=settings.cache.ttl_seconds,
+        )
         self.limiter = RateLimiter(
-            DiskStore(cache_dir(settings) / "ratelimit"),
+            stores.budget,
             requests_per_minute=settings.rate_limits.requests_per_minute,
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
-            shared=budget,
+            shared=stores.shared_budget,
         )
-        self._ledger: Ledger | None = None
-        self.usage = UsageRecorder(self.ledger, settings.environment)
+        self.usage = UsageRecorder(stores.ledger, settings.environment)
         self.concurrency = ConcurrencyLimiter(
             settings.features.max_concurrent_requests, environment=settings.environment
         )
@@ -95,12 +96,6 @@ class Pipeline:
             retry_max_wait=float(settings.retry_max_wait),
             on_retry=self._on_retry,
         )
-
-    def ledger(self) -> Ledger:
-        """Where usage goes: the shared store's ledger, else ``<cache>/<env>/usage``."""
-        if self._ledger is None:
-            self._ledger = ledger_for(self.settings, self.shared)
-        return self._ledger
 
     # -- prepare -------------------------------------------------------------------------
 
@@ -225,7 +220,7 @@ class Pipeline:
 
     def stream(self, ep: Endpoint, kwargs: dict[str, Any]) -> Stream:
         """A streaming call (sync); the stream holds the concurrency slot until it ends."""
-        from .streams import Stream
+        from mistral_nbenv.client.streams import Stream
 
         call = self.prepare(ep, kwargs)
         if call.cached:
@@ -260,7 +255,7 @@ class Pipeline:
 
     async def stream_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> AsyncStream:
         """A streaming call (async): the same steps, awaited."""
-        from .streams import AsyncStream
+        from mistral_nbenv.client.streams import AsyncStream
 
         call = await asyncio.to_thread(self.prepare, ep, kwargs)
         if call.cached:

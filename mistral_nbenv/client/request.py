@@ -1,7 +1,7 @@
 """What a request is: its endpoint, canonical parameters, the token estimate, usage.
 
 Every operation of the installed SDK is an :class:`Endpoint` (:func:`endpoint_for`, from
-:mod:`mistral_nbenv.surface`'s discovery and :mod:`.policy`'s table). :data:`ENDPOINTS` is
+:mod:`mistral_nbenv.client.surface`'s discovery and :mod:`.policy`'s table). :data:`ENDPOINTS` is
 not a list of what the wrapper serves: it holds only what discovery cannot know, the
 setting that gives an operation's default model and the SDK model its cached body is
 rebuilt into by name (the fast path of the hot endpoints).
@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._forksafe import Lock
-from .policy import CACHED_READ, INFERENCE, Policy, RetryMode, policy_for
-from .transport import SDK
+from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.client.policy import CACHED_READ, INFERENCE, Policy, RetryMode, policy_for
+from mistral_nbenv.client.transport import SDK
 
 if TYPE_CHECKING:
-    from ..surface import Operation
+    from mistral_nbenv.client.surface import Operation
 
 __all__ = [
     "ENDPOINTS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .._forksafe import Lock
+from mistral_nbenv._forksafe import Lock
 
 __all__ = ["ClientStats"]
 

@@ -15,11 +15,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Protocol
 
-from .. import _fastsdk
-from .._forksafe import Lock
-from ..errors import StreamExpiredError
-from . import deadline
-from .request import Prepared
+from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.client import deadline
+from mistral_nbenv.client import sdkpatch as _fastsdk
+from mistral_nbenv.client.request import Prepared
+from mistral_nbenv.errors import StreamExpiredError
 
 __all__ = ["AsyncStream", "Stream", "StreamOwner"]
 
@@ -41,7 +41,7 @@ class StreamOwner(Protocol):
 class _StreamBase:
     """What both stream kinds share: pending events, recording, the slot, the end of the call.
 
-    A live stream is a :class:`~mistral_nbenv.concurrency.Holder` of its slot: idle (not
+    A live stream is a :class:`~mistral_nbenv.policies.concurrency.Holder` of its slot: idle (not
     inside a read) for longer than its ``timeout``, it may be expired by a call waiting for
     a slot; ``release_slot()`` (the notebook does it for a stream left in ``Out[n]``) gives
     the slot back and keeps the stream readable.

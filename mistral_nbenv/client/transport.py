@@ -23,13 +23,13 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _fastsdk
-from .._forksafe import Lock, RLock
-from . import deadline
+from mistral_nbenv._forksafe import Lock, RLock
+from mistral_nbenv.client import deadline
+from mistral_nbenv.client import sdkpatch as _fastsdk
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..keys import ResolvedKey
+    from mistral_nbenv.config import Settings
+    from mistral_nbenv.secrets.keys import ResolvedKey
 
 __all__ = ["RESPONSES", "SDK", "Transport", "response_json"]
 

@@ -26,10 +26,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .._names import CANONICAL, canonical_or_none, normalize_name
-from ..errors import ConfigurationError
-from ..secrets import SecretStr, describe, url_without_password
-from .schema import (
+from mistral_nbenv.config.names import CANONICAL, canonical_or_none, normalize_name
+from mistral_nbenv.config.schema import (
     BOOL,
     OPTIONAL,
     SCHEMA,
@@ -45,6 +43,8 @@ from .schema import (
     packaged_defaults,
     reference,
 )
+from mistral_nbenv.errors import ConfigurationError
+from mistral_nbenv.secrets import SecretStr, describe, url_without_password
 
 __all__ = [
     "SCHEMA",
@@ -66,7 +66,7 @@ SETTINGS_VARIABLE = "MISTRAL_NBENV_SETTINGS"
 ENV_PREFIX = "MISTRAL_NBENV_"
 SETTINGS_FILENAME = "settings.toml"
 SECRETS_FILENAME = ".secrets.toml"
-DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "defaults.toml"
+DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.toml"
 ENV_VARS_LABEL = "environment variable"
 
 
@@ -361,7 +361,7 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
     for name, is_ref in (("api_key", "is_reference"), ("shared.url", "is_known_reference")):
         ref = values.get(name)
         if isinstance(ref, str):
-            from .. import backends
+            from mistral_nbenv.secrets import backends
 
             try:
                 if getattr(backends, is_ref)(ref.strip()):
@@ -407,7 +407,7 @@ def url_problem(url: str) -> str | None:
 
 def shared_url_problem(url: str) -> str | None:
     """Why ``url`` cannot name a Redis server (None when it can, or is a secret reference)."""
-    from ..backends import is_known_reference
+    from mistral_nbenv.secrets.backends import is_known_reference
 
     if is_known_reference(url):
         return None

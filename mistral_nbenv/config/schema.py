@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..secrets import SecretStr
+from mistral_nbenv.secrets import SecretStr
 
 __all__ = [
     "BOOL",
@@ -76,7 +76,7 @@ def _secret(value: Any) -> SecretStr | None:
     """A secret setting's value; a secret *reference* (``vault:...``) is not itself secret."""
     if not isinstance(value, str) or not value:
         return None
-    from ..backends import is_reference
+    from mistral_nbenv.secrets.backends import is_reference
 
     return SecretStr(value, known=not is_reference(value.strip()))
 
@@ -85,8 +85,8 @@ def _shared_url(value: Any) -> SecretStr | None:
     """``shared.url``: its password is masked everywhere; a reference is not secret."""
     if not isinstance(value, str) or not value.strip():
         return None
-    from ..backends import is_known_reference
-    from ..secrets import secret_url
+    from mistral_nbenv.secrets import secret_url
+    from mistral_nbenv.secrets.backends import is_known_reference
 
     value = value.strip()
     return SecretStr(value, known=False) if is_known_reference(value) else secret_url(value)
@@ -293,7 +293,7 @@ class Settings:
             if value is None:
                 shown = "(not set)"
             elif key == "shared.url" and isinstance(value, SecretStr):
-                from ..secrets import url_without_password
+                from mistral_nbenv.secrets import url_without_password
 
                 shown = url_without_password(value.get_secret_value())
             elif isinstance(value, SecretStr):

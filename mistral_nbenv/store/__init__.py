@@ -1,7 +1,7 @@
 """The store seam: the small protocols the cache, the rate limiter and the usage ledger use.
 
-The response cache (:mod:`mistral_nbenv.cache`), the rate limiter
-(:mod:`mistral_nbenv.ratelimit`) and the usage ledger see only these protocols; where the
+The response cache (:mod:`mistral_nbenv.policies.cache`), the rate limiter
+(:mod:`mistral_nbenv.policies.ratelimit`) and the usage ledger see only these protocols; where the
 bytes live is a store's business. :mod:`mistral_nbenv.store.local` is the embedded default
 (diskcache on local disk: 0700 directories, 0600 files, JSON text only, cross-process safe
 through SQLite transactions) plus an in-memory twin. A shared store for many hosts (Redis)
@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-from .._forksafe import Lock
+from mistral_nbenv._forksafe import Lock
 
 __all__ = ["Budget", "Busy", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
 

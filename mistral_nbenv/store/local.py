@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._forksafe import Lock, RLock
-from .private import make_private_dir, private_umask, tighten
+from mistral_nbenv._forksafe import Lock, RLock
+from mistral_nbenv.store.private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
     import diskcache

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._forksafe import RLock
+from mistral_nbenv._forksafe import RLock
 
 __all__ = ["make_private_dir", "private_umask", "tighten"]
 

@@ -14,7 +14,7 @@ per event loop from ``redis.asyncio``), and three views of it:
 Commands are never retried by redis-py (``retries=0``): a script whose reply was lost is
 not sent twice, so nothing is counted twice after a reconnect. Connect and read wait at most
 ``timeout`` seconds. Every failure raises (redis-py's errors); the caller decides what an
-unavailable store means (:mod:`mistral_nbenv.shared`). The URL is never part of a message
+unavailable store means (:mod:`mistral_nbenv.store.shared`). The URL is never part of a message
 here: :attr:`Connection.location` is it without its password.
 """
 
@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._forksafe import Lock
+from mistral_nbenv._forksafe import Lock
 
 __all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
 

@@ -1,6 +1,6 @@
 """Schema-valid answers for the long tail of the SDK's operations, made from its own models.
 
-The installed SDK's operations (:func:`mistral_nbenv.surface.walk`) give each route's HTTP
+The installed SDK's operations (:func:`mistral_nbenv.client.surface.walk`) give each route's HTTP
 method, path template and response model; ``polyfactory`` builds an instance of that model
 (seeded by the path, so the same request gets the same body) and it is sent as JSON. A
 stream gets three generated events. An operation that returns nothing gets ``204``.
@@ -17,7 +17,7 @@ import threading
 import zlib
 from typing import Any
 
-from .reply import Reply
+from mistral_nbenv.testing.reply import Reply
 
 __all__ = ["body_for", "find"]
 
@@ -36,7 +36,7 @@ def _routes() -> list[tuple[str, re.Pattern[str], Any]]:
     global _table
     with _lock:
         if _table is None:
-            from .. import surface
+            from mistral_nbenv.client import surface
 
             found: dict[tuple[str, str, bool], Any] = {}
             for op in surface.walk():

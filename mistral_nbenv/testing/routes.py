@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .reply import Reply
+from mistral_nbenv.testing.reply import Reply
 
 # A route reads a recorded request (server.RecordedRequest) and answers with a Reply; the
 # server is given as Any so that this module never imports it (it imports this one).

@@ -23,11 +23,10 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from mistral_nbenv.secrets import mask
-
-from . import generated
-from .chatscript import scripted_message
-from .reply import Reply as _Reply
-from .routes import Routes
+from mistral_nbenv.testing import generated
+from mistral_nbenv.testing.chatscript import scripted_message
+from mistral_nbenv.testing.reply import Reply as _Reply
+from mistral_nbenv.testing.routes import Routes
 
 __all__ = [
     "DEFAULT_MODELS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import ConfigurationError
+from mistral_nbenv.errors import ConfigurationError
 
 CANONICAL: tuple[str, ...] = ("development", "staging", "production")
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import environments
-from .errors import MistralEnvError
-from .workspace import get_settings, list_environments, workspace
+from mistral_nbenv import environments
+from mistral_nbenv.errors import MistralEnvError
+from mistral_nbenv.workspace import get_settings, list_environments, workspace
 
 __all__ = ["UsageReport", "UsageRow", "cache_stats", "clear_cache", "collect_usage"]
 
@@ -22,7 +22,7 @@ __all__ = ["UsageReport", "UsageRow", "cache_stats", "clear_cache", "collect_usa
 def cache_stats(env: str | None = None) -> dict[str, Any]:
     """Entries, bytes, where (directory or shared URL), enabled flag and TTL of one
     environment's cache."""
-    from .cache import stats_for
+    from mistral_nbenv.policies.cache import stats_for
 
     settings = get_settings(env)
     return stats_for(settings, workspace().shared(settings))
@@ -34,7 +34,7 @@ def clear_cache(env: str | None = None, *, confirm: bool = False) -> int:
     A protected environment's cache is cleared only with ``confirm=True``. A shared cache is
     cleared for every host using it.
     """
-    from .cache import clear_for
+    from mistral_nbenv.policies.cache import clear_for
 
     settings = get_settings(env)
     environments.check_destructive(settings, "clearing its response cache", confirm=confirm)
@@ -96,8 +96,8 @@ class UsageReport:
 
 def collect_usage(env: str | None = None, *, all_environments: bool = True) -> UsageReport:
     """The usage of ``env`` (or of every environment)."""
-    from .cache import cache_dir
-    from .usage import bucket_parts, cost_of, ledger_for
+    from mistral_nbenv.policies.usage import bucket_parts, cost_of
+    from mistral_nbenv.store.layout import cache_dir, open_stores
 
     names: Iterable[str] = (
         list_environments() if all_environments and env is None else [get_settings(env).environment]
@@ -111,7 +111,7 @@ def collect_usage(env: str | None = None, *, all_environments: bool = True) -> U
             shared = workspace().shared(settings)
             if shared is None and not (cache_dir(settings) / "usage").is_dir():
                 continue  # nothing recorded here yet: do not create the directory
-            ledger = ledger_for(settings, shared)
+            ledger = open_stores(settings, shared).ledger
             totals = ledger.totals()
         except MistralEnvError as exc:
             problems.append(f"{name}: {exc}")

@@ -2,20 +2,19 @@
 
 ``collect_status`` / ``collect_check`` / ``collect_findings`` ask the workspace and return
 small frozen records that never hold a key, only its masked form; :mod:`display` renders
-them. ``ask`` is the one timed chat call behind ``%%mistral`` and the demo.
+them.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import project_findings
-from .errors import MistralEnvError
-from .stores import cache_stats
-from .workspace import (
+from mistral_nbenv.errors import MistralEnvError
+from mistral_nbenv.ui.checks import project_findings
+from mistral_nbenv.ui.reports import cache_stats
+from mistral_nbenv.workspace import (
     current_environment,
     environment_name,
     get_api_key,
@@ -25,10 +24,8 @@ from .workspace import (
 )
 
 __all__ = [
-    "ChatAnswer",
     "CheckResult",
     "EnvironmentStatus",
-    "ask",
     "collect_check",
     "collect_findings",
     "collect_status",
@@ -80,68 +77,6 @@ class CheckResult:
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (its type name if the message is empty)."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-class ChatAnswer:
-    """A chat answer plus where it came from (what ``%%mistral`` returns, so ``_`` holds it).
-
-    ``.response`` is the SDK's ``ChatCompletionResponse``; any other attribute (``.choices``,
-    ``.usage``, ``.model``, ...) is read from it.  ``.content`` is the answer text,
-    ``.environment``/``.cached``/``.elapsed_ms`` describe the call.
-    """
-
-    def __init__(
-        self, response: Any, *, environment: str, model: str, cached: bool, elapsed_ms: float
-    ) -> None:
-        self.response = response
-        self.environment = environment
-        self.requested_model = model
-        self.cached = cached
-        self.elapsed_ms = elapsed_ms
-
-    @property
-    def content(self) -> str:
-        """The text of the first choice."""
-        try:
-            content = self.response.choices[0].message.content
-        except (AttributeError, IndexError, TypeError):
-            return ""
-        if isinstance(content, str):
-            return content
-        # structured content: join the text chunks
-        return "".join(getattr(c, "text", "") or "" for c in content or [])
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "response":
-            raise AttributeError(name)
-        return getattr(self.response, name)
-
-    def _repr_markdown_(self) -> str:
-        return self.content
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(self.content)
-
-    def __repr__(self) -> str:
-        return (
-            f"ChatAnswer(environment={self.environment!r}, model={self.requested_model!r}, "
-            f"cached={self.cached}, content={self.content[:60]!r})"
-        )
-
-
-def ask(client: Any, **kwargs: Any) -> ChatAnswer:
-    """``client.chat.complete(**kwargs)``, timed, noting whether the cache answered it."""
-    hits_before = client.stats.hits
-    started = time.perf_counter()
-    response = client.chat.complete(**kwargs)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    return ChatAnswer(
-        response,
-        environment=client.environment,
-        model=getattr(response, "model", None) or kwargs.get("model") or "",
-        cached=client.stats.hits > hits_before,
-        elapsed_ms=elapsed_ms,
-    )
 
 
 def collect_status(env: str | None = None, *, with_cache: bool = False) -> EnvironmentStatus:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._forksafe import RLock
+from mistral_nbenv._forksafe import RLock
 
 __all__ = ["Operation", "Space", "operations", "space", "walk"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from .secrets import key_token, looks_like_key, mask
+from mistral_nbenv.secrets import key_token, looks_like_key, mask
 
 __all__ = [
     "MAX_FILE_BYTES",

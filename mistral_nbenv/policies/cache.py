@@ -1,10 +1,8 @@
 """The response cache: request keys, JSON bodies, per-environment namespaces, degradation.
 
-Layout on the embedded store: ``<cache_root>/<environment>/`` holds the responses (a
-:class:`~mistral_nbenv.store.local.DiskStore`: diskcache's SQLite database, values as JSON
-text so nothing is ever pickled, directories 0700 and files 0600);
-``<cache_root>/<environment>/ratelimit/`` holds the shared rate-limit state (see
-:mod:`mistral_nbenv.ratelimit`). Keys are SHA-256 digests of the canonical request
+Where the entries live is :mod:`mistral_nbenv.store.layout`'s business (by default
+``<cache_root>/<environment>/``: diskcache, values as JSON text so nothing is ever pickled,
+directories 0700 and files 0600). Keys are SHA-256 digests of the canonical request
 (endpoint and every parameter that changes the answer, ``None`` dropped, keys sorted)
 namespaced by environment and server URL, so they reveal nothing of the prompt and never
 include a key. :class:`ResponseCache` sees only the :class:`~mistral_nbenv.store.KeyValue`
@@ -19,46 +17,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CacheUnavailableError, SharedStoreUnavailableError
-from .store import CacheUnavailableWarning, KeyValue, warn_once
+from mistral_nbenv.errors import CacheUnavailableError, SharedStoreUnavailableError
+from mistral_nbenv.store import CacheUnavailableWarning, KeyValue, warn_once
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .shared import Shared
+    from mistral_nbenv.config import Settings
+    from mistral_nbenv.store.shared import Shared
 
 __all__ = [
     "CacheUnavailableWarning",
     "ResponseCache",
-    "cache_dir",
-    "cache_root",
     "canonical_json",
     "clear_for",
+    "namespace_of",
     "request_key",
     "stats_for",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def cache_root(settings: Settings) -> Path:
-    """The cache root: ``cache.directory`` or the user cache directory."""
-    configured = settings.cache.directory
-    if configured:
-        return Path(os.path.expandvars(os.path.expanduser(str(configured))))
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mistral-nbenv"))
-
-
-def cache_dir(settings: Settings) -> Path:
-    """This environment's own cache directory."""
-    return cache_root(settings) / settings.environment
 
 
 def _json_default(value: Any) -> Any:
@@ -98,6 +78,11 @@ def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def namespace_of(settings: Settings) -> str:
+    """What one environment's keys are hashed under: its name and its server URL."""
+    return f"{settings.environment}\0{settings.server_url}"
+
+
 class ResponseCache:
     """One environment's response cache on a :class:`KeyValue` store.
 
@@ -119,15 +104,11 @@ class ResponseCache:
         With a shared store (``[E.shared]``, ``cache = true``) the entries live in Redis
         and the disk cache is only the fallback while Redis is unavailable.
         """
-        from .store.local import DiskStore
+        from mistral_nbenv.store.layout import open_stores
 
-        limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
-        store: KeyValue = DiskStore(cache_dir(settings), size_limit=limit)
-        if shared is not None and shared.share_cache:
-            store = shared.cache(store)
         return cls(
-            store,
-            namespace=f"{settings.environment}\0{settings.server_url}",
+            open_stores(settings, shared).cache,
+            namespace=namespace_of(settings),
             ttl_seconds=settings.cache.ttl_seconds,
         )
 
@@ -207,6 +188,8 @@ class ResponseCache:
 def stats_for(settings: Settings, shared: Shared | None = None) -> dict[str, Any]:
     """Entries, bytes, directory (or shared URL), enabled flag and TTL of one environment's
     cache."""
+    from mistral_nbenv.store.layout import cache_dir
+
     directory = cache_dir(settings)
     on_redis = shared is not None and shared.share_cache
     info: dict[str, Any] = {
@@ -228,6 +211,8 @@ def stats_for(settings: Settings, shared: Shared | None = None) -> dict[str, Any
 
 def clear_for(settings: Settings, shared: Shared | None = None) -> int:
     """Remove every cached response of one environment (never another's); return how many."""
+    from mistral_nbenv.store.layout import cache_dir
+
     if not cache_dir(settings).is_dir() and not (shared is not None and shared.share_cache):
         return 0
     cache = ResponseCache.for_settings(settings, shared)

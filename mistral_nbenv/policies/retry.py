@@ -11,7 +11,7 @@ is not waited for: the call fails at once with :class:`RateLimitError` carrying
 A request this machine cannot send (an illegal header value, an invalid URL) fails the same
 way every time and is never retried.  The SDK and ``httpx2`` are recognised by class name
 and module, so importing this module imports neither.  Translating a failure into the
-package's errors is :mod:`mistral_nbenv.translate`.
+package's errors is :mod:`mistral_nbenv.client.translate`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from .errors import MistralEnvError
+from mistral_nbenv.errors import MistralEnvError
 
 __all__ = [
     "RETRYABLE_STATUS",

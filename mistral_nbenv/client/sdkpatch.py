@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._forksafe import Lock
+from mistral_nbenv._forksafe import Lock
 
 __all__ = ["SCOPE", "check", "inline_hooks", "install", "installed", "uninstall"]
 

@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import (
+from mistral_nbenv.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
     MistralEnvError,
     RateLimitError,
 )
-from .retry import (
+from mistral_nbenv.policies.retry import (
     is_local,
     is_malformed_body,
     is_timeout,
@@ -27,7 +27,7 @@ from .retry import (
     retry_after_of,
     status_of,
 )
-from .secrets import redact, redact_bytes
+from mistral_nbenv.secrets import redact, redact_bytes
 
 __all__ = ["TRANSLATIONS", "quotes_secret", "scrub_secret", "translate_error"]
 

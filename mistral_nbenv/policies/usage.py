@@ -4,7 +4,7 @@ A :class:`UsageRecorder` adds each call's counts to a :class:`~mistral_nbenv.sto
 before the call returns (one transaction on disk, one round trip to Redis): a process that
 is killed, or a ``multiprocessing.Pool`` worker that is terminated, right after a call has
 counted it. The ledger is the shared store's (Redis, every host adds to the same buckets)
-or the environment's local one (``<cache_root>/<environment>/usage``). Buckets are
+or the environment's local one (:mod:`mistral_nbenv.store.layout`). Buckets are
 ``YYYY-MM-DD|environment|model`` (UTC days); counters are :data:`COUNTERS`.
 """
 
@@ -16,11 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .shared import Shared
-    from .store import Ledger
+    from mistral_nbenv.store import Ledger
 
-__all__ = ["COUNTERS", "UsageRecorder", "bucket_parts", "cost_of", "ledger_for"]
+__all__ = ["COUNTERS", "UsageRecorder", "bucket_parts", "cost_of"]
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +31,6 @@ COUNTERS = (
     "waits",
     "wait_seconds",
 )
-
-
-def ledger_for(settings: Settings, shared: Shared | None) -> Ledger:
-    """Where ``settings``' environment's usage goes: the shared store, else local disk."""
-    from .cache import cache_dir
-    from .store.local import DiskStore
-
-    local = DiskStore(cache_dir(settings) / "usage")
-    return shared.ledger(local) if shared is not None else local
 
 
 def bucket_parts(bucket: str) -> tuple[str, str, str] | None:
@@ -70,7 +59,7 @@ class UsageRecorder:
 
     def __init__(
         self,
-        ledger: Callable[[], Ledger],
+        ledger: Ledger,
         environment: str,
         *,
         clock: Callable[[], float] = time.time,
@@ -88,7 +77,7 @@ class UsageRecorder:
         now = self.clock()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         try:
-            self._ledger().add(f"{day}|{self.environment}|{model or '-'}", amounts)
+            self._ledger.add(f"{day}|{self.environment}|{model or '-'}", amounts)
         except Exception as exc:
             log.warning(
                 "mistral_nbenv: %s: usage counts could not be written (%s)",

@@ -17,14 +17,15 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-from .display import status_text
-from .errors import (
+from mistral_nbenv.errors import (
     EnvironmentGuardError,
     MissingAPIKeyError,
     MistralEnvError,
     ProductionConfirmationRequired,
 )
-from .status import ChatAnswer, ask, collect_status, one_line
+from mistral_nbenv.ui.ask import ChatAnswer, ask
+from mistral_nbenv.ui.display import status_text
+from mistral_nbenv.ui.status import collect_status, one_line
 
 __all__ = ["run_demo"]
 
@@ -56,14 +57,14 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 def _reset_core() -> None:
     """Forget settings, resolved keys and clients so the next call sees the current setup."""
-    from .workspace import reset
+    from mistral_nbenv.workspace import reset
 
     reset()
 
 
 def _usable_key() -> tuple[bool, str]:
     """Whether development has a key; the key's source, or why there is none (if unusual)."""
-    from .workspace import get_api_key
+    from mistral_nbenv.workspace import get_api_key
 
     try:
         resolved = get_api_key(DEMO_ENV)
@@ -94,7 +95,7 @@ def _ask(client: Any, cache: bool | str) -> ChatAnswer:
 
 
 def _flow(say: Any) -> None:
-    from .workspace import (
+    from mistral_nbenv.workspace import (
         current_environment,
         get_client,
         get_settings,
@@ -149,18 +150,18 @@ def run_demo(out: TextIO | None = None) -> int:
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
 
-    from .workspace import current_environment, use_environment
+    from mistral_nbenv.workspace import current_environment, use_environment
 
     with ExitStack() as stack:
         has_key, detail = _usable_key()
         if has_key:
-            from .workspace import get_settings
+            from mistral_nbenv.workspace import get_settings
 
             endpoint = get_settings(DEMO_ENV).server_url or "the Mistral API (api.mistral.ai)"
             say(f"Using {endpoint} with your development key {detail}.")
             say("This sends one small request (about 60 tokens at most).\n")
         else:
-            from .testing import MistralTestServer
+            from mistral_nbenv.testing import MistralTestServer
 
             server = stack.enter_context(MistralTestServer())
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mistral-nbenv-")))

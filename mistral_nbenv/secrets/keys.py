@@ -3,7 +3,7 @@
 Resolution for environment E (first hit wins):
 
 1. ``api_key`` from E's settings: a literal, ``env:NAME``, or a secret-store reference
-   (``vault:``, ``aws-sm:``, ``gcp-sm:`` — fetched by :mod:`mistral_nbenv.backends` and
+   (``vault:``, ``aws-sm:``, ``gcp-sm:`` — fetched by :mod:`mistral_nbenv.secrets.backends` and
    kept in memory for ``secrets.cache_seconds``);
 2. the variable ``MISTRAL_API_KEY_DEV`` / ``_STAGING`` / ``_PROD`` (``_QA`` for ``[qa]``);
 3. for development only, the generic ``MISTRAL_API_KEY``.
@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._forksafe import Lock
-from ._names import key_variable
-from .backends import (
+from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.config import Settings
+from mistral_nbenv.config.names import key_variable
+from mistral_nbenv.errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
+from mistral_nbenv.secrets import SecretStr, secret_url, url_without_password
+from mistral_nbenv.secrets.backends import (
     SecretReference,
     is_known_reference,
     is_reference,
     load_backend,
     parse_reference,
 )
-from .config import Settings
-from .errors import ConfigurationError, MissingAPIKeyError, SecretBackendError
-from .secrets import SecretStr, secret_url, url_without_password
 
 __all__ = [
     "ResolvedKey",
@@ -276,7 +276,7 @@ def shared_url(settings: Settings, fetched: SecretCache | None = None) -> Secret
     else:
         value, _ = _fetch(settings, "shared.url", ref, fetched or SecretCache(), "the Redis URL")
     url = secret_url(value)
-    from .config import shared_url_problem
+    from mistral_nbenv.config import shared_url_problem
 
     problem = shared_url_problem(value)
     if problem is not None or is_known_reference(value):

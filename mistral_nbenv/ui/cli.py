@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO, cast
 
-from .errors import MistralEnvError
-from .secrets import scrub
+from mistral_nbenv.errors import MistralEnvError
+from mistral_nbenv.secrets import scrub
 
 __all__ = ["main"]
 
@@ -32,9 +32,9 @@ def _json(out: TextIO, schema: str, **fields: Any) -> None:
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import status_text
-    from .status import collect_status
-    from .workspace import current_environment, detection_reason, get_settings, project
+    from mistral_nbenv.ui.display import status_text
+    from mistral_nbenv.ui.status import collect_status
+    from mistral_nbenv.workspace import current_environment, detection_reason, get_settings, project
 
     if args.json:
         settings = get_settings(args.env)
@@ -66,9 +66,9 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _list(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import environments_text
-    from .status import collect_status
-    from .workspace import list_environments
+    from mistral_nbenv.ui.display import environments_text
+    from mistral_nbenv.ui.status import collect_status
+    from mistral_nbenv.workspace import list_environments
 
     statuses = [collect_status(name) for name in list_environments()]
     if args.json:
@@ -79,8 +79,8 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import check_text
-    from .status import collect_check, collect_findings
+    from mistral_nbenv.ui.display import check_text
+    from mistral_nbenv.ui.status import collect_check, collect_findings
 
     results = collect_check(args.env, all_environments=args.all)
     findings = collect_findings(results)
@@ -115,15 +115,15 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _scan(args: argparse.Namespace, out: TextIO) -> int:
-    from .scan import run_scan
+    from mistral_nbenv.secrets.scan import run_scan
 
     return run_scan(args.paths, _configured_keys(), out)
 
 
 def _configured_keys() -> dict[str, str]:
     """Every environment's key that can be found without calling a secret store."""
-    from . import keys
-    from .workspace import get_settings, list_environments
+    from mistral_nbenv.secrets import keys
+    from mistral_nbenv.workspace import get_settings, list_environments
 
     found: dict[str, str] = {}
     try:
@@ -141,9 +141,9 @@ def _configured_keys() -> dict[str, str]:
 
 
 def _cache(args: argparse.Namespace, out: TextIO) -> int:
-    from .display import cache_stats_text
-    from .stores import cache_stats, clear_cache
-    from .workspace import environment_name
+    from mistral_nbenv.ui.display import cache_stats_text
+    from mistral_nbenv.ui.reports import cache_stats, clear_cache
+    from mistral_nbenv.workspace import environment_name
 
     env = environment_name(args.env)
     if args.action == "clear":
@@ -165,8 +165,8 @@ def _cache(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _usage(args: argparse.Namespace, out: TextIO) -> int:
-    from .stores import collect_usage
-    from .usage_view import usage_text
+    from mistral_nbenv.ui.display import usage_text
+    from mistral_nbenv.ui.reports import collect_usage
 
     report = collect_usage(args.env, all_environments=args.env is None)
     code = 1 if report.problems else 0
@@ -190,7 +190,7 @@ def _plain(value: Any) -> Any:
 
 
 def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    from .demo import run_demo
+    from mistral_nbenv.ui.demo import run_demo
 
     return run_demo(out)
 
@@ -207,8 +207,8 @@ _HANDLERS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .commands import build_parser
+    from mistral_nbenv import __version__
+    from mistral_nbenv.ui.commands import build_parser
 
     parser = build_parser(
         "cli",
@@ -236,7 +236,7 @@ class _Scrubbed:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; returns the exit code.  Nothing it prints can show a key."""
     stream = cast(TextIO, _Scrubbed(out or sys.stdout))
-    from .commands import environment_of
+    from mistral_nbenv.ui.commands import environment_of
 
     parser = _parser()
     args = parser.parse_args(argv)

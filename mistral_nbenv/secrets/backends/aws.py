@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mistral_nbenv.backends import (
+from mistral_nbenv.secrets.backends import (
     BackendOptions,
     SecretReference,
     backend_error,

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterable
 
-from .secrets import scrub
+from mistral_nbenv.secrets import scrub
 
 __all__ = ["HANDLER_NAME", "RedactSecrets", "apply_debug"]
 

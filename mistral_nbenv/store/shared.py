@@ -27,15 +27,15 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._forksafe import Lock
-from .errors import SharedStoreUnavailableError
-from .secrets import scrub, url_without_password
+from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.errors import SharedStoreUnavailableError
+from mistral_nbenv.secrets import scrub, url_without_password
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .secrets import SecretStr
-    from .store import KeyValue, Ledger
-    from .store.redis import Connection
+    from mistral_nbenv.config import Settings
+    from mistral_nbenv.secrets import SecretStr
+    from mistral_nbenv.store import KeyValue, Ledger
+    from mistral_nbenv.store.redis import Connection
 
 __all__ = [
     "PREFIX",
@@ -71,7 +71,7 @@ class Shared:
     def __init__(
         self, settings: Settings, url: SecretStr, *, connection: Connection | None = None
     ) -> None:
-        from .store import redis as redis_store
+        from mistral_nbenv.store import redis as redis_store
 
         self.environment = settings.environment
         self.url = url_without_password(url.get_secret_value())
@@ -163,21 +163,21 @@ class Shared:
 
     def cache(self, local: KeyValue) -> KeyValue:
         """The response cache's store: Redis, else ``local``."""
-        from .store.redis import RedisKeyValue
+        from mistral_nbenv.store.redis import RedisKeyValue
 
         prefix = f"{PREFIX}:cache:{self.environment}:"
         return FailoverKeyValue(self, RedisKeyValue(self.connection, prefix), local)
 
     def budget(self, api_key: str) -> SharedBudget:
         """The rate budget's admission in Redis (keyed by environment and key fingerprint)."""
-        from .store.redis import RedisBudget
+        from mistral_nbenv.store.redis import RedisBudget
 
         key = f"{PREFIX}:{{{self.environment}:{fingerprint(api_key)}}}:budget"
         return SharedBudget(self, RedisBudget(self.connection, key))
 
     def ledger(self, local: Ledger) -> FailoverLedger:
         """The usage ledger: Redis, else ``local``."""
-        from .store.redis import RedisLedger
+        from mistral_nbenv.store.redis import RedisLedger
 
         return FailoverLedger(self, RedisLedger(self.connection, f"{PREFIX}:usage:"), local)
 
@@ -261,7 +261,7 @@ class FailoverLedger:
 
 
 class SharedBudget:
-    """The admission of :class:`~mistral_nbenv.ratelimit.RateLimiter` in Redis.
+    """The admission of :class:`~mistral_nbenv.policies.ratelimit.RateLimiter` in Redis.
 
     :meth:`admit` returns ``(wait, now)``, or None when Redis is unavailable and the
     limiter should use its local budget for this request.

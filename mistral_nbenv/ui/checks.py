@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import is_reference
-from .config import SCHEMA, Project, Settings
+from mistral_nbenv.config import SCHEMA, Project, Settings
+from mistral_nbenv.secrets.backends import is_reference
 
 __all__ = ["Finding", "project_findings"]
 

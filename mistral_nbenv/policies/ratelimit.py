@@ -32,9 +32,9 @@ With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis 
 every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
 the same arithmetic as :meth:`RateLimiter._admission`): every host using
 that Redis and the same API key shares one budget. While Redis is unavailable a request is
-admitted against the local budget (:mod:`mistral_nbenv.shared`).
+admitted against the local budget (:mod:`mistral_nbenv.store.shared`).
 
-(Concurrency slots are :mod:`mistral_nbenv.concurrency`.)
+(Concurrency slots are :mod:`mistral_nbenv.policies.concurrency`.)
 
 A wait longer than :data:`LONG_WAIT` seconds is logged once per call at INFO level and
 reported to the callbacks registered with :func:`add_wait_listener` (the notebook layer).
@@ -50,11 +50,11 @@ from collections.abc import Awaitable, Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-from .store import Budget, warn_once
-from .store.local import MemoryStore
+from mistral_nbenv.store import Budget, warn_once
+from mistral_nbenv.store.local import MemoryStore
 
 if TYPE_CHECKING:
-    from .shared import SharedBudget
+    from mistral_nbenv.store.shared import SharedBudget
 
 __all__ = [
     "LONG_WAIT",
@@ -62,7 +62,7 @@ __all__ = [
     "add_wait_listener",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mistral_nbenv.ratelimit")  # the name the README gives
 
 #: Waits longer than this many seconds are announced (once per call).
 LONG_WAIT = 1.0

@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from . import errors
-from ._forksafe import Lock
+from mistral_nbenv import errors
+from mistral_nbenv._forksafe import Lock
 
 __all__ = [
     "SHAPES",

@@ -14,7 +14,7 @@ Grammar::
     <the user message>
 
 The magics only parse, call the same core functions as the CLI and render through
-:mod:`mistral_nbenv.display`.  Everything heavy (the client, ``mistralai``, ipywidgets) is
+:mod:`mistral_nbenv.ui.display`.  Everything heavy (the client, ``mistralai``, ipywidgets) is
 imported when a magic first needs it, so ``%load_ext`` stays instant.
 """
 
@@ -32,7 +32,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils.text import dedent
 
-from .display import (
+from mistral_nbenv.errors import MistralEnvError, ProductionConfirmationRequired
+from mistral_nbenv.ui.ask import ChatAnswer, ask
+from mistral_nbenv.ui.display import (
     Rich,
     answer_badge_html,
     answer_badge_text,
@@ -48,8 +50,7 @@ from .display import (
     status_html,
     status_text,
 )
-from .errors import MistralEnvError, ProductionConfirmationRequired
-from .status import ChatAnswer, ask, collect_check, collect_findings, collect_status, one_line
+from mistral_nbenv.ui.status import collect_check, collect_findings, collect_status, one_line
 
 __all__ = ["ChatAnswer", "MistralMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -88,7 +89,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .commands import build_parser
+    from mistral_nbenv.ui.commands import build_parser
 
     return build_parser(
         "magic",
@@ -122,7 +123,7 @@ class MistralMagics(Magics):
         """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
         from IPython.utils.process import arg_split
 
-        from .commands import environment_of, split_words
+        from mistral_nbenv.ui.commands import environment_of, split_words
 
         if self._parser is None:
             self._parser = _build_parser()
@@ -162,7 +163,7 @@ class MistralMagics(Magics):
         if not _widgets_can_render(self.shell):
             self._status(None)
             return
-        from .widget import EnvironmentSwitcher
+        from mistral_nbenv.ui.widget import EnvironmentSwitcher
 
         switcher = EnvironmentSwitcher()
         self.switchers.append(switcher)
@@ -173,7 +174,7 @@ class MistralMagics(Magics):
         _show(status_text(st), status_html(st))
 
     def _list(self) -> None:
-        from .workspace import list_environments
+        from mistral_nbenv.workspace import list_environments
 
         statuses = [collect_status(name) for name in list_environments()]
         _show(environments_text(statuses), environments_html(statuses))
@@ -184,22 +185,22 @@ class MistralMagics(Magics):
         _show(check_text(results, findings), check_html(results, findings))
 
     def _use(self, env: str, confirm: bool) -> None:
-        from .workspace import use_environment
+        from mistral_nbenv.workspace import use_environment
 
         use_environment(env, confirm=confirm)
         st = collect_status(None)
         _show(status_text(st), status_html(st))
 
     def _usage(self, env: str | None) -> None:
-        from .stores import collect_usage
-        from .usage_view import usage_html, usage_text
+        from mistral_nbenv.ui.display import usage_html, usage_text
+        from mistral_nbenv.ui.reports import collect_usage
 
         report = collect_usage(env, all_environments=env is None)
         _show(usage_text(report), usage_html(report))
 
     def _cache(self, action: str, env: str | None, confirm: bool) -> None:
-        from .stores import cache_stats, clear_cache
-        from .workspace import environment_name
+        from mistral_nbenv.ui.reports import cache_stats, clear_cache
+        from mistral_nbenv.workspace import environment_name
 
         name = environment_name(env)
         if action == "stats":
@@ -226,7 +227,7 @@ class MistralMagics(Magics):
         message = dedent(cell).strip()
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
-        from .workspace import get_client
+        from mistral_nbenv.workspace import get_client
 
         messages: list[dict[str, str]] = []
         if args.system:
@@ -280,7 +281,7 @@ def load_ipython_extension(ip: Any) -> None:
         ip.events.unregister("post_run_cell", _release_displayed_stream)
     ip.events.register("post_run_cell", _release_displayed_stream)
     if _remove_wait_listener is None:
-        from .ratelimit import add_wait_listener
+        from mistral_nbenv.policies.ratelimit import add_wait_listener
 
         _remove_wait_listener = add_wait_listener(_announce_wait)
     _announce_protected_start()
@@ -288,7 +289,7 @@ def load_ipython_extension(ip: Any) -> None:
 
 def _announce_protected_start() -> None:
     """A kernel started in a protected environment: the red banner, and calls wait."""
-    from .workspace import workspace
+    from mistral_nbenv.workspace import workspace
 
     try:
         waiting = workspace().enter_notebook()
@@ -313,7 +314,7 @@ def unload_ipython_extension(ip: Any) -> None:
     if _remove_wait_listener is not None:
         _remove_wait_listener()
         _remove_wait_listener = None
-    from .workspace import workspace
+    from mistral_nbenv.workspace import workspace
 
     workspace().leave_notebook()
     with contextlib.suppress(ValueError):
@@ -324,6 +325,6 @@ def unload_ipython_extension(ip: Any) -> None:
         switcher.close()
     manager.magics["line"].pop("mistral_env", None)
     manager.magics["cell"].pop("mistral", None)
-    from .workspace import close_clients
+    from mistral_nbenv.workspace import close_clients
 
     close_clients()

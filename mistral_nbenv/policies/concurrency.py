@@ -24,8 +24,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from ._forksafe import PerProcess
-from .errors import ConcurrencyLimitError
+from mistral_nbenv._forksafe import PerProcess
+from mistral_nbenv.errors import ConcurrencyLimitError
 
 __all__ = ["ConcurrencyLimiter", "Holder"]
 
