@@ -131,6 +131,25 @@ def test_a_script_killed_right_after_a_call_returned_lost_nothing(
     assert server.count(CHAT) == 1
 
 
+def test_no_thread_of_ours_is_left_after_a_plain_call_in_a_script(
+    script: Callable[..., subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    code = (
+        "import threading; from tests._durability_worker import ask; "
+        "print(ask('one question')); print(sorted(t.name for t in threading.enumerate()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_env_of(tmp_path, offline=False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["Echo: one question", "['MainThread']"]
+
+
 def _env_of(tmp_path: Path, *, offline: bool) -> dict[str, str]:
     return {
         **scrubbed_environ(),

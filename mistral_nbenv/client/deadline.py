@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["DEADLINE", "install", "remaining", "start", "stop", "within"]
+__all__ = ["DEADLINE", "install", "remaining", "within"]
 
 log = logging.getLogger("mistral_nbenv.client")
 
@@ -32,31 +32,17 @@ DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-def start(seconds: float | None, *, until: float | None = None) -> contextvars.Token[float | None]:
-    """Set a deadline ``seconds`` from now (no later than ``until``); :func:`stop` ends it.
-
-    The pair is :func:`within` without a generator, for the pipeline's path on every call
-    (which resets :data:`DEADLINE` with the token itself: :func:`stop` is that reset).
-    """
-    ends = None if seconds is None else time.monotonic() + seconds
-    if until is not None:
-        ends = until if ends is None else min(ends, until)
-    return DEADLINE.set(ends)
-
-
-def stop(token: contextvars.Token[float | None]) -> None:
-    """End the deadline :func:`start` set (the one before it applies again)."""
-    DEADLINE.reset(token)
-
-
 @contextlib.contextmanager
 def within(seconds: float | None, *, until: float | None = None) -> Iterator[float | None]:
     """Run the block with a deadline ``seconds`` from now (and no later than ``until``)."""
-    token = start(seconds, until=until)
+    ends = None if seconds is None else time.monotonic() + seconds
+    if until is not None:
+        ends = until if ends is None else min(ends, until)
+    token = DEADLINE.set(ends)
     try:
-        yield DEADLINE.get()
+        yield ends
     finally:
-        stop(token)
+        DEADLINE.reset(token)
 
 
 def remaining() -> float | None:

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from mistral_nbenv.client import deadline
@@ -35,6 +34,7 @@ from mistral_nbenv.policies.ratelimit import RateLimiter
 from mistral_nbenv.policies.retry import RetryPolicy
 from mistral_nbenv.policies.usage import UsageRecorder
 from mistral_nbenv.secrets import known, shows_secret
+from mistral_nbenv.store import without_waiting
 from mistral_nbenv.store.layout import open_stores
 
 if TYPE_CHECKING:
@@ -100,7 +100,11 @@ class Pipeline:
     # -- prepare -------------------------------------------------------------------------
 
     def prepare(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
-        """Defaults, the cache option and lookup; offline, a miss raises ``CacheMissError``."""
+        """Defaults, the cache option and lookup; offline, a miss raises ``CacheMissError``.
+
+        It reads and never writes a store (a hit's usage is the caller's :meth:`served`), so
+        an async call runs it on the event loop: a read never waits for a writer (WAL).
+        """
         option = kwargs.pop("cache", None)
         retry = kwargs.pop("retry", None)
         if "retries" in kwargs:
@@ -131,7 +135,6 @@ class Pipeline:
                     self.cache.drop(key, f"{type(exc).__name__} rebuilding {ep.name}")
                 else:
                     self.stats.add(hits=1)
-                    self.usage.record(kwargs.get("model"), hits=1)
                     call.cached = True
                     return call
         if self.offline:
@@ -179,7 +182,7 @@ class Pipeline:
         """A request/response call (sync)."""
         call = self.prepare(ep, kwargs)
         if call.cached:
-            return call.hit
+            return self.served(call)
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
@@ -197,11 +200,12 @@ class Pipeline:
         return self.finish(call, result)
 
     async def call_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
-        """A request/response call (async): the same steps, awaited; the store work (lookup,
-        cache write, usage, budget) in a worker thread, so the loop never waits on a file lock."""
-        call = await asyncio.to_thread(self.prepare, ep, kwargs)
+        """A request/response call (async): the same steps, awaited. The loop never waits on
+        another process's transaction: the lookup only reads, the admission waits in a worker
+        thread when the budget is busy, and the writes after the answer run in one."""
+        call = self.prepare(ep, kwargs)
         if call.cached:
-            return call.hit
+            return await without_waiting(lambda: self.served(call))
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
@@ -213,10 +217,13 @@ class Pipeline:
         try:
             result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
-            await asyncio.to_thread(self.fail, exc, call)
+            await without_waiting(lambda: self.count_failure(call))
+            self.raise_as_ours(exc, call)
         finally:
             self.concurrency.release()
-        return await asyncio.to_thread(self.finish, call, result)
+        for step in self.after(call, result):
+            await without_waiting(step)
+        return result
 
     def stream(self, ep: Endpoint, kwargs: dict[str, Any]) -> Stream:
         """A streaming call (sync); the stream holds the concurrency slot until it ends."""
@@ -224,7 +231,7 @@ class Pipeline:
 
         call = self.prepare(ep, kwargs)
         if call.cached:
-            return Stream(self, call, replay=call.hit)
+            return Stream(self, call, replay=self.served(call))
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
@@ -257,9 +264,9 @@ class Pipeline:
         """A streaming call (async): the same steps, awaited."""
         from mistral_nbenv.client.streams import AsyncStream
 
-        call = await asyncio.to_thread(self.prepare, ep, kwargs)
+        call = self.prepare(ep, kwargs)
         if call.cached:
-            return AsyncStream(self, call, replay=call.hit)
+            return AsyncStream(self, call, replay=await without_waiting(lambda: self.served(call)))
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:
@@ -290,21 +297,51 @@ class Pipeline:
 
     # -- finish --------------------------------------------------------------------------
 
+    def served(self, call: Prepared) -> Any:
+        """A hit: count it in the usage ledger; its answer."""
+        self.usage.record(call.kwargs.get("model"), hits=1)
+        return call.hit
+
     def finish(self, call: Prepared, result: Any) -> Any:
-        """Account the usage and store the body as received."""
-        self.account(result, call)
+        """Account the usage, correct the budget and store the body as received."""
+        for step in self.after(call, result):
+            step()
+        return result
+
+    def after(self, call: Prepared, result: Any) -> list[Callable[[], None]]:
+        """The writes an answer makes, each atomic (for :func:`without_waiting`): its usage,
+        the token correction, the cache entry."""
+        steps = self.accounting(call, result)
         if call.key is not None:
             try:
                 text = response_json(result, call.seen)
             except Exception as exc:  # an answer with no JSON form: served, not stored
                 log.debug("mistral_nbenv: %s answer not cached (%s)", call.endpoint.name, exc)
             else:
-                self._store(call, text)
-        return result
+                steps.append(lambda: self._store(call, text))
+        return steps
+
+    def accounting(self, call: Prepared, result: Any) -> list[Callable[[], None]]:
+        """The client's counters now; the steps writing the usage and correcting the token
+        estimate with the real usage."""
+        prompt, completion, total = usage_of(result)
+        self.stats.add(
+            requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
+        )
+        model = call.kwargs.get("model")
+        steps: list[Callable[[], None]] = [
+            lambda: self.usage.record(
+                model, requests=1, prompt_tokens=prompt, completion_tokens=completion
+            )
+        ]
+        if total:
+            steps.append(lambda: self.limiter.reconcile(call.estimate, total))
+        return steps
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
         """A stream read to the end: account its usage and store its events."""
-        self.account(last_usage, call)
+        for step in self.accounting(call, last_usage):
+            step()
         if call.key is not None and recorded is not None:
             self._store(call, "\n".join(recorded))
 
@@ -322,25 +359,18 @@ class Pipeline:
             return
         self.cache.set(call.key, text)
 
-    def account(self, result: Any, call: Prepared) -> None:
-        """Count a request and its tokens; correct the tpm estimate with the real usage."""
-        prompt, completion, total = usage_of(result)
-        self.stats.add(
-            requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
-        )
-        self.usage.record(
-            call.kwargs.get("model"),
-            requests=1,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-        )
-        if total:
-            self.limiter.reconcile(call.estimate, total)
-
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
+        self.count_failure(call)
+        self.raise_as_ours(exc, call)
+
+    def count_failure(self, call: Prepared) -> None:
+        """A failed call in the client's counters and the usage ledger."""
         self.stats.add(errors=1)
         self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
+
+    def raise_as_ours(self, exc: Exception, call: Prepared) -> NoReturn:
+        """Raise ``exc`` as the package's error, ``from`` the SDK's (its text scrubbed)."""
         limit = ("timeout", call.seconds or self.transport.timeout_ms / 1000)
         if call.ends is not None and time.monotonic() >= call.ends:
             limit = ("stream_timeout", self.stream_timeout)

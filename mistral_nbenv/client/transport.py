@@ -119,11 +119,8 @@ def response_json(result: Any, seen: list[Any]) -> str:
     if seen:
         response = seen[-1]
         if response.status_code == 200 and getattr(response, "_content", None) is not None:
-            try:  # (not contextlib.suppress: three calls fewer on every miss)
+            with contextlib.suppress(Exception):  # undecodable: the model's own dump below
                 text: str = response.text
-            except Exception:  # undecodable: the model's own dump below
-                pass
-            else:
                 return text
     return str(result.model_dump_json(by_alias=True))
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mistral_nbenv.errors import CacheUnavailableError, SharedStoreUnavailableError
-from mistral_nbenv.store import CacheUnavailableWarning, KeyValue, warn_once
+from mistral_nbenv.store import Busy, CacheUnavailableWarning, KeyValue, warn_once
 
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
@@ -122,8 +122,8 @@ class ResponseCache:
         return not self._broken
 
     def _fail(self, exc: BaseException) -> None:
-        if isinstance(exc, SharedStoreUnavailableError):
-            raise exc  # on_unavailable = "error": the caller asked to be told
+        if isinstance(exc, SharedStoreUnavailableError | Busy):
+            raise exc  # "error": the caller asked to be told; Busy: to be run where it may wait
         self._broken = True
         self.problem = f"{type(exc).__name__}: {exc}"
         warn_once(self.store.location, self.problem)

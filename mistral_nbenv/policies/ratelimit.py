@@ -24,9 +24,9 @@ ordered by their clock readings and no interval is credited twice: the stored ti
 moves backwards; one up to ``CLOCK_SKEW`` ahead (another host's clock) is kept, one further
 ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
 by something else) is a full budget; a store that fails switches this limiter to memory
-with one warning. Clock and sleep are injectable. The async admission runs the update in a
-worker thread (:func:`asyncio.to_thread`), so an event loop never waits on another
-process's transaction.
+with one warning. Clock and sleep are injectable. An async admission never waits on the event
+loop: it updates at once when no other transaction holds the state, and otherwise waits for
+it in a worker thread (:func:`~mistral_nbenv.store.without_waiting`).
 
 With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis instead and
 every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-from mistral_nbenv.store import Budget, warn_once
+from mistral_nbenv.store import Budget, Busy, warn_once, without_waiting
 from mistral_nbenv.store.local import MemoryStore
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class RateLimiter:
         """One atomic update of the shared state; a failing store falls back to memory."""
         try:
             return self._store.update(_STATE_KEY, change)
+        except Busy:
+            raise  # to be run where waiting is allowed (store.without_waiting)
         except Exception as exc:
             return self._fall_back(exc, change)
 
@@ -206,7 +208,8 @@ class RateLimiter:
             got = await self._shared.admit_async(self._shared_args(cost))
             if got is not None:
                 return got[0], self.clock()
-        result: tuple[float, float] = await asyncio.to_thread(self._update, self._admission(cost))
+        change = self._admission(cost)
+        result: tuple[float, float] = await without_waiting(lambda: self._update(change))
         return result
 
     def _admission(

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from mistral_nbenv.store import Busy
+
 if TYPE_CHECKING:
     from mistral_nbenv.store import Ledger
 
@@ -78,6 +80,8 @@ class UsageRecorder:
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         try:
             self._ledger.add(f"{day}|{self.environment}|{model or '-'}", amounts)
+        except Busy:
+            raise  # to be written where waiting is allowed (store.without_waiting)
         except Exception as exc:
             log.warning(
                 "mistral_nbenv: %s: usage counts could not be written (%s)",

@@ -8,19 +8,32 @@ through SQLite transactions) plus an in-memory twin. A shared store for many hos
 is :mod:`mistral_nbenv.store.redis`, implementing the same protocols (its budget is an
 atomic admission script rather than ``Budget.update``: Redis runs Lua, not Python).
 
-Every method may raise; callers treat any exception as "store unavailable" and degrade with
-one :class:`CacheUnavailableWarning` (:func:`warn_once`), never failing the call.
+Every method may raise; callers treat any exception but :class:`Busy` as "store
+unavailable" and degrade with one :class:`CacheUnavailableWarning` (:func:`warn_once`),
+never failing the call. :class:`Busy` (only while :data:`NOWAIT` is set) means "try again
+where waiting is allowed" and always propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 from mistral_nbenv._forksafe import Lock
 
-__all__ = ["Budget", "Busy", "CacheUnavailableWarning", "KeyValue", "Ledger", "warn_once"]
+__all__ = [
+    "NOWAIT",
+    "Budget",
+    "Busy",
+    "CacheUnavailableWarning",
+    "KeyValue",
+    "Ledger",
+    "warn_once",
+    "without_waiting",
+]
 
 R = TypeVar("R")
 
@@ -30,8 +43,28 @@ class CacheUnavailableWarning(RuntimeWarning):
 
 
 class Busy(Exception):
-    """Another transaction holds a store's state now: a ``try_update`` (where a :class:`Budget`
-    has one) raises this at once instead of waiting, and has changed nothing."""
+    """Another transaction holds a store now: while :data:`NOWAIT` is set, a store raises this
+    at once instead of waiting, having changed nothing."""
+
+
+#: Set while an event loop runs store work itself (:func:`without_waiting`): a local store
+#: raises :class:`Busy` where it would wait for another process's transaction.
+NOWAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("mistral_nbenv_nowait", default=False)
+
+
+async def without_waiting(step: Callable[[], R]) -> R:
+    """Run ``step`` (one store write, or several each atomic and not yet begun) on the event
+    loop when no other process holds what it touches; else in a worker thread, where it may
+    wait. The loop itself never waits on a file lock, and a step costs no thread when the
+    stores are free (the common case)."""
+    token = NOWAIT.set(True)
+    try:
+        return step()
+    except Busy:
+        pass
+    finally:
+        NOWAIT.reset(token)
+    return await asyncio.to_thread(step)
 
 
 class KeyValue(Protocol):
@@ -76,10 +109,6 @@ class Budget(Protocol):
 
         No other process reads or writes ``key`` between the read and the write, so a
         clock read inside ``change`` is ordered with every other update.
-
-        A store whose update can wait for another process may also offer
-        ``try_update(key, change)``: the same update, or :class:`Busy` at once where it
-        would wait (the async limiter's form: it sleeps with ``await`` instead).
         """
         ...
 

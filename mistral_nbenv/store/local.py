@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mistral_nbenv._forksafe import Lock, RLock
+from mistral_nbenv.store import NOWAIT, Busy
 from mistral_nbenv.store.private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ BUSY_TIMEOUT = 60.0
 #: Enforce the size limit (evict oldest entries) once every this many writes.
 CULL_EVERY = 64
 _LEDGER_PREFIX = "usage\0"
+#: SQLite's "another connection holds the lock" codes (SQLITE_BUSY, SQLITE_LOCKED).
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 _open: dict[str, diskcache.Cache] = {}
 _disk_class: type | None = None
@@ -81,9 +85,16 @@ def _json_text_disk() -> type:
 _open_lock = Lock()
 
 
-def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcache.Cache:
-    """Open (or reuse within this process) the diskcache at ``directory``, privately."""
-    key = str(directory)
+def open_diskcache(
+    directory: Path, *, size_limit: int | None = None, timeout: float | None = None
+) -> diskcache.Cache:
+    """Open (or reuse within this process) the diskcache at ``directory``, privately.
+
+    ``timeout``: how long its transactions wait for another process's (default
+    :data:`BUSY_TIMEOUT`); a handle with another timeout is a handle of its own.
+    """
+    timeout = BUSY_TIMEOUT if timeout is None else timeout
+    key = f"{directory}\0{timeout!r}"
     with _open_lock:
         cache = _open.get(key)
         if cache is not None:
@@ -98,7 +109,7 @@ def open_diskcache(directory: Path, *, size_limit: int | None = None) -> diskcac
             "statistics": False,
             "tag_index": False,
             "eviction_policy": "least-recently-stored",
-            "timeout": BUSY_TIMEOUT,
+            "timeout": timeout,
             # culling on every write costs more than the write: DiskStore culls in batches
             "cull_limit": 0,
         }
@@ -144,6 +155,7 @@ class DiskStore:
         self.directory = Path(directory)
         self.size_limit = size_limit
         self._db: diskcache.Cache | None = None
+        self._nowait: diskcache.Cache | None = None
         self._writes = 0
 
     def __repr__(self) -> str:
@@ -158,8 +170,30 @@ class DiskStore:
         """The open diskcache (opened, privately, on first use)."""
         db = self._db
         if db is None:
-            db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
+            db = open_diskcache(self.directory, size_limit=self.size_limit)
+            # and the handle that never waits (opening may wait: here, never on an event loop)
+            self._nowait = open_diskcache(self.directory, size_limit=self.size_limit, timeout=0)
+            self._db = db
         return db
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[tuple[diskcache.Cache, bool]]:
+        """``(handle, retry)`` for one write: while :data:`~mistral_nbenv.store.NOWAIT` is
+        set, a handle that never waits, and :class:`~mistral_nbenv.store.Busy` (nothing
+        changed) where another transaction holds the store."""
+        if not NOWAIT.get():
+            yield self.db(), True
+            return
+        import diskcache
+
+        if self._nowait is None:
+            raise Busy(f"{self.directory} is not open yet (opening may wait)")
+        try:
+            yield self._nowait, False
+        except (diskcache.Timeout, sqlite3.OperationalError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode not in _BUSY:
+                raise
+            raise Busy(f"{self.directory} is locked by another transaction") from exc
 
     # -- KeyValue -------------------------------------------------------------------------
 
@@ -169,12 +203,14 @@ class DiskStore:
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
-        db = self.db()
-        with private_umask():
-            db.set(key, value, expire=ttl, retry=True)
-        self._writes += 1
-        if self._writes % CULL_EVERY == 1:
-            db.cull(retry=True)
+        import diskcache
+
+        with self._writing() as (db, retry), private_umask():
+            db.set(key, value, expire=ttl, retry=retry)
+            self._writes += 1
+            if self._writes % CULL_EVERY == 1:
+                with contextlib.suppress(diskcache.Timeout):  # busy: the next batch evicts
+                    db.cull(retry=False)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (absent is fine)."""
@@ -195,12 +231,11 @@ class DiskStore:
     def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
         """``change`` runs inside one SQLite transaction (no other process in between); a
         transaction held elsewhere past :data:`BUSY_TIMEOUT` raises ``diskcache.Timeout``."""
-        db = self.db()
-        with db.transact(retry=False):
-            old = db.get(key, None, retry=True)
+        with self._writing() as (db, _retry), db.transact(retry=False):
+            old = db.get(key, None, retry=False)
             new, result = change(_text(old))
             if new is not None:
-                db.set(key, new, retry=True)
+                db.set(key, new, retry=False)
         return result
 
     # -- Ledger ---------------------------------------------------------------------------
@@ -208,11 +243,10 @@ class DiskStore:
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """Add to one bucket's counters: one number per counter, incremented in place, all
         in one transaction."""
-        db = self.db()
-        with db.transact(retry=True):
+        with self._writing() as (db, retry), db.transact(retry=retry):
             for name, amount in amounts.items():
                 if amount:
-                    db.incr(f"{_LEDGER_PREFIX}{bucket}\0{name}", amount, retry=True)
+                    db.incr(f"{_LEDGER_PREFIX}{bucket}\0{name}", amount, retry=retry)
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters (a bucket an earlier release wrote as one JSON text too)."""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mistral_nbenv._forksafe import Lock
 from mistral_nbenv.errors import SharedStoreUnavailableError
 from mistral_nbenv.secrets import scrub, url_without_password
+from mistral_nbenv.store import NOWAIT, Busy
 
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
@@ -134,7 +135,13 @@ class Shared:
             )
 
     def run(self, what: str, shared: Callable[[], R], local: Callable[[], R]) -> R:
-        """``shared()``; when Redis fails, ``local()`` (or the error, by ``on_unavailable``)."""
+        """``shared()``; when Redis fails, ``local()`` (or the error, by ``on_unavailable``).
+
+        An event loop running store work itself (:data:`~mistral_nbenv.store.NOWAIT`) never
+        waits on a round trip: :class:`~mistral_nbenv.store.Busy` sends the step to a thread.
+        """
+        if NOWAIT.get():
+            raise Busy(f"{what} is a round trip to {self.url}")
         if self._skip():
             return local()
         try:
