@@ -1,15 +1,24 @@
-"""Remove the mistralai SDK's largest per-call CPU cost (optional, self-checking).
+"""Remove the mistralai SDK's per-call CPU costs that async throughput is bound by
+(optional, self-checking).
 
-The SDK (mistralai 3.x, Speakeasy-generated) calls pydantic ``create_model`` in
-``utils/serializers.py`` on every marshal and unmarshal (about 8 times per chat call,
-~2-3 ms each). :func:`install` memoises those models by (model name, field type), and
-:func:`inline_hooks` runs an SDK instance's hooks inline on the event loop instead of in a
-worker thread (ours are in-memory header edits: the key is always passed explicitly). With
-both, a call costs the client ~6 ms less CPU, which is what async throughput is bound by
-(benchmarks row 4).
+The SDK (mistralai 3.x, Speakeasy-generated) rebuilds, on every call, things that never
+change. :func:`install` keeps four of them, each measured to matter (benchmarks/README.md):
 
-**Confined to the wrapper's own calls.** The patch is module-wide (that is where the SDK
-looks the function up), but it serves from its memo only while the context variable
+* ``utils/serializers.py`` calls pydantic ``create_model`` on every marshal and unmarshal
+  (about 8 per chat call): memoised by (model name, field type);
+* ``utils/queryparams.py``, ``url.py`` and ``forms.py`` call ``typing.get_type_hints`` on the
+  request class on every call: memoised by class;
+* ``serializers._coerce_iterables_for_type`` walks the request's type tree to turn tuples
+  and generators into lists: skipped when the data is already plain JSON (dicts, lists,
+  strings, numbers), where it would return an equal copy;
+* the async path runs every hook in a worker thread (``asyncio.to_thread``) twice per call:
+  for SDK instances marked with :func:`inline_hooks` (ours: hooks are in-memory header
+  edits, the key is always passed explicitly) they run inline.
+
+The same functions are called with the same arguments; only their results are reused.
+
+**Confined to the wrapper's own calls.** The patches are module-wide (that is where the SDK
+looks the functions up), but each serves from its memo only while the context variable
 :data:`SCOPE` is set, which the pipeline does around its own SDK calls and stream reads.
 Everywhere else, a plain ``Mistral(...)`` that a user builds in the same process included,
 the original SDK function runs unchanged.
@@ -25,6 +34,7 @@ import contextlib
 import contextvars
 import importlib
 import logging
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +46,11 @@ log = logging.getLogger(__name__)
 
 _SERIALIZERS = "mistralai.client.utils.serializers"
 _BASESDK = "mistralai.client.basesdk"
+_TYPE_HINT_MODULES = (
+    "mistralai.client.utils.queryparams",
+    "mistralai.client.utils.url",
+    "mistralai.client.utils.forms",
+)
 _INLINE_MARK = "_mistral_nbenv_inline_hooks"
 
 _lock = Lock()
@@ -54,7 +69,7 @@ def check() -> list[str]:
         ser = importlib.import_module(_SERIALIZERS)
     except ImportError as exc:
         return [f"cannot import {_SERIALIZERS}: {exc}"]
-    for name in ("create_model", "unmarshal", "marshal_json"):
+    for name in ("create_model", "unmarshal", "marshal_json", "_coerce_iterables_for_type"):
         if not hasattr(ser, name):
             problems.append(f"{_SERIALIZERS}.{name} is missing")
     for fname in ("unmarshal", "marshal_json"):
@@ -62,6 +77,15 @@ def check() -> list[str]:
         code = getattr(fn, "__code__", None)
         if code is None or "create_model" not in code.co_names:
             problems.append(f"{_SERIALIZERS}.{fname} no longer calls create_model")
+    for modname in _TYPE_HINT_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as exc:
+            problems.append(f"cannot import {modname}: {exc}")
+            continue
+        hints = getattr(mod, "get_type_hints", None)
+        if hints is not typing.get_type_hints and not getattr(hints, "_mistral_nbenv", False):
+            problems.append(f"{modname}.get_type_hints is not typing.get_type_hints")
     try:
         basesdk = importlib.import_module(_BASESDK)
     except ImportError as exc:
@@ -97,6 +121,8 @@ def install() -> bool:
             )
             return False
         _patch_create_model()
+        _patch_type_hints()
+        _patch_coerce_iterables()
         _patch_run_sync_in_thread()
         _installed = True
         return True
@@ -162,6 +188,52 @@ def _patch_create_model() -> None:
 
     create_model._mistral_nbenv = True  # type: ignore[attr-defined]
     _set(ser, "create_model", create_model)
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_json(data: Any, depth: int = 0) -> bool:
+    """Only dicts with str keys, lists and JSON scalars (so coercion would change nothing)."""
+    kind = type(data)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth > 32:
+        return False
+    if kind is list:
+        return all(_plain_json(item, depth + 1) for item in data)
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v, depth + 1) for k, v in data.items())
+    return False
+
+
+def _patch_coerce_iterables() -> None:
+    ser = importlib.import_module(_SERIALIZERS)
+    original: Callable[..., Any] = ser._coerce_iterables_for_type
+
+    def _coerce_iterables_for_type(data: Any, typ: Any) -> Any:
+        if SCOPE.get() and _plain_json(data):
+            return data
+        return original(data, typ)
+
+    _set(ser, "_coerce_iterables_for_type", _coerce_iterables_for_type)
+
+
+def _patch_type_hints() -> None:
+    cache: dict[Any, Any] = {}
+
+    def get_type_hints(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not isinstance(obj, type) or not SCOPE.get():
+            return typing.get_type_hints(obj, *args, **kwargs)
+        try:
+            return cache[obj]
+        except KeyError:
+            hints = cache[obj] = typing.get_type_hints(obj)
+            return hints
+
+    get_type_hints._mistral_nbenv = True  # type: ignore[attr-defined]
+    for modname in _TYPE_HINT_MODULES:
+        _set(importlib.import_module(modname), "get_type_hints", get_type_hints)
 
 
 def _patch_run_sync_in_thread() -> None:
