@@ -53,13 +53,6 @@ class PerProcess(Generic[T]):
                     self._pid = pid
         return self._value
 
-    def reset(self) -> T:
-        """Forget the value and build a new one now (in this process)."""
-        with _guard:
-            self._value = self._factory()
-            self._pid = os.getpid()
-        return self._value
-
 
 class Lock:
     """A ``threading.Lock`` that a forked child never inherits held."""

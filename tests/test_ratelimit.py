@@ -130,13 +130,16 @@ def test_concurrency_limiter_threads() -> None:
     peak, current, lock = [0], [0], threading.Lock()
 
     def work() -> None:
-        with cap.slot():
+        cap.acquire()
+        try:
             with lock:
                 current[0] += 1
                 peak[0] = max(peak[0], current[0])
             time.sleep(0.02)
             with lock:
                 current[0] -= 1
+        finally:
+            cap.release()
 
     threads = [threading.Thread(target=work) for _ in range(12)]
     for t in threads:
@@ -152,13 +155,16 @@ def test_concurrency_limiter_across_loops_and_threads() -> None:
     peak, current, lock = [0], [0], threading.Lock()
 
     async def work() -> None:
-        async with cap.slot_async():
+        await cap.acquire_async()
+        try:
             with lock:
                 current[0] += 1
                 peak[0] = max(peak[0], current[0])
             await asyncio.sleep(0.02)
             with lock:
                 current[0] -= 1
+        finally:
+            cap.release()
 
     async def many() -> None:
         await asyncio.gather(*(work() for _ in range(6)))

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mistral_nbenv._forksafe import PerProcess
@@ -230,21 +229,3 @@ class ConcurrencyLimiter:
                 except RuntimeError:  # its event loop is closed: skip it
                     continue
             self._in_flight = max(0, self._in_flight - 1)
-
-    @contextlib.contextmanager
-    def slot(self, timeout: float | None = None) -> Iterator[None]:
-        """``with limiter.slot():`` around one call."""
-        self.acquire(timeout)
-        try:
-            yield
-        finally:
-            self.release()
-
-    @contextlib.asynccontextmanager
-    async def slot_async(self, timeout: float | None = None) -> Any:
-        """``async with limiter.slot_async():`` around one call."""
-        await self.acquire_async(timeout)
-        try:
-            yield
-        finally:
-            self.release()

@@ -298,9 +298,3 @@ class RateLimiter:
             if got is not None:
                 return
         self._update(self._correction(adjust))
-
-    def reset(self) -> None:
-        """Forget the shared state (full buckets)."""
-        if self._shared is not None:
-            self._shared.reset()
-        self._update(lambda _raw: (f"{self._req_cap!r},{self._tok_cap!r},{self.clock()!r}", None))

@@ -293,10 +293,6 @@ class RedisBudget:
         wait, now = await script(keys=[self.key], args=list(args))
         return float(wait), float(now)
 
-    def reset(self) -> None:
-        """Forget the state (a full budget)."""
-        self.connection.sync().delete(self.key)
-
 
 def _scan(connection: Connection, prefix: str) -> list[str]:
     """Every key under ``prefix`` (SCAN, never KEYS: the server is not blocked)."""

@@ -298,7 +298,3 @@ class SharedBudget:
         return await self.shared.run_async(
             "taking from the rate budget", lambda: self.budget.admit_async(args), local
         )
-
-    def reset(self) -> None:
-        """A full budget."""
-        self.shared.run("resetting the rate budget", self.budget.reset, lambda: None)
