@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,16 @@ from mistral_nbenv import (
     detect_environment,
     environment,
     feature_flags,
+    get_client,
     require_environment,
     require_production,
     requires_environment,
     use_environment,
 )
+from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.workspace import add_switch_listener
-from tests.conftest import ProjectFactory
+from tests._browser_project import write_project
+from tests.conftest import ProjectFactory, reset_state
 
 ALIASES = [
     ("dev", "development"),
@@ -236,6 +240,31 @@ def test_requires_environment_decorator_sync_and_async() -> None:
 def test_requires_environment_rejects_unknown_names_at_decoration() -> None:
     with pytest.raises(ConfigurationError):
         requires_environment("prodd")
+
+
+def test_staging_sends_the_model_production_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one model configured for both, staging sends it, as production does (the
+    packaged staging flags are production's; development keeps trying the new model)."""
+    large = 'model = "mistral-large-latest"\n'
+    with MistralTestServer() as server:
+        settings = write_project(tmp_path, server.url)
+        text = settings.read_text().replace("[staging]\n", "[staging]\n" + large)
+        settings.write_text(text.replace("[production]\n", "[production]\n" + large))
+        monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(settings))
+        reset_state()
+        sent = {}
+        for env in ("staging", "production", "development"):
+            get_client(env).chat.complete(messages=[{"role": "user", "content": env}], cache=False)
+            request = server.last_request
+            assert request is not None
+            sent[env] = request.body["model"]
+    assert sent == {
+        "staging": "mistral-large-latest",
+        "production": "mistral-large-latest",
+        "development": "mistral-medium-latest",  # new_model: development rolls it out
+    }
 
 
 def test_feature_flags_follow_the_environment(project: ProjectFactory) -> None:

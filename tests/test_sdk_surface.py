@@ -688,3 +688,157 @@ def test_per_call_retry_override(server: MistralTestServer) -> None:
 
     with pytest.raises(ValueError, match="retry="):
         client.files.list(retry="sometimes")
+
+
+# --------------------------------------------------------------- every operation, on purpose
+
+#: Every POST operation of the installed SDK (mistralai 3.7.0) and its class, decided one by
+#: one. GET is a read and PUT, PATCH and DELETE are writes by their method alone; a POST is
+#: not, so a POST a new SDK release adds fails the test below until it is classified here
+#: (and, if it is inference, its path is in ``client/policy.INFERENCE_PATHS``). POST
+#: searches and aggregations stay writes: retried only when unsent, never cached.
+POST_CLASSES: dict[str, str] = {
+    "agents.complete": "inference",
+    "agents.stream": "inference",
+    "audio.agents.create": "write",
+    "audio.sessions.create": "write",
+    "audio.speech.complete": "inference",
+    "audio.transcriptions.complete": "inference",
+    "audio.transcriptions.stream": "inference",
+    "audio.voices.create": "write",
+    "batch.jobs.cancel": "write",
+    "batch.jobs.create": "write",
+    "beta.agents.create": "write",
+    "beta.connectors.activate_for_consumer": "write",
+    "beta.connectors.call_tool": "write",
+    "beta.connectors.create": "write",
+    "beta.connectors.create_credentials": "write",
+    "beta.connectors.deactivate_for_consumer": "write",
+    "beta.context.search_indexes.create": "write",
+    "beta.context.search_indexes.generate_index_summary": "write",
+    "beta.context.search_indexes.grep": "write",
+    "beta.context.search_indexes.ingest_documents": "write",
+    "beta.context.search_indexes.navigate": "write",
+    "beta.context.search_indexes.read": "write",
+    "beta.context.search_indexes.search": "write",
+    "beta.conversations.append": "conversation",
+    "beta.conversations.append_stream": "conversation",
+    "beta.conversations.restart": "conversation",
+    "beta.conversations.restart_stream": "conversation",
+    "beta.conversations.start": "conversation",
+    "beta.conversations.start_stream": "conversation",
+    "beta.libraries.create": "write",
+    "beta.libraries.documents.reprocess": "write",
+    "beta.libraries.documents.upload": "write",
+    "beta.observability.datasets.create": "write",
+    "beta.observability.datasets.create_record": "write",
+    "beta.observability.datasets.import_from_dataset_records": "write",
+    "beta.observability.datasets.import_from_file": "write",
+    "beta.observability.datasets.import_from_playground": "write",
+    "beta.observability.datasets.import_from_spans": "write",
+    "beta.observability.datasets.records.bulk_delete": "write",
+    "beta.observability.datasets.records.judge": "write",
+    "beta.observability.evaluations.create_pipeline": "write",
+    "beta.observability.evaluations.records.search": "write",
+    "beta.observability.evaluations.runs.compute_statistics": "write",
+    "beta.observability.evaluations.runs.search": "write",
+    "beta.observability.evaluations.runs.search_all": "write",
+    "beta.observability.judges.create": "write",
+    "beta.observability.judges.judge_conversation": "write",
+    "beta.observability.logs.search": "write",
+    "beta.observability.spans.aggregate": "write",
+    "beta.observability.spans.aggregate_span_evaluations": "write",
+    "beta.observability.spans.search_latest_span_evaluations": "write",
+    "beta.observability.spans.search_pipeline_results": "write",
+    "beta.observability.spans.search_span_evaluations": "write",
+    "beta.observability.spans.search_spans": "write",
+    "beta.observability.traces.aggregate": "write",
+    "beta.observability.traces.search": "write",
+    "beta.prompts.create": "write",
+    "beta.prompts.create_version": "write",
+    "beta.service_accounts.create": "write",
+    "beta.skills.create": "write",
+    "beta.skills.create_version": "write",
+    "beta.triggers.create": "write",
+    "beta.webhooks.create": "write",
+    "chat.complete": "inference",
+    "chat.stream": "inference",
+    "classifiers.classify": "inference",
+    "classifiers.classify_chat": "inference",
+    "classifiers.moderate": "inference",
+    "classifiers.moderate_chat": "inference",
+    "embeddings.create": "inference",
+    "files.upload": "write",
+    "fim.complete": "inference",
+    "fim.stream": "inference",
+    "models.archive": "write",
+    "ocr.process": "inference",
+    "realtime.sessions.create": "write",
+    "responses.count_input_tokens": "inference",
+    "responses.create": "inference",
+    "workflows.add_workflow_tags": "write",
+    "workflows.deployments.create_deployment": "write",
+    "workflows.deployments.restart_deployment": "write",
+    "workflows.deployments.start_deployment": "write",
+    "workflows.deployments.stop_deployment": "write",
+    "workflows.deployments.unharden_deployment": "write",
+    "workflows.execute_workflow": "write",
+    "workflows.execute_workflow_registration": "write",
+    "workflows.executions.batch_cancel_workflow_executions": "write",
+    "workflows.executions.batch_terminate_workflow_executions": "write",
+    "workflows.executions.cancel_workflow_execution": "write",
+    "workflows.executions.query_workflow_execution": "write",
+    "workflows.executions.reset_workflow": "write",
+    "workflows.executions.signal_workflow_execution": "write",
+    "workflows.executions.terminate_workflow_execution": "write",
+    "workflows.executions.update_workflow_execution": "write",
+    "workflows.schedules.pause_schedule": "write",
+    "workflows.schedules.resume_schedule": "write",
+    "workflows.schedules.schedule_workflow": "write",
+    "workflows.schedules.trigger_schedule": "write",
+}
+
+
+def test_every_operation_of_the_installed_sdk_is_classified_on_purpose() -> None:
+    found: dict[str, str] = {}
+    for op in surface.walk():
+        name, kind = ".".join((*op.namespace, op.name)), policy_for(op.http_method, op.http_path)
+        method = (op.http_method or "").upper()
+        if method == "POST":
+            found[name] = kind.kind
+        else:
+            assert kind.kind == ("read" if method == "GET" else "write"), (name, method)
+    unknown = sorted(set(found) - set(POST_CLASSES))
+    assert not unknown, f"POST operations no one classified (add them to POST_CLASSES): {unknown}"
+    wrong = {name: kind for name, kind in found.items() if POST_CLASSES[name] != kind}
+    assert not wrong, f"classified otherwise than decided: {wrong}"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "operation", "kwargs", "path"),
+    [
+        ("responses", "create", {"model": "m", "input": "hello"}, "/v1/responses"),
+        (
+            "responses",
+            "count_input_tokens",
+            {"model": "m", "input": "hello"},
+            "/v1/responses/input_tokens",
+        ),
+        ("audio.speech", "complete", {"input": "hello"}, "/v1/audio/speech"),
+    ],
+)
+def test_responses_token_counting_and_speech_are_inference(
+    server: MistralTestServer, namespace: str, operation: str, kwargs: dict[str, Any], path: str
+) -> None:
+    """Cached, charged against tokens/min and retried on any retryable error."""
+    client = get_client()  # staging: cache on
+    method = client
+    for part in (*namespace.split("."), operation):
+        method = getattr(method, part)
+    server.enqueue(Fault.status(503))  # retried: a write's 503 would be reported
+    first = method(**kwargs)
+    again = method(**kwargs)
+    assert server.count(path) == 2  # the 503, then the answer; the second call a hit
+    assert again.model_dump() == first.model_dump()
+    assert (client.stats.hits, client.stats.retries) == (1, 1)
+    assert policy_for("POST", path).tokens

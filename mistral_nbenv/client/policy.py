@@ -1,8 +1,9 @@
 """The policy table: how the pipeline treats an operation, from its HTTP method and kind.
 
 * **inference** (POST to chat, FIM, embeddings, moderations, classifications, OCR, audio
-  transcriptions, agents completions; ``chat.parse`` runs ``chat.complete``): rpm and tpm,
-  cached, retried on every retryable error;
+  transcriptions and speech, agents completions, responses and their input-token count;
+  ``chat.parse`` runs ``chat.complete``): rpm and tpm, cached, retried on every retryable
+  error;
 * **conversation** (POST to ``/v1/conversations...``: start, append, restart): rpm and tpm,
   retried only on what cannot have reached the server (a repeat would add to the stored
   conversation); ``start`` with ``store=False`` (the server keeps nothing) is cached and
@@ -41,7 +42,10 @@ INFERENCE_PATHS = frozenset(
         "/v1/chat/classifications",
         "/v1/ocr",
         "/v1/audio/transcriptions",
+        "/v1/audio/speech",
         "/v1/agents/completions",
+        "/v1/responses",
+        "/v1/responses/input_tokens",
     }
 )
 #: GET reads cached by default (the model catalogue changes rarely).
