@@ -181,12 +181,10 @@ def test_close_then_reopen_lazily(make: Any, server: MistralTestServer) -> None:
 
 def _budget_requests(client: Client) -> float:
     """The requests left in the client's shared budget (as another process reads it)."""
-    from mistral_nbenv.store.layout import cache_dir
+    from mistral_nbenv.store.layout import budget_dir
     from mistral_nbenv.store.local import DiskStore
 
-    state = DiskStore(cache_dir(client.settings) / "ratelimit").update(
-        "bucket", lambda raw: (None, raw)
-    )
+    state = DiskStore(budget_dir(client.settings, KEY)).update("bucket", lambda raw: (None, raw))
     assert state is not None
     return float(state.split(",")[0])
 
@@ -827,12 +825,12 @@ def test_rate_limit_wait_is_counted(make: Any, server: MistralTestServer) -> Non
 def test_an_async_call_waits_for_another_processs_budget_without_stopping_other_tasks(
     make: Any, server: MistralTestServer
 ) -> None:
-    from mistral_nbenv.store.layout import cache_dir
+    from mistral_nbenv.store.layout import budget_dir
     from tests.test_ratelimit import _hold_budget, _release
 
     client = make(cache={"enabled": False}, rate_limits={"requests_per_minute": 600})
     client.chat.complete(messages=hello("opens the shared budget"))
-    holder = _hold_budget(cache_dir(client.settings) / "ratelimit")  # another kernel, mid-update
+    holder = _hold_budget(budget_dir(client.settings, KEY))  # another kernel, mid-update
 
     async def run() -> tuple[int, int, str]:
         call = asyncio.ensure_future(client.chat.complete_async(messages=hello("waits")))

@@ -295,3 +295,73 @@ def test_after_a_fork_parent_and_child_call_at_once_and_each_gets_its_own_answer
     assert parent == [f"Echo: parent {i}" for i in range(5)]
     assert server.count(CHAT) == 11
     assert KEY not in child
+
+
+# ------------------------------------------------------------------ state per project
+
+
+def _project(root: Path, name: str, server: MistralTestServer, key: str) -> Path:
+    """A project directory with no cache.directory: its state goes to the user cache dir."""
+    directory = root / name
+    directory.mkdir()
+    (directory / "settings.toml").write_text(
+        f'[staging]\nserver_url = "{server.url}"\napi_key = "{key}"\nmax_retries = 0\n'
+        "[staging.rate_limits]\nrequests_per_minute = 1\n",
+        encoding="utf-8",
+    )
+    return directory
+
+
+def _in_project(directory: Path, code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=directory,  # discovery finds the project's settings.toml from here
+        env={**scrubbed_environ(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+_ASK = (
+    "import mistral_nbenv as mn, time; c = mn.get_client('staging'); started = time.monotonic()\n"
+    "for i in range({n}): c.chat.complete(messages=[{{'role': 'user', 'content': f'q{{i}}'}}])\n"
+    "print(round(c.stats.rate_limit_wait_seconds, 1), c.stats.hits, c.stats.requests)"
+)
+
+
+def test_projects_keep_their_own_answers_and_usage_and_a_key_its_own_budget(
+    tmp_path: Path, server: MistralTestServer
+) -> None:
+    """1 request/min: one request empties a key's budget for a minute. A project with another
+    key is not held back by it; a project with the same key shares it; no project's answers,
+    usage or ``cache clear`` reach another's."""
+    one = _project(tmp_path, "one", server, "ProjOneFakeKeyAbCdEfGhIjKlMnOp01")
+    two = _project(tmp_path, "two", server, "ProjTwoFakeKeyAbCdEfGhIjKlMnOp02")
+    same = _project(tmp_path, "same", server, "ProjOneFakeKeyAbCdEfGhIjKlMnOp01")
+    assert _in_project(one, _ASK.format(n=1)) == "0.0 0 1"
+    # another key: not held back; the same question: asked again (answers are per project)
+    assert _in_project(two, _ASK.format(n=1)) == "0.0 0 1"
+    assert server.count(CHAT) == 2
+    left = _in_project(
+        same,
+        "import mistral_nbenv as mn; from mistral_nbenv.store.layout import open_stores\n"
+        "from mistral_nbenv.workspace import get_api_key\n"
+        "s = mn.get_settings('staging'); key = get_api_key('staging').value.get_secret_value()\n"
+        "b = open_stores(s, None, key).budget\n"
+        "print(b.update('bucket', lambda raw: (None, raw)).split(',')[0])",
+    )
+    assert float(left) < 0.1  # the same key's budget, spent by project one
+    assert _in_project(one, _ASK.format(n=1)).split()[1:] == ["1", "0"]  # its own hit
+    clear = "import mistral_nbenv.ui.reports as r; print(r.clear_cache('staging', confirm=True))"
+    assert _in_project(two, clear) == "1"
+    assert _in_project(one, _ASK.format(n=1)).split()[1:] == ["1", "0"]  # untouched
+    usage = _in_project(
+        one,
+        "from mistral_nbenv.ui.reports import collect_usage; r = collect_usage('staging'); "
+        "print(sum(x.requests for x in r.rows), sum(x.hits for x in r.rows))",
+    )
+    assert usage == "1 2"  # project one's own request and hits only
+    assert server.count(CHAT) == 2

@@ -25,7 +25,7 @@ from mistral_nbenv import (
     workspace,
 )
 from mistral_nbenv.store import CacheUnavailableWarning
-from mistral_nbenv.store.layout import cache_dir
+from mistral_nbenv.store.layout import budget_dir, cache_dir
 from mistral_nbenv.store.local import close_all
 from mistral_nbenv.testing import MistralTestServer
 from tests._browser_project import KEYS, reset_core, use_project
@@ -128,7 +128,7 @@ def test_a_rate_limit_db_corrupted_while_open_falls_back_to_memory(
     use_environment("staging")
     client = get_client()
     client.chat.complete(messages=HELLO, cache=False)  # the limiter's db is open now
-    ratelimit_db = cache_dir(client.settings) / "ratelimit" / "cache.db"
+    ratelimit_db = budget_dir(client.settings, KEYS["staging"]) / "cache.db"
     assert ratelimit_db.is_file()
     for path in ratelimit_db.parent.glob("cache.db*"):  # the db, its -wal and -shm
         with open(path, "r+b") as fh:  # same inode: the open connection sees it

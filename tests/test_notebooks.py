@@ -168,7 +168,7 @@ def test_environments(
     assert "from settings.toml [production]" in api_key_line
     assert "* [development]" in listing
     assert check.count("ok    ") == 4
-    assert "staging      new model: True" in flags
+    assert "staging      new model: False" in flags  # staging mirrors production
     assert "Guard:" in guards
     assert "report published in staging" in guards
     assert "back in development" in guards

@@ -153,9 +153,9 @@ def test_cache_budget_and_ledger_live_in_redis(
     assert float(counters["hits"]) == 1
     assert float(counters["prompt_tokens"]) == first.usage.prompt_tokens
     # nothing went to the local stores
-    root = tmp_path / "p" / "cache" / "development"
-    assert not (root / "ratelimit").exists()
-    assert not (root / "usage").exists()
+    root = tmp_path / "p" / "cache"
+    assert not (root / "budgets").exists()
+    assert not (root / "development" / "usage").exists()
 
 
 def test_two_keys_have_two_budgets(
@@ -278,8 +278,7 @@ def test_redis_down_goes_local_with_one_warning_then_rejoins(
     assert "development" in str(shared_warnings[0].message)
     assert f"127.0.0.1:{redis_server.port}" in str(shared_warnings[0].message)
     assert server.count("/v1/chat/completions") == 4  # every call went on
-    local = tmp_path / "p" / "cache" / "development"
-    assert (local / "ratelimit").is_dir()  # admitted by the local budget meanwhile
+    assert (tmp_path / "p" / "cache" / "budgets").is_dir()  # admitted locally meanwhile
     # Redis is back (empty: persistence is off); after REJOIN_AFTER the next call uses it
     redis_server.start()
 

@@ -157,7 +157,7 @@ def test_four_hosts_share_one_requests_per_minute_budget(
     assert sum(r["rate_limit_waits"] for r in results) > 0  # the budget really held them back
     # one EVALSHA per admission: the budget lives in Redis, not in four local directories
     assert redis_server.calls("evalsha") >= len(times)
-    assert not (tmp_path / "h0" / "cache" / "development" / "ratelimit").exists()
+    assert not (tmp_path / "h0" / "cache" / "budgets").exists()
 
 
 def test_four_hosts_share_one_tokens_per_minute_budget(

@@ -1,11 +1,21 @@
 """Where an environment's state lives: the one place its stores are built.
 
-Under the cache root (``cache.directory``, else the user cache directory), each environment
-has its own directory, so clearing one never touches another:
+State belongs to what it describes. Answers and usage belong to a project and one of its
+environments; the rate budget belongs to the API key (and the server it is sent to), since
+that is what the provider limits:
 
-* ``<root>/<environment>/``: the response cache;
-* ``<root>/<environment>/ratelimit/``: the rate budget (requests/min, tokens/min);
-* ``<root>/<environment>/usage/``: the usage ledger.
+* ``<project>/<environment>/``: the response cache;
+* ``<project>/<environment>/usage/``: the usage ledger;
+* ``<root>/budgets/<key fingerprint>/``: the rate budget (requests/min, tokens/min), shared
+  by every project and process using that key with that server, and by no other.
+
+``<root>`` is ``cache.directory`` when a project sets one (then ``<project>`` is ``<root>``
+itself: the project chose that directory), else the user cache directory, where
+``<project>`` is ``<root>/projects/<name>-<digest>`` (the directory the settings came from:
+its name and 8 hex digits of its path's SHA-256), so two projects on one machine never
+share answers, usage or a ``cache clear``. A project found no settings file for is
+``projects/default``. The fingerprint is 12 hex digits of the SHA-256 of the key and the
+server URL: it names the key without revealing it.
 
 Each is a :class:`~mistral_nbenv.store.local.DiskStore` (diskcache: 0700 directories, 0600
 files, JSON text only, every write committed before it returns). With ``[E.shared]`` the
@@ -16,19 +26,28 @@ unavailable (:mod:`mistral_nbenv.store.shared`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mistral_nbenv.store.local import DiskStore
+from mistral_nbenv.store.local import DiskStore, MemoryStore
 
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
     from mistral_nbenv.store import Budget, KeyValue, Ledger
     from mistral_nbenv.store.shared import Shared, SharedBudget
 
-__all__ = ["Stores", "cache_dir", "cache_root", "open_stores"]
+__all__ = [
+    "Stores",
+    "budget_dir",
+    "cache_dir",
+    "cache_root",
+    "key_fingerprint",
+    "open_stores",
+    "project_name",
+]
 
 
 def cache_root(settings: Settings) -> Path:
@@ -42,9 +61,33 @@ def cache_root(settings: Settings) -> Path:
 
 
 def cache_dir(settings: Settings) -> Path:
-    """This environment's own directory (its response cache; the budget and the ledger in
-    subdirectories)."""
-    return cache_root(settings) / settings.environment
+    """This project's directory for ``settings``' environment: its response cache, and its
+    usage ledger in ``usage/``."""
+    root = cache_root(settings)
+    if settings.cache.directory:
+        return root / settings.environment
+    return root / "projects" / project_name(settings.project_dir) / settings.environment
+
+
+def project_name(directory: Path | None) -> str:
+    """``<name>-<8 hex digits>`` of a project directory (``default`` without one)."""
+    if directory is None:
+        return "default"
+    path = str(Path(directory).resolve())
+    digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).name)[:40]
+    return f"{name or 'root'}-{digest}"
+
+
+def key_fingerprint(api_key: str, server_url: str = "") -> str:
+    """12 hex digits naming an API key with the server it is sent to (never the key)."""
+    text = f"{api_key}\0{server_url}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def budget_dir(settings: Settings, api_key: str) -> Path:
+    """Where the rate budget of ``api_key`` (sent to ``settings``' server) lives."""
+    return cache_root(settings) / "budgets" / key_fingerprint(api_key, settings.server_url)
 
 
 @dataclass(frozen=True)
@@ -61,8 +104,8 @@ class Stores:
 def open_stores(settings: Settings, shared: Shared | None = None, api_key: str = "") -> Stores:
     """The stores of ``settings``' environment (nothing is opened until first used).
 
-    ``api_key``: the environment's key, whose fingerprint names a shared budget in Redis
-    (a budget belongs to the key); unused without one.
+    ``api_key``: the environment's key, whose fingerprint names its budget, on disk and in
+    Redis (a budget belongs to the key); without one (a report), the budget is in memory.
     """
     directory = cache_dir(settings)
     limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
@@ -75,4 +118,5 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
         if shared.share_budget and api_key:
             shared_budget = shared.budget(api_key)
         ledger = shared.ledger(ledger)
-    return Stores(cache, DiskStore(directory / "ratelimit"), ledger, shared_budget)
+    budget: Budget = DiskStore(budget_dir(settings, api_key)) if api_key else MemoryStore()
+    return Stores(cache, budget, ledger, shared_budget)
