@@ -102,8 +102,9 @@ class Pipeline:
     def prepare(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
         """Defaults, the cache option and lookup; offline, a miss raises ``CacheMissError``.
 
-        It reads and never writes a store (a hit's usage is the caller's :meth:`served`), so
-        an async call runs it on the event loop: a read never waits for a writer (WAL).
+        It only reads a store (a hit's usage is the caller's :meth:`served`; an unreadable
+        entry is dropped, the one write), so an async call runs it on the event loop: a read
+        never waits for a writer (SQLite's WAL).
         """
         option = kwargs.pop("cache", None)
         retry = kwargs.pop("retry", None)
