@@ -51,6 +51,32 @@ def test_status_json(root: Path) -> None:
     assert settings["timeout"]["source"]
 
 
+def test_the_model_sent_is_shown_with_its_reason(root: Path) -> None:
+    """Development sends new_model (its packaged flag): status says which and why; staging
+    sends model, with no reason to give."""
+    code, doc = _doc(root, "status", "--env", "development", "--json")
+    assert code == 0
+    env = doc["environment"]
+    assert env["model"] == "mistral-medium-latest"
+    assert env["model_reason"] == (
+        "new_model, because features.use_new_model is on: packaged defaults [development]"
+    )
+    code, doc = _doc(root, "status", "--env", "staging", "--json")
+    assert (doc["environment"]["model"], doc["environment"]["model_reason"]) == (
+        "mistral-small-latest",
+        "",
+    )
+    code, text, _err = _run(root, "status", "--env", "development")
+    assert code == 0
+    lines = [line.strip() for line in text.splitlines()]
+    assert (
+        "model     mistral-medium-latest (new_model, because features.use_new_model is on: "
+        "packaged defaults [development])"
+    ) in lines
+    code, text, _err = _run(root, "status", "--env", "staging")
+    assert "model     mistral-small-latest" in [line.strip() for line in text.splitlines()]
+
+
 def test_list_json(root: Path) -> None:
     code, doc = _doc(root, "list", "--json")
     assert code == 0

@@ -280,6 +280,21 @@ class Settings:
         """The default chat model: ``new_model`` while ``features.use_new_model`` is on."""
         return self.new_model if self.features.use_new_model else self.model
 
+    @property
+    def model_sent(self) -> str:
+        """The chat model a call that names none sends (:attr:`chat_model`)."""
+        return self.chat_model
+
+    @property
+    def model_reason(self) -> str:
+        """Why :attr:`model_sent` is not ``model`` (empty when it is), with where the flag
+        was set: ``new_model, because features.use_new_model is on: packaged defaults
+        [development]``."""
+        if not self.features.use_new_model or self.new_model == self.model:
+            return ""
+        where = self.source_of("features.use_new_model")
+        return f"new_model, because features.use_new_model is on: {where}"
+
     def source_of(self, key: str) -> str:
         """Where a (dotted) key's value came from, e.g. ``settings.toml [production]``."""
         return self.sources.get(key, "not set")

@@ -94,7 +94,7 @@ def _limits_text(st: EnvironmentStatus) -> str:
 
 def _rows(st: EnvironmentStatus) -> list[tuple[str, str]]:
     rows = [
-        ("model", st.model),
+        ("model", f"{st.model} ({st.model_reason})" if st.model_reason else st.model),
         ("key", _key_text(st)),
         ("server", st.endpoint),
         ("cache", _cache_text(st)),

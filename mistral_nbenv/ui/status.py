@@ -40,7 +40,8 @@ class EnvironmentStatus:
     environment: str
     active: bool = False
     protected: bool = False
-    model: str = ""
+    model: str = ""  # the model sent (Settings.model_sent)
+    model_reason: str = ""  # why it is not `model`; empty when it is
     server_url: str = ""
     offline: bool = False
     key_masked: str | None = None
@@ -106,7 +107,8 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         environment=s.environment,
         active=s.environment == active,
         protected=s.protected,
-        model=s.chat_model,
+        model=s.model_sent,
+        model_reason=s.model_reason,
         server_url=s.server_url,
         offline=s.offline,
         key_masked=key_masked,
