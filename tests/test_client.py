@@ -852,6 +852,40 @@ def test_an_async_call_waits_for_another_processs_budget_without_stopping_other_
     assert server.count(CHAT) == 2
 
 
+def test_an_async_call_whose_usage_file_is_busy_counts_its_failure_once_without_blocking(
+    make: Any, server: MistralTestServer
+) -> None:
+    """The failure's ledger write waits in a worker thread while another process holds the
+    usage file; the loop keeps running and the failure is counted once, in both places."""
+    from mistral_nbenv.store.layout import cache_dir, open_stores
+    from tests.test_ratelimit import _hold_budget, _release, _ticking_until
+
+    client = make(cache={"enabled": False})
+    client.chat.complete(messages=hello("opens the usage ledger"))
+    holder = _hold_budget(cache_dir(client.settings) / "usage")  # another kernel, mid-write
+    server.enqueue(Fault.status(400))
+
+    async def run() -> tuple[int, bool, BaseException | None]:
+        call = asyncio.ensure_future(client.chat.complete_async(messages=hello("refused")))
+        ticks = await _ticking_until(call, 20)
+        waiting = not call.done()
+        _release(holder)
+        try:
+            await asyncio.wait_for(call, timeout=30)
+        except Exception as exc:
+            return ticks, waiting, exc
+        return ticks, waiting, None
+
+    ticks, waiting, error = asyncio.run(run())
+    assert isinstance(error, APIError)
+    assert error.status_code == 400
+    assert ticks == 20, "the event loop stopped while the usage file was held"
+    assert waiting, "the failure's usage was written while another process held the file"
+    assert client.stats.errors == 1
+    totals = open_stores(client.settings).ledger.totals()
+    assert sum(t.get("errors", 0.0) for t in totals.values()) == 1.0
+
+
 # ----------------------------------------------------------------------------- get_client
 
 

@@ -218,7 +218,8 @@ class Pipeline:
         try:
             result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
-            await without_waiting(lambda: self.count_failure(call))
+            self.stats.add(errors=1)
+            await without_waiting(lambda: self.record_failure(call))
             self.raise_as_ours(exc, call)
         finally:
             self.concurrency.release()
@@ -362,12 +363,12 @@ class Pipeline:
 
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
-        self.count_failure(call)
+        self.stats.add(errors=1)
+        self.record_failure(call)
         self.raise_as_ours(exc, call)
 
-    def count_failure(self, call: Prepared) -> None:
-        """A failed call in the client's counters and the usage ledger."""
-        self.stats.add(errors=1)
+    def record_failure(self, call: Prepared) -> None:
+        """A failed call in the usage ledger (one atomic write: see ``without_waiting``)."""
         self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
 
     def raise_as_ours(self, exc: Exception, call: Prepared) -> NoReturn:
