@@ -28,7 +28,7 @@ from mistral_nbenv.client.stats import ClientStats
 from mistral_nbenv.client.translate import quotes_secret, translate_error
 from mistral_nbenv.client.transport import RESPONSES, Transport, response_json
 from mistral_nbenv.errors import APIError, CacheMissError, SecretNotCachedWarning
-from mistral_nbenv.policies.cache import ResponseCache, namespace_of
+from mistral_nbenv.policies.cache import ResponseCache
 from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
 from mistral_nbenv.policies.ratelimit import RateLimiter
 from mistral_nbenv.policies.retry import RetryPolicy
@@ -74,11 +74,7 @@ class Pipeline:
         enabled = self.cache_enabled
         self._default_modes = (True, False) if self.offline else (enabled, enabled)
         stores = open_stores(settings, shared, key.value.get_secret_value())
-        self.cache = ResponseCache(
-            stores.cache,
-            namespace=namespace_of(settings),
-            ttl_seconds=settings.cache.ttl_seconds,
-        )
+        self.cache = ResponseCache.for_settings(settings, stores.cache)
         self.limiter = RateLimiter(
             stores.budget,
             requests_per_minute=settings.rate_limits.requests_per_minute,

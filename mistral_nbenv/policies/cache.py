@@ -33,7 +33,6 @@ __all__ = [
     "ResponseCache",
     "canonical_json",
     "clear_for",
-    "namespace_of",
     "request_key",
     "stats_for",
 ]
@@ -78,11 +77,6 @@ def request_key(namespace: str, endpoint: str, params: Mapping[str, Any]) -> str
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def namespace_of(settings: Settings) -> str:
-    """What one environment's keys are hashed under: its name and its server URL."""
-    return f"{settings.environment}\0{settings.server_url}"
-
-
 class ResponseCache:
     """One environment's response cache on a :class:`KeyValue` store.
 
@@ -98,17 +92,13 @@ class ResponseCache:
         self.problem = ""  # why the cache is off, once it is
 
     @classmethod
-    def for_settings(cls, settings: Settings, shared: Shared | None = None) -> ResponseCache:
-        """The cache of ``settings``' environment, keys namespaced by environment + server URL.
-
-        With a shared store (``[E.shared]``, ``cache = true``) the entries live in Redis
-        and the disk cache is only the fallback while Redis is unavailable.
-        """
-        from mistral_nbenv.store.layout import open_stores
-
+    def for_settings(cls, settings: Settings, store: KeyValue) -> ResponseCache:
+        """The cache of ``settings``' environment on ``store`` (``open_stores(...).cache``:
+        Redis with ``[E.shared] cache``, the disk then only the fallback), its keys
+        namespaced by environment and server URL."""
         return cls(
-            open_stores(settings, shared).cache,
-            namespace=namespace_of(settings),
+            store,
+            namespace=f"{settings.environment}\0{settings.server_url}",
             ttl_seconds=settings.cache.ttl_seconds,
         )
 
@@ -188,7 +178,7 @@ class ResponseCache:
 def stats_for(settings: Settings, shared: Shared | None = None) -> dict[str, Any]:
     """Entries, bytes, directory (or shared URL), enabled flag and TTL of one environment's
     cache."""
-    from mistral_nbenv.store.layout import cache_dir
+    from mistral_nbenv.store.layout import cache_dir, open_stores
 
     directory = cache_dir(settings)
     on_redis = shared is not None and shared.share_cache
@@ -205,17 +195,19 @@ def stats_for(settings: Settings, shared: Shared | None = None) -> dict[str, Any
         "shared": shared.url if on_redis and shared is not None else None,
     }
     if directory.is_dir() or on_redis:
-        info.update(ResponseCache.for_settings(settings, shared).stats())
+        info.update(
+            ResponseCache.for_settings(settings, open_stores(settings, shared).cache).stats()
+        )
     return info
 
 
 def clear_for(settings: Settings, shared: Shared | None = None) -> int:
     """Remove every cached response of one environment (never another's); return how many."""
-    from mistral_nbenv.store.layout import cache_dir
+    from mistral_nbenv.store.layout import cache_dir, open_stores
 
     if not cache_dir(settings).is_dir() and not (shared is not None and shared.share_cache):
         return 0
-    cache = ResponseCache.for_settings(settings, shared)
+    cache = ResponseCache.for_settings(settings, open_stores(settings, shared).cache)
     removed = cache.clear()
     if not cache.available:
         raise CacheUnavailableError(

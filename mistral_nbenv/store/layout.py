@@ -44,7 +44,6 @@ __all__ = [
     "budget_dir",
     "cache_dir",
     "cache_root",
-    "key_fingerprint",
     "open_stores",
     "project_name",
 ]
@@ -79,15 +78,11 @@ def project_name(directory: Path | None) -> str:
     return f"{name or 'root'}-{digest}"
 
 
-def key_fingerprint(api_key: str, server_url: str = "") -> str:
-    """12 hex digits naming an API key with the server it is sent to (never the key)."""
-    text = f"{api_key}\0{server_url}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-
-
 def budget_dir(settings: Settings, api_key: str) -> Path:
     """Where the rate budget of ``api_key`` (sent to ``settings``' server) lives."""
-    return cache_root(settings) / "budgets" / key_fingerprint(api_key, settings.server_url)
+    from mistral_nbenv.store.shared import fingerprint
+
+    return cache_root(settings) / "budgets" / fingerprint(f"{api_key}\0{settings.server_url}")
 
 
 @dataclass(frozen=True)

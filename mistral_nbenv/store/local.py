@@ -155,7 +155,9 @@ class DiskStore:
         self.directory = Path(directory)
         self.size_limit = size_limit
         self._db: diskcache.Cache | None = None
+        # the handle that never waits, opened once an event loop has asked for it
         self._nowait: diskcache.Cache | None = None
+        self._nowait_wanted = False
         self._writes = 0
 
     def __repr__(self) -> str:
@@ -170,26 +172,31 @@ class DiskStore:
         """The open diskcache (opened, privately, on first use)."""
         db = self._db
         if db is None:
-            db = open_diskcache(self.directory, size_limit=self.size_limit)
-            # and the handle that never waits (opening may wait: here, never on an event loop)
-            self._nowait = open_diskcache(self.directory, size_limit=self.size_limit, timeout=0)
-            self._db = db
+            db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
         return db
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[tuple[diskcache.Cache, bool]]:
-        """``(handle, retry)`` for one write: while :data:`~mistral_nbenv.store.NOWAIT` is
-        set, a handle that never waits, and :class:`~mistral_nbenv.store.Busy` (nothing
-        changed) where another transaction holds the store."""
+    def _writing(self) -> Iterator[diskcache.Cache]:
+        """The handle for one write. It waits at most :data:`BUSY_TIMEOUT` for another
+        process's transaction (then ``diskcache.Timeout``); while
+        :data:`~mistral_nbenv.store.NOWAIT` is set it never waits, and raises
+        :class:`~mistral_nbenv.store.Busy` (nothing changed) instead.
+
+        Opening a handle may wait too (diskcache's own set-up), so the never-waiting one is
+        opened outside the event loop: the first write a loop asks for is Busy, and its
+        worker thread opens it after that write."""
         if not NOWAIT.get():
-            yield self.db(), True
+            yield self.db()
+            if self._nowait_wanted and self._nowait is None:  # right after a write: free
+                self._nowait = open_diskcache(self.directory, size_limit=self.size_limit, timeout=0)
             return
         import diskcache
 
         if self._nowait is None:
-            raise Busy(f"{self.directory} is not open yet (opening may wait)")
+            self._nowait_wanted = True
+            raise Busy(f"{self.directory} is not open for an event loop yet")
         try:
-            yield self._nowait, False
+            yield self._nowait
         except (diskcache.Timeout, sqlite3.OperationalError) as exc:
             if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode not in _BUSY:
                 raise
@@ -205,8 +212,8 @@ class DiskStore:
         """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
         import diskcache
 
-        with self._writing() as (db, retry), private_umask():
-            db.set(key, value, expire=ttl, retry=retry)
+        with self._writing() as db, private_umask():
+            db.set(key, value, expire=ttl, retry=False)
             self._writes += 1
             if self._writes % CULL_EVERY == 1:
                 with contextlib.suppress(diskcache.Timeout):  # busy: the next batch evicts
@@ -229,9 +236,8 @@ class DiskStore:
     # -- Budget ---------------------------------------------------------------------------
 
     def update(self, key: str, change: Callable[[str | None], tuple[str | None, R]]) -> R:
-        """``change`` runs inside one SQLite transaction (no other process in between); a
-        transaction held elsewhere past :data:`BUSY_TIMEOUT` raises ``diskcache.Timeout``."""
-        with self._writing() as (db, _retry), db.transact(retry=False):
+        """``change`` runs inside one SQLite transaction (no other process in between)."""
+        with self._writing() as db, db.transact(retry=False):
             old = db.get(key, None, retry=False)
             new, result = change(_text(old))
             if new is not None:
@@ -243,10 +249,10 @@ class DiskStore:
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
         """Add to one bucket's counters: one number per counter, incremented in place, all
         in one transaction."""
-        with self._writing() as (db, retry), db.transact(retry=retry):
+        with self._writing() as db, db.transact(retry=False):
             for name, amount in amounts.items():
                 if amount:
-                    db.incr(f"{_LEDGER_PREFIX}{bucket}\0{name}", amount, retry=retry)
+                    db.incr(f"{_LEDGER_PREFIX}{bucket}\0{name}", amount, retry=False)
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters (a bucket an earlier release wrote as one JSON text too)."""
