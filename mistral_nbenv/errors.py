@@ -37,6 +37,8 @@ __all__ = [
     "EnvironmentGuardError",
     "MissingAPIKeyError",
     "MistralEnvError",
+    "MistralEnvWarning",
+    "ModelDeprecationWarning",
     "ProductionConfirmationRequired",
     "RateLimitError",
     "SecretBackendError",
@@ -163,8 +165,17 @@ class StreamExpiredError(MistralEnvError):
     """A stream left unread past its ``timeout`` gave its slot to another call and closed."""
 
 
-class SecretNotCachedWarning(UserWarning):
+class MistralEnvWarning(UserWarning):
+    """Every warning this package issues (a notebook shows each as one line)."""
+
+
+class SecretNotCachedWarning(MistralEnvWarning):
     """An answer held a secret (a server echoing the key), so it was not cached."""
+
+
+class ModelDeprecationWarning(MistralEnvWarning):
+    """The API said a model it answered with is deprecated (``x-model-deprecation-timestamp``):
+    issued once per model per process, naming the date and what to do."""
 
 
 class CacheMissError(MistralEnvError):

@@ -38,6 +38,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         embedding_model="mistral-embed",
         fim_model="codestral-latest",
         offline=False,
+        server="",
         server_url=server_url,
         timeout=10,
         stream_timeout=0,
@@ -54,6 +55,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         prices={},
         fast_sdk=True,
         confirm_in_notebooks=True,
+        models_lead_production=False,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -74,7 +74,7 @@ def test_confirm_is_exact(argv: tuple[str, ...]) -> None:
 
 
 def test_surfaces_offer_what_the_design_says() -> None:
-    assert names("cli") == ("status", "list", "check", "cache", "usage", "scan", "demo")
-    assert names("magic") == ("status", "list", "check", "use", "cache", "usage")
+    assert names("cli") == ("status", "list", "check", "models", "cache", "usage", "scan", "demo")
+    assert names("magic") == ("status", "list", "check", "models", "use", "cache", "usage")
     assert split_words(["prod", "--confirm"]) == ["use", "prod", "--confirm"]
     assert {c.name for c in COMMANDS} == {*names("cli"), *names("magic")}

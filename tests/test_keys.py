@@ -111,8 +111,9 @@ def test_missing_key_names_environment_and_every_place(project: ProjectFactory) 
     assert str(root / "settings.toml") in message
     assert "MISTRAL_API_KEY_PROD" in message
     assert str(root / ".env.local") in message
+    assert "MISTRAL_SA_TOKEN_PATH" in message  # the SDK's service-account token file
     assert info.value.environment == "production"
-    assert len(info.value.looked) == 2
+    assert len(info.value.looked) == 3
 
 
 def test_missing_development_key_mentions_the_generic_variable() -> None:

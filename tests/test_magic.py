@@ -268,7 +268,7 @@ def test_bad_arguments_are_one_line_usage_errors(
 
 def test_help_prints_the_grammar(ip: ReRaisingShell, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_cell("%mistral_env --help")
-    assert "{status,list,check,use,cache,usage}" in capsys.readouterr().out
+    assert "{status,list,check,models,use,cache,usage}" in capsys.readouterr().out
 
 
 def test_magic_follows_use_environment(ip: ReRaisingShell, out: Outputs) -> None:
@@ -322,6 +322,23 @@ def test_cell_magic_renders_the_answer_and_returns_it(
     ]
     assert "[development] mistral-tiny · from API" in out.text
     assert 'data-environment="development"' in out.html
+
+
+def test_cell_magic_badge_names_the_model_sent_and_why(
+    ip: ReRaisingShell, out: Outputs, lproject: MistralTestServer
+) -> None:
+    """Development sends new_model (its packaged flag): the badge says which, and why."""
+    answer = ip.run_cell("%%mistral\nWhich model?").result
+    assert lproject.last_request.body["model"] == "mistral-medium-latest"
+    assert answer.model_sent == "mistral-medium-latest"
+    assert answer.model_reason == (
+        "new_model, because features.use_new_model is on: packaged defaults [development]"
+    )
+    line = out.text.splitlines()[-1]
+    assert line.startswith("[development] mistral-medium-latest — new_model, because")
+    assert "packaged defaults [development]" in out.html
+    ip.run_cell("%%mistral -m mistral-small-latest\nWhich model?")  # named: no reason
+    assert out.text.splitlines()[-1].startswith("[development] mistral-small-latest · from API")
 
 
 def test_cell_magic_second_run_comes_from_the_cache(

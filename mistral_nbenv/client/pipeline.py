@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from mistral_nbenv.client import deadline
+from mistral_nbenv.client import deadline, deprecation
 from mistral_nbenv.client.policy import retry_mode
 from mistral_nbenv.client.request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
 from mistral_nbenv.client.sdkpatch import SCOPE as FAST_SCOPE
@@ -65,7 +65,7 @@ class Pipeline:
         self.environment = settings.environment
         self.key = key
         self.transport = transport
-        self.stats = ClientStats()
+        self.stats = ClientStats(model=settings.model_sent, model_reason=settings.model_reason)
         # ttl_seconds = 0 means "keep nothing": no caching, even with cache=True.
         self.cache_storable = float(settings.cache.ttl_seconds) > 0
         self.cache_enabled = bool(settings.cache.enabled) and self.cache_storable
@@ -73,7 +73,7 @@ class Pipeline:
         # (read, write) of a call without cache=: offline reads only, else the settings'
         enabled = self.cache_enabled
         self._default_modes = (True, False) if self.offline else (enabled, enabled)
-        stores = open_stores(settings, shared, key.value.get_secret_value())
+        stores = open_stores(settings, shared, key.identity)
         self.cache = ResponseCache.for_settings(settings, stores.cache)
         self.limiter = RateLimiter(
             stores.budget,
@@ -111,6 +111,8 @@ class Pipeline:
             )
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
+        if self.settings.pins and isinstance(kwargs.get("model"), str):
+            kwargs["model"] = self.settings.send(kwargs["model"])  # models.lock.toml
         read, write = self._default_modes if option is None else self._cache_modes(option)
         if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
             read = write = read and self.offline and ep.cacheable
@@ -327,6 +329,9 @@ class Pipeline:
             requests=1, prompt_tokens=prompt, completion_tokens=completion, total_tokens=total
         )
         model = call.kwargs.get("model")
+        if isinstance(model, str):
+            self.stats.sent(model)
+        deprecation.note(call.seen, model, result, self.environment)
         steps: list[Callable[[], None]] = [
             lambda: self.usage.record(
                 model, requests=1, prompt_tokens=prompt, completion_tokens=completion

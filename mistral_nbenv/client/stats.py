@@ -12,8 +12,16 @@ __all__ = ["ClientStats"]
 
 @dataclass
 class ClientStats:
-    """Counters of one client since it was created."""
+    """Counters of one client since it was created, and the models it sends.
 
+    ``model`` is the chat model a call that names none sends (pins applied) and
+    ``model_reason`` why it is not the ``model`` setting; ``models`` counts the answers
+    the API gave per model sent (a cache hit sends nothing).
+    """
+
+    model: str = ""
+    model_reason: str = ""
+    models: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     hits: int = 0
     misses: int = 0
@@ -32,6 +40,14 @@ class ClientStats:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
 
+    def sent(self, model: str) -> None:
+        """Count one answer from the API for ``model`` (thread-safe)."""
+        with self._lock:
+            self.models[model] = self.models.get(model, 0) + 1
+
     def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+        """The counters as a plain dict (``models`` copied)."""
+        with self._lock:
+            values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            values["models"] = dict(self.models)
+        return values

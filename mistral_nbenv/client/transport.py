@@ -24,7 +24,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from mistral_nbenv._forksafe import Lock, RLock
-from mistral_nbenv.client import deadline
+from mistral_nbenv.client import deadline, deprecation
 from mistral_nbenv.client import sdkpatch as _fastsdk
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class SDK:
 
             cls.Mistral = Mistral
             cls.models = models
+            deprecation.quiet_sdk_logger()
             cls.httpx = httpx2
             # One SSL context for every HTTP client: building one costs ~60 ms.
             cls.ssl_context = httpx2.create_ssl_context()
@@ -155,8 +156,12 @@ class Transport:
     def _new_sdk(self, sync_client: Any, async_client: Any) -> Any:
         sdk = SDK.load()
         fast = _fastsdk.install() if self._fast_sdk else False
+        key = self._key
+        # a token file is read again for every request (the SDK accepts a callable)
+        api_key = key.current if key.token_file is not None else key.value.get_secret_value()
         raw = sdk.Mistral(
-            api_key=self._key.value.get_secret_value(),
+            api_key=api_key,
+            server=self._settings.server or None,
             server_url=self._settings.server_url or None,
             client=sync_client,
             async_client=async_client,

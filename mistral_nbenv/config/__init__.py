@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mistral_nbenv.config.names import CANONICAL, canonical_or_none, normalize_name
+from mistral_nbenv.config.pins import LOCK_FILENAME, Pins, read_lock
 from mistral_nbenv.config.schema import (
     BOOL,
     OPTIONAL,
@@ -115,6 +116,8 @@ class Project:
     env_values: dict[str, tuple[Any, str]]  # dotted key -> (value, variable name)
     environments: tuple[str, ...]
     ignored_variables: tuple[str, ...]  # MISTRAL_NBENV_* set but never read (..._API_KEY)
+    lock_file: Path | None = None  # models.lock.toml beside the settings (None: no project)
+    pins: Mapping[str, Pins] = field(default_factory=dict)  # environment -> its pins
     _built: dict[str, Settings] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -246,7 +249,8 @@ def fingerprint() -> tuple[Any, ...]:
     """
     found = find_project()
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
-    return (found, _stamp(found[1]), _stamp(found[2]), env)
+    lock = found[0] / LOCK_FILENAME if found[0] is not None else None
+    return (found, _stamp(found[1]), _stamp(found[2]), _stamp(lock), env)
 
 
 def read_project() -> Project:
@@ -261,8 +265,18 @@ def read_project() -> Project:
     names = list(CANONICAL)
     for layer in layers:
         names += [n for n in layer.sections if n != "default" and n not in names]
+    lock_file = directory / LOCK_FILENAME if directory is not None else None
+    pins = read_lock(lock_file) if lock_file is not None else {}
     return Project(
-        directory, settings_file, secrets_file, tuple(layers), env_values, tuple(names), ignored
+        directory,
+        settings_file,
+        secrets_file,
+        tuple(layers),
+        env_values,
+        tuple(names),
+        ignored,
+        lock_file=lock_file,
+        pins=pins,
     )
 
 
@@ -346,6 +360,11 @@ def _validate(values: dict[str, Any], sources: dict[str, str], env: str) -> None
                 f"`{key}` must be {rule.expect}, got {shown} from {sources.get(key, 'nowhere')}"
             )
     url = values.get("server_url")
+    if isinstance(url, str) and url and values.get("server"):
+        problems.append(
+            f"`server` = {values['server']!r} (from {sources.get('server')}) and `server_url` "
+            f"(from {sources.get('server_url')}) both say where calls go; set one of them"
+        )
     problem = url_problem(url) if isinstance(url, str) and url else None
     if problem is not None:
         shown = f" {url!r}" if "@" not in str(url) else ""  # never echo credentials in a URL
@@ -436,4 +455,6 @@ def _build(project: Project, env: str) -> Settings:
         secrets_file=project.secrets_file,
         sources=MappingProxyType(sources),
         unknown_keys=tuple(sorted(k for k in values if k not in SCHEMA)),
+        pins=project.pins.get(env, MappingProxyType({})),
+        lock_file=project.lock_file if project.pins else None,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from mistral_nbenv.config.pins import Pin
 from mistral_nbenv.secrets import SecretStr
 
 __all__ = [
@@ -121,6 +122,13 @@ def _prices(value: Any) -> Mapping[str, Mapping[str, float]]:
         {str(m): MappingProxyType({k: float(v) for k, v in p.items()}) for m, p in value.items()}
     )
 
+
+#: ``server`` names (the SDK's own table, mistralai.client.sdkconfiguration.SERVERS).
+REGIONS = {
+    "global": "https://api.mistral.ai",
+    "eu": "https://api.eu.mistral.ai",
+    "us": "https://api.us.mistral.ai",
+}
 
 STR = Rule((str,), "a string")
 URL = Rule((str,), "a string", convert=lambda value: value.rstrip("/"))
@@ -243,7 +251,16 @@ class Settings:
     embedding_model: str = setting(NAME, "mistral-embed", "default embeddings model")
     fim_model: str = setting(NAME, "codestral-latest", "default FIM model")
     offline: bool = setting(BOOL, False, "serve from the cache only")
-    server_url: str = setting(URL, "", "base URL (empty: the SDK's default)")
+    server: str = setting(
+        Rule(
+            (str,),
+            "'global', 'eu' or 'us' (or empty)",
+            valid=lambda value: value in ("", *REGIONS),
+        ),
+        "",
+        "the SDK's named region: 'global', 'eu' or 'us' (empty: global); not with server_url",
+    )
+    server_url: str = setting(URL, "", "base URL (empty: the SDK's default, or `server`)")
     timeout: float = setting(
         seconds(DAY, positive=True),
         30,
@@ -269,31 +286,72 @@ class Settings:
     confirm_in_notebooks: bool = setting(
         BOOL, True, "a kernel started in this protected environment waits for --confirm"
     )
+    models_lead_production: bool = setting(
+        BOOL,
+        False,
+        "this environment tries model changes before production (check notes, not warns)",
+    )
     project_dir: Path | None = None
     settings_file: Path | None = None
     secrets_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     unknown_keys: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: This environment's pins from ``models.lock.toml`` (model name -> :class:`Pin`).
+    pins: Mapping[str, Pin] = field(default_factory=dict, repr=False, compare=False)
+    lock_file: Path | None = None
 
     @property
     def chat_model(self) -> str:
-        """The default chat model: ``new_model`` while ``features.use_new_model`` is on."""
+        """The configured default chat model: ``new_model`` while ``features.use_new_model``
+        is on, else ``model`` (before any pin; :attr:`model_sent` is what is sent)."""
         return self.new_model if self.features.use_new_model else self.model
+
+    def send(self, name: str) -> str:
+        """The model ID sent for ``name``: its pin in ``models.lock.toml``, else ``name``."""
+        pin = self.pins.get(name)
+        return pin.id if pin is not None else name
 
     @property
     def model_sent(self) -> str:
-        """The chat model a call that names none sends (:attr:`chat_model`)."""
-        return self.chat_model
+        """The chat model a call that names none sends (:attr:`chat_model`, pinned)."""
+        return self.send(self.chat_model)
+
+    @property
+    def embedding_model_sent(self) -> str:
+        """The embeddings model a call that names none sends."""
+        return self.send(self.embedding_model)
+
+    @property
+    def fim_model_sent(self) -> str:
+        """The FIM model a call that names none sends."""
+        return self.send(self.fim_model)
+
+    @property
+    def base_url(self) -> str:
+        """Where calls go: ``server_url``, else the ``server`` region's URL, else ``""``
+        (the SDK's default, api.mistral.ai)."""
+        return self.server_url or REGIONS.get(self.server, "")
+
+    def reason_for(self, name: str, *, setting: str = "model") -> str:
+        """Why ``send(name)`` (the default of ``setting``) differs from the value of
+        ``setting``; empty when it does not."""
+        parts = []
+        if setting == "model" and name != self.model:
+            where = self.source_of("features.use_new_model")
+            parts.append(f"new_model, because features.use_new_model is on: {where}")
+        pin = self.pins.get(name)
+        if pin is not None and pin.id != name:
+            lock = self.lock_file.name if self.lock_file is not None else "models.lock.toml"
+            parts.append(f"{name} pinned to {pin.id} by {lock}")
+        return "; ".join(parts)
 
     @property
     def model_reason(self) -> str:
         """Why :attr:`model_sent` is not ``model`` (empty when it is), with where the flag
-        was set: ``new_model, because features.use_new_model is on: packaged defaults
-        [development]``."""
-        if not self.features.use_new_model or self.new_model == self.model:
-            return ""
-        where = self.source_of("features.use_new_model")
-        return f"new_model, because features.use_new_model is on: {where}"
+        was set and the pin: ``new_model, because features.use_new_model is on: packaged
+        defaults [development]; mistral-medium-latest pinned to mistral-medium-2508 by
+        models.lock.toml``."""
+        return self.reason_for(self.chat_model)
 
     def source_of(self, key: str) -> str:
         """Where a (dotted) key's value came from, e.g. ``settings.toml [production]``."""

@@ -98,7 +98,7 @@ class ResponseCache:
         namespaced by environment and server URL."""
         return cls(
             store,
-            namespace=f"{settings.environment}\0{settings.server_url}",
+            namespace=f"{settings.environment}\0{settings.base_url}",
             ttl_seconds=settings.cache.ttl_seconds,
         )
 

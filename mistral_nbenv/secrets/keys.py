@@ -2,11 +2,13 @@
 
 Resolution for environment E (first hit wins):
 
-1. ``api_key`` from E's settings: a literal, ``env:NAME``, or a secret-store reference
+1. ``api_key`` from E's settings: a literal, ``env:NAME``, ``file:PATH`` (a token file, read
+   again for every request so a rotated token is used at once), or a secret-store reference
    (``vault:``, ``aws-sm:``, ``gcp-sm:`` — fetched by :mod:`mistral_nbenv.secrets.backends` and
    kept in memory for ``secrets.cache_seconds``);
 2. the variable ``MISTRAL_API_KEY_DEV`` / ``_STAGING`` / ``_PROD`` (``_QA`` for ``[qa]``);
-3. for development only, the generic ``MISTRAL_API_KEY``.
+3. for development only, the generic ``MISTRAL_API_KEY``;
+4. ``MISTRAL_SA_TOKEN_PATH``, the SDK's service-account token file (a pod's identity).
 
 Variables are looked up in the process environment, then the project's ``.env.local``,
 then its ``.env`` (python-dotenv parsing; the process environment is never overridden).
@@ -49,21 +51,96 @@ __all__ = [
 ]
 
 GENERIC_VARIABLE = "MISTRAL_API_KEY"
+#: The SDK's service-account token file variable (mistralai >= 3.0).
+SA_TOKEN_VARIABLE = "MISTRAL_SA_TOKEN_PATH"
 DOTENV_FILES = (".env.local", ".env")
 
 
 @dataclass(frozen=True)
 class ResolvedKey:
-    """An environment's API key (masked in every rendering) and a description of its source."""
+    """An environment's API key (masked in every rendering) and a description of its source.
+
+    A key from a token file (``file:PATH``, ``MISTRAL_SA_TOKEN_PATH``) keeps its path:
+    :meth:`current` reads the file again, so each request sends the token as it is now.
+    """
 
     environment: str
     value: SecretStr
     source: str
+    token_file: Path | None = None
 
     @property
     def masked(self) -> str:
         """The masked key, e.g. ``…abcd``."""
         return self.value.masked
+
+    @property
+    def identity(self) -> str:
+        """What the rate budget belongs to: the key, or a token file's path (its token
+        rotates; the identity it stands for does not). Hashed before any use."""
+        if self.token_file is not None:
+            return f"file:{self.token_file}"
+        return self.value.get_secret_value()
+
+    def current(self) -> str:
+        """The key to send now (a token file read again; a clear error if it went away)."""
+        if self.token_file is None:
+            return self.value.get_secret_value()
+        token = read_token(self.token_file, self.environment, self.source)
+        check_shape(ResolvedKey(self.environment, token, self.source))
+        return token.get_secret_value()
+
+
+def token_path(raw: str, project_dir: Path | None) -> Path:
+    """A token file's path: ``~`` expanded; a relative path is the project's."""
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = (project_dir or Path.cwd()) / path
+    return path
+
+
+def _read_secret_file(path: Path) -> tuple[str, str]:
+    """``(text stripped, "")`` or ``("", why it cannot be used)``."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return "", "does not exist"
+    except IsADirectoryError:
+        return "", "is a directory"
+    except PermissionError:
+        return "", "cannot be read by this user (permission denied)"
+    except UnicodeDecodeError:
+        return "", "is not UTF-8 text"
+    except OSError as exc:
+        return "", f"cannot be read ({exc.strerror})"
+    return text, "" if text else "is empty"
+
+
+def read_token(path: Path, env: str, source: str) -> SecretStr:
+    """The token in ``path`` (stripped; a ``Bearer`` prefix dropped), never shown.
+
+    Missing, unreadable or empty: :class:`MissingAPIKeyError` naming the file and the
+    setting it came from.
+    """
+    text, why = _read_secret_file(path)
+    if text[:7].lower() == "bearer ":
+        text = text[7:].strip()
+        why = "" if text else "holds only 'Bearer'"
+    if why:
+        raise MissingAPIKeyError(
+            f"No API key for environment '{env}': the token file {path} ({source}) {why}. "
+            "Mount or write the token there, or change where the key comes from "
+            "(api_key, or MISTRAL_SA_TOKEN_PATH).",
+            environment=env,
+            looked=(str(path),),
+        )
+    return SecretStr(text)
+
+
+def _token_key(env: str, raw: str, project_dir: Path | None, source: str) -> ResolvedKey:
+    path = token_path(raw, project_dir)
+    source = f"{source}; read on every request"
+    return ResolvedKey(env, read_token(path, env, source), source, token_file=path)
 
 
 # --------------------------------------------------------------------------- variables
@@ -164,6 +241,8 @@ def local_key(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
         if not is_reference(raw):
             return ResolvedKey(env, SecretStr(raw), f"{origin} (literal)")
         ref = parse_reference(raw)
+        if ref.scheme == "file":
+            return _token_key(env, ref.path, project_dir, f"{ref.raw} from {origin}")
         if ref.scheme != "env":
             return "remote"
         found = lookup_variable(ref.path, project_dir)
@@ -180,6 +259,11 @@ def local_key(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
         found = lookup_variable(name, project_dir)
         if found is not None:
             return ResolvedKey(env, SecretStr(found[0].strip()), f"{name} from {found[1]}")
+    found = lookup_variable(SA_TOKEN_VARIABLE, project_dir)
+    if found is not None and found[0].strip():
+        return _token_key(
+            env, found[0].strip(), project_dir, f"{SA_TOKEN_VARIABLE} from {found[1]}"
+        )
     return None
 
 
@@ -192,6 +276,7 @@ def _missing(settings: Settings) -> MissingAPIKeyError:
         + (", ".join(files) if files else "no settings file (none was found)")
     ]
     looked += [_places(name, project_dir) for name in _fallback_names(env)]
+    looked.append(_places(SA_TOKEN_VARIABLE, project_dir))
     target = secrets_file or (project_dir / ".secrets.toml" if project_dir else None)
     hint = (
         f'add `api_key = "..."` under [{env}] in {target}'
@@ -263,6 +348,15 @@ def shared_url(settings: Settings, fetched: SecretCache | None = None) -> Secret
         return configured
     ref = parse_reference(raw)
     origin = settings.source_of("shared.url")
+    if ref.scheme == "file":
+        path = token_path(ref.path, settings.project_dir)
+        text, why = _read_secret_file(path)
+        if why:
+            raise ConfigurationError(
+                f"Environment '{settings.environment}': shared.url = {ref.raw!r} (from "
+                f"{origin}) but {path} {why}. Write the Redis URL there, or change shared.url."
+            )
+        return _checked_url(settings, ref, origin, text)
     if ref.scheme == "env":
         found = lookup_variable(ref.path, settings.project_dir)
         if found is None or not found[0].strip():
@@ -275,6 +369,10 @@ def shared_url(settings: Settings, fetched: SecretCache | None = None) -> Secret
         value = found[0].strip()
     else:
         value, _ = _fetch(settings, "shared.url", ref, fetched or SecretCache(), "the Redis URL")
+    return _checked_url(settings, ref, origin, value)
+
+
+def _checked_url(settings: Settings, ref: SecretReference, origin: str, value: str) -> SecretStr:
     url = secret_url(value)
     from mistral_nbenv.config import shared_url_problem
 

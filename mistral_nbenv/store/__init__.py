@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.errors import MistralEnvWarning
 
 __all__ = [
     "NOWAIT",
@@ -38,7 +39,7 @@ __all__ = [
 R = TypeVar("R")
 
 
-class CacheUnavailableWarning(RuntimeWarning):
+class CacheUnavailableWarning(MistralEnvWarning, RuntimeWarning):
     """A store (response cache, rate-limit state) could not be used; calls go on without it."""
 
 

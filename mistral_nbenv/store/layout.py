@@ -82,7 +82,7 @@ def budget_dir(settings: Settings, api_key: str) -> Path:
     """Where the rate budget of ``api_key`` (sent to ``settings``' server) lives."""
     from mistral_nbenv.store.shared import fingerprint
 
-    return cache_root(settings) / "budgets" / fingerprint(f"{api_key}\0{settings.server_url}")
+    return cache_root(settings) / "budgets" / fingerprint(f"{api_key}\0{settings.base_url}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
         if shared.share_cache:
             cache = shared.cache(cache)
         if shared.share_budget and api_key:
-            shared_budget = shared.budget(api_key)
+            shared_budget = shared.budget(f"{api_key}\0{settings.base_url}")
         ledger = shared.ledger(ledger)
     budget: Budget = DiskStore(budget_dir(settings, api_key)) if api_key else MemoryStore()
     return Stores(cache, budget, ledger, shared_budget)

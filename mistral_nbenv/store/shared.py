@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mistral_nbenv._forksafe import Lock
-from mistral_nbenv.errors import SharedStoreUnavailableError
+from mistral_nbenv.errors import MistralEnvWarning, SharedStoreUnavailableError
 from mistral_nbenv.secrets import scrub, url_without_password
 from mistral_nbenv.store import NOWAIT, Busy
 
@@ -57,7 +57,7 @@ PREFIX = "mistral-nbenv"
 REJOIN_AFTER = 2.0
 
 
-class SharedStoreWarning(RuntimeWarning):
+class SharedStoreWarning(MistralEnvWarning, RuntimeWarning):
     """The shared store (Redis) is unavailable; this host goes on with its local stores."""
 
 

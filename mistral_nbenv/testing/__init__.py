@@ -48,9 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mistral_nbenv.testing.server import (
+        DEFAULT_CATALOG,
         DEFAULT_MODELS,
         Fault,
         MistralTestServer,
+        ModelSpec,
         RecordedRequest,
         Responder,
         echo_answer,
@@ -59,9 +61,11 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_CATALOG",
     "DEFAULT_MODELS",
     "Fault",
     "MistralTestServer",
+    "ModelSpec",
     "RecordedRequest",
     "Responder",
     "echo_answer",

@@ -29,9 +29,11 @@ from mistral_nbenv.testing.reply import Reply as _Reply
 from mistral_nbenv.testing.routes import Routes
 
 __all__ = [
+    "DEFAULT_CATALOG",
     "DEFAULT_MODELS",
     "Fault",
     "MistralTestServer",
+    "ModelSpec",
     "RecordedRequest",
     "Responder",
     "echo_answer",
@@ -44,6 +46,42 @@ FIM_PATH = "/v1/fim/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
 MODELS_PATH = "/v1/models"
 
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A dated model of the server's catalog: its aliases, and its announced retirement.
+
+    ``GET /v1/models`` lists it with ``aliases`` and ``deprecation`` (and the replacement),
+    and lists each alias as a card whose ``name`` is this ID, as the API does. A chat, FIM
+    or embeddings answer (not a stream) from a deprecated model carries
+    ``x-model-deprecation-timestamp``;
+    after ``deprecation`` the model is retired and answers 400.
+    """
+
+    id: str
+    aliases: tuple[str, ...] = ()
+    deprecation: str | None = None  # ISO 8601, e.g. "2027-05-31T00:00:00Z"
+    replacement: str | None = None
+
+    def retired(self, now: float | None = None) -> bool:
+        """True once ``deprecation`` has passed."""
+        if self.deprecation is None:
+            return False
+        when = datetime.fromisoformat(self.deprecation.replace("Z", "+00:00"))
+        return when.timestamp() <= (time.time() if now is None else now)
+
+
+#: The default catalog: dated IDs behind the ``-latest`` aliases, and one older ID whose
+#: retirement is announced (its replacement is the current large model).
+DEFAULT_CATALOG: tuple[ModelSpec, ...] = (
+    ModelSpec("mistral-small-2506", ("mistral-small-latest",)),
+    ModelSpec("mistral-medium-2508", ("mistral-medium-latest",)),
+    ModelSpec("mistral-large-2512", ("mistral-large-latest",)),
+    ModelSpec("mistral-large-2411", (), "2027-05-31T00:00:00Z", "mistral-large-2512"),
+    ModelSpec("codestral-2508", ("codestral-latest",)),
+    ModelSpec("mistral-embed-2312", ("mistral-embed",)),
+)
+
 #: Model ids listed by ``GET /v1/models`` unless the server is given others.
 DEFAULT_MODELS: tuple[str, ...] = (
     "mistral-small-latest",
@@ -51,6 +89,12 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "mistral-large-latest",
     "codestral-latest",
     "mistral-embed",
+    "mistral-small-2506",
+    "mistral-medium-2508",
+    "mistral-large-2512",
+    "mistral-large-2411",
+    "codestral-2508",
+    "mistral-embed-2312",
 )
 
 FaultKind = Literal["status", "slow", "drop", "drop_mid_stream", "malformed"]
@@ -404,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         chunk_delay = chunk_delay or app.chunk_delay
         cut = fault.after_chunks if fault is not None and fault.kind == "drop_mid_stream" else None
         if reply.events is not None and 200 <= reply.status < 300:
-            return self._send_events(reply.events, chunk_delay, cut)
+            return self._send_events(reply.events, chunk_delay, cut, reply.headers)
         return self._send_json(reply.status, reply.body, reply.headers, cut=cut is not None)
 
     # -- writing ----------------------------------------------------------------------------
@@ -445,12 +489,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _send_events(self, events: Sequence[Any], chunk_delay: float, cut: int | None) -> None:
+    def _send_events(
+        self,
+        events: Sequence[Any],
+        chunk_delay: float,
+        cut: int | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         app = self.server.app
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.flush()
         for index, event in enumerate(events):
@@ -482,6 +534,7 @@ class MistralTestServer:
         expected_api_key: str | None = None,
         responder: Responder | None = None,
         models: Iterable[str] = DEFAULT_MODELS,
+        catalog: Iterable[ModelSpec] = DEFAULT_CATALOG,
         embedding_dimensions: int = 16,
         verbose: bool = False,
     ) -> None:
@@ -497,6 +550,8 @@ class MistralTestServer:
         self.responder = responder
         #: Model ids served by ``/v1/models``.
         self.models = list(models)
+        #: Dated models with aliases and deprecations (:class:`ModelSpec`); assign to change.
+        self.catalog = list(catalog)
         #: Length of the vectors returned by ``/v1/embeddings``.
         self.embedding_dimensions = embedding_dimensions
         #: Log one line per request (never headers) to stderr.
@@ -707,6 +762,9 @@ class MistralTestServer:
                 for name in missing
             ]
             return _Reply(422, {"detail": detail})
+        spec = self.spec(str(body["model"]))
+        if spec is not None and spec.retired():
+            return self._retired(spec)
         try:
             scripted = self.responder(record) if self.responder is not None else None
         except Exception as exc:  # shown to the client instead of a dropped connection
@@ -732,13 +790,16 @@ class MistralTestServer:
         finish = "stop"
         if special is not None:
             message, finish = special
+        headers = self._deprecation_headers(spec)
         if record.stream:
             events = self._chunks(ident, created, model, answer or " ", usage)
             if finish == "tool_calls":
                 events = [events[0], events[-1]]
                 events[-1]["choices"][0].update(delta=message, finish_reason=finish)
+            # never on a stream: the SDK's own hook would read the body to log it and fail
             return _Reply(events=events)
         return _Reply(
+            headers=headers,
             body={
                 "id": ident,
                 "object": "chat.completion",
@@ -752,7 +813,7 @@ class MistralTestServer:
                         "finish_reason": finish,
                     }
                 ],
-            }
+            },
         )
 
     @staticmethod
@@ -779,10 +840,14 @@ class MistralTestServer:
         body: dict[str, Any] = record.body
         if "model" not in body or "input" not in body:
             return _Reply(422, _error_body(422))
+        spec = self.spec(str(body["model"]))
+        if spec is not None and spec.retired():
+            return self._retired(spec)
         inputs = body["input"]
         texts = [inputs] if isinstance(inputs, str) else [_content_text(t) for t in inputs]
         tokens = sum(estimate_tokens(t) for t in texts)
         return _Reply(
+            headers=self._deprecation_headers(spec),
             body={
                 "id": uuid.uuid4().hex,
                 "object": "list",
@@ -796,12 +861,41 @@ class MistralTestServer:
                     }
                     for index, text in enumerate(texts)
                 ],
-            }
+            },
         )
+
+    def spec(self, model: str) -> ModelSpec | None:
+        """The catalog entry ``model`` names (its ID or one of its aliases), if any."""
+        for spec in self.catalog:
+            if model == spec.id or model in spec.aliases:
+                return spec
+        return None
+
+    @staticmethod
+    def _retired(spec: ModelSpec) -> _Reply:
+        instead = f" Use {spec.replacement}." if spec.replacement else ""
+        message = f"Invalid model: {spec.id} was retired on {spec.deprecation}.{instead}"
+        return _Reply(400, {"object": "error", "message": message, "type": "invalid_model"})
+
+    @staticmethod
+    def _deprecation_headers(spec: ModelSpec | None) -> dict[str, str]:
+        if spec is None or spec.deprecation is None:
+            return {}
+        return {"x-model-deprecation-timestamp": spec.deprecation}
 
     def _model_card(self, model_id: str) -> dict[str, Any]:
         is_embed = "embed" in model_id
         is_code = "codestral" in model_id
+        spec = self.spec(model_id)
+        names: dict[str, Any] = {"aliases": []}
+        if spec is not None:
+            others = [spec.id, *spec.aliases]
+            names = {
+                "name": spec.id,
+                "aliases": [a for a in others if a != model_id],
+                "deprecation": spec.deprecation,
+                "deprecation_replacement_model": spec.replacement,
+            }
         return {
             "id": model_id,
             "object": "model",
@@ -809,7 +903,7 @@ class MistralTestServer:
             "owned_by": "mistralai",
             "type": "base",
             "max_context_length": 32768,
-            "aliases": [],
+            **names,
             "capabilities": {
                 "completion_chat": not is_embed,
                 "completion_fim": is_code,

@@ -23,7 +23,8 @@ __all__ = ["Finding", "project_findings"]
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem (``severity="error"``, fails ``check``) or warning about the project."""
+    """One problem about the project: ``"error"`` fails ``check``, ``"warning"`` fails
+    ``check --strict``, ``"note"`` (an expected difference, said so in the settings) never."""
 
     message: str
     severity: str = "warning"
@@ -33,6 +34,10 @@ class Finding:
     def is_error(self) -> bool:
         """True when this finding must fail ``mistral-nbenv check``."""
         return self.severity == "error"
+
+    def fails(self, *, strict: bool) -> bool:
+        """True when this finding fails ``check`` (``strict``: warnings too)."""
+        return self.is_error or (strict and self.severity == "warning")
 
 
 def _tracked_by_git(path: Path) -> bool:

@@ -1,5 +1,5 @@
-"""``mistral-nbenv`` (and ``python -m mistral_nbenv``): status, list, check, cache, usage,
-scan, demo.
+"""``mistral-nbenv`` (and ``python -m mistral_nbenv``): status, list, check, models, cache,
+usage, scan, demo.
 
 Thin by design: each subcommand parses its arguments, calls the same core functions as the
 magic and the widget, and renders plain text. Exit codes: 0 fine, 1 ``check``/``scan``
@@ -9,6 +9,7 @@ found a problem, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO, cast
 
-from mistral_nbenv.errors import MistralEnvError
+from mistral_nbenv.errors import ConfigurationError, MistralEnvError
 from mistral_nbenv.secrets import scrub
 
 __all__ = ["main"]
@@ -83,8 +84,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     from mistral_nbenv.ui.status import collect_check, collect_findings
 
     results = collect_check(args.env, all_environments=args.all)
-    findings = collect_findings(results)
-    failed = any(not r.ok for r in results) or any(f.is_error or args.strict for f in findings)
+    findings = collect_findings(results, online=args.online)
+    failed = any(not r.ok for r in results) or any(f.fails(strict=args.strict) for f in findings)
     code = 1 if failed else 0
     if args.json:
         _json(
@@ -109,9 +110,52 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         )
         return code
     print(check_text(results, findings), file=out)
-    if args.strict and findings and not any(not r.ok for r in results):
+    warned = any(f.severity == "warning" for f in findings)
+    if args.strict and warned and not any(not r.ok for r in results):
         print("--strict: the warnings above fail the check.", file=out)
     return code
+
+
+def _models(args: argparse.Namespace, out: TextIO) -> int:
+    from mistral_nbenv.ui import models
+    from mistral_nbenv.ui.display import changes_text, models_text
+    from mistral_nbenv.workspace import environment_name, list_environments
+
+    envs = [*args.envs, *([args.env] if args.env else [])]
+    if args.action == "list":
+        if len(envs) > 1 or args.all:
+            raise ConfigurationError("models list takes one environment (default: the active one)")
+        env = environment_name(envs[0] if envs else None)
+        rows = models.list_models(env)
+        if args.json:
+            _json(out, "models", environment=env, models=[asdict(r) for r in rows])
+            return 0
+        print(models_text(env, rows), file=out)
+        return 0
+    if args.action == "lock":
+        if args.all and envs:
+            raise ConfigurationError("models lock: give environments or --all, not both")
+        names = list_environments() if args.all else [environment_name(e) for e in envs or [None]]
+        changes = models.lock(names, confirm=args.confirm)
+    else:
+        if len(envs) != 2 or args.all:
+            raise ConfigurationError(
+                "models promote takes two environments: SOURCE TARGET "
+                "(e.g. models promote staging production --confirm)"
+            )
+        changes = models.promote(envs[0], envs[1], confirm=args.confirm)
+    if args.json:
+        _json(
+            out,
+            f"models-{args.action}",
+            changes=[
+                {"environment": c.environment, "name": c.name, "before": c.before, "after": c.after}
+                for c in changes
+            ],
+        )
+        return 0
+    print(changes_text(changes), file=out)
+    return 0
 
 
 def _scan(args: argparse.Namespace, out: TextIO) -> int:
@@ -199,6 +243,7 @@ _HANDLERS = {
     "status": _status,
     "list": _list,
     "check": _check,
+    "models": _models,
     "scan": _scan,
     "cache": _cache,
     "usage": _usage,
@@ -251,6 +296,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mistral-nbenv status | head`: the reader left; not an error
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,8 +21,8 @@ __all__ = ["COMMANDS", "Arg", "Command", "build_parser", "environment_of"]
 class Arg:
     """One argument of a command."""
 
-    # "env" (optional environment), "env!" (required), "all", "confirm", "action", "paths",
-    # "strict", "json"
+    # "env" (optional environment), "env!" (required), "envs" (environments, any number),
+    # "all", "confirm", "action", "paths", "strict", "online", "json"
     kind: str
     help: str = ""
     choices: tuple[str, ...] = ()
@@ -61,9 +61,25 @@ COMMANDS: tuple[Command, ...] = (
             Arg("all", "every environment"),
             Arg(
                 "strict",
-                "warnings fail too (a literal key, a readable .secrets.toml, ...)",
+                "warnings fail too (a literal key, staging not mirroring production, ...)",
                 surfaces=("cli",),  # an exit code is what it changes
             ),
+            Arg("online", "ask each environment's models.list for deprecations now"),
+            Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
+        ),
+    ),
+    Command(
+        "models",
+        "list the models an environment offers; lock (pin) them; promote pins",
+        (
+            Arg(
+                "action",
+                "list [ENV] | lock [--env ENV | --all] | promote SOURCE TARGET",
+                choices=("list", "lock", "promote"),
+            ),
+            Arg("envs", "environments: list ENV, lock ENV, promote SOURCE TARGET"),
+            Arg("all", "lock: every environment"),
+            Arg("confirm", "change the pins of a protected environment"),
             Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
     ),
@@ -149,6 +165,11 @@ def build_parser(
                 p.add_argument("--strict", action="store_true", help=arg.help)
             elif arg.kind == "json":
                 p.add_argument("--json", action="store_true", help=arg.help)
+            elif arg.kind == "online":
+                p.add_argument("--online", action="store_true", help=arg.help)
+            elif arg.kind == "envs":
+                p.add_argument("envs", nargs="*", metavar="ENV", help=arg.help)
+                p.add_argument("--env", dest="env_option", metavar="ENV", help=arg.help)
             elif arg.kind == "action":
                 p.add_argument("action", choices=arg.choices, help=arg.help)
             elif arg.kind == "env!":

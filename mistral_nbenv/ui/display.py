@@ -15,6 +15,7 @@ from typing import Any
 
 from mistral_nbenv.secrets import scrub
 from mistral_nbenv.ui.ask import ChatAnswer
+from mistral_nbenv.ui.models import ModelRow
 from mistral_nbenv.ui.reports import UsageReport, UsageRow
 from mistral_nbenv.ui.status import CheckResult, EnvironmentStatus
 
@@ -132,6 +133,30 @@ def environments_text(statuses: Iterable[EnvironmentStatus], *, ansi: bool = Fal
     return "\n".join(lines)
 
 
+def models_text(environment: str, rows: Iterable[ModelRow]) -> str:
+    """``models list``: one line per model, the ones the settings use first."""
+    lines = [f"{badge_text(environment)} models.list"]
+    for r in rows:
+        parts = [r.id]
+        if r.points_to:
+            parts.append(f"-> {r.points_to}")
+        if r.used_by:
+            parts.append(f"[{', '.join(r.used_by)}]")
+        if r.pinned:
+            parts.append(f"pinned: {r.pinned}")
+        if r.deprecation:
+            instead = f", use {r.replacement}" if r.replacement else ""
+            parts.append(f"(deprecated: retires {r.deprecation}{instead})")
+        lines.append("  " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def changes_text(changes: Iterable[Any]) -> str:
+    """``models lock`` / ``promote``: one line per pin written."""
+    lines = [str(c) for c in changes]
+    return "\n".join([*lines, "models.lock.toml written; commit it."]) if lines else "no pins"
+
+
 def check_text(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> str:
     """``ok``/``FAIL`` per environment with its problems, then ``FAIL``/``warn`` findings."""
     lines = []
@@ -141,7 +166,8 @@ def check_text(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
         else:
             lines.append(f"FAIL  {r.environment}: {'; '.join(r.problems)}")
     for f in findings:
-        lines.append(f"{'FAIL ' if f.is_error else 'warn '} {f.message}")
+        mark = "FAIL " if f.is_error else ("note " if f.severity == "note" else "warn ")
+        lines.append(f"{mark} {f.message}")
     return "\n".join(lines)
 
 
@@ -191,7 +217,12 @@ def cache_line_html(stats: Mapping[str, Any]) -> str:
 
 def _answer_detail(answer: ChatAnswer) -> str:
     origin = "from cache" if answer.cached else "from API"
-    return f"{answer.requested_model} · {origin} · {answer.elapsed_ms:.0f} ms"
+    model = answer.model_sent
+    if answer.model_answered and answer.model_answered != model:
+        model += f" (answered as {answer.model_answered})"
+    if answer.model_reason:
+        model += f" — {answer.model_reason}"
+    return f"{model} · {origin} · {answer.elapsed_ms:.0f} ms"
 
 
 def answer_badge_text(answer: ChatAnswer) -> str:
@@ -258,7 +289,8 @@ def environments_html(statuses: Iterable[EnvironmentStatus]) -> str:
 
 
 def check_html(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> str:
-    """A ✔/✘ line per environment with its problems, then findings (✘ error, ⚠ warning)."""
+    """A ✔/✘ line per environment with its problems, then findings (✘ error, ⚠ warning,
+    ℹ note)."""
     rows = []
     for r in results:
         mark = (
@@ -271,7 +303,11 @@ def check_html(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
             f'<div style="margin:2px 0;{_FONT}">{mark} {badge_html(r.environment)} {_E(text)}</div>'
         )
     for f in findings:
-        colour, sign = ("#c62828", "✘") if f.is_error else ("#b45309", "⚠")
+        colour, sign = (
+            ("#c62828", "✘")
+            if f.is_error
+            else (("#6b7280", "ℹ") if f.severity == "note" else ("#b45309", "⚠"))
+        )
         rows.append(
             f'<div style="margin:2px 0;{_FONT}"><span style="color:{colour}">{sign}</span> '
             f"{_E(f.message)}</div>"
@@ -290,6 +326,39 @@ def cache_stats_html(environment: str, stats: Mapping[str, Any]) -> str:
 def answer_badge_html(answer: ChatAnswer) -> str:
     """The badge above a ``%%mistral`` answer: environment, model, cache or API, time."""
     return f"<div>{badge_html(answer.environment, detail=_answer_detail(answer))}</div>"
+
+
+def models_html(environment: str, rows: Iterable[ModelRow]) -> str:
+    """``models list`` as a table under the environment's badge."""
+    cells = "".join(
+        "<tr>"
+        + "".join(
+            f'<td style="padding:1px 8px">{_E(v)}</td>'
+            for v in (
+                r.id,
+                r.points_to,
+                ", ".join(r.used_by),
+                r.pinned,
+                f"{r.deprecation} (use {r.replacement})" if r.replacement else r.deprecation,
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
+    head = "".join(
+        f'<th style="text-align:left;padding:1px 8px">{h}</th>'
+        for h in ("model", "points to", "used by", "pinned", "retires")
+    )
+    return (
+        f'<div class="mistral-nbenv-models" style="{_FONT}">{badge_html(environment)} '
+        f"models.list<table><tr>{head}</tr>{cells}</table></div>"
+    )
+
+
+def changes_html(changes: Iterable[Any]) -> str:
+    """``models lock`` / ``promote``: the pins written."""
+    lines = changes_text(changes).splitlines()
+    return f'<div style="{_FONT}">' + "<br>".join(_E(line) for line in lines) + "</div>"
 
 
 def error_html(message: str) -> str:

@@ -5,7 +5,11 @@ Grammar::
     %mistral_env                        the EnvironmentSwitcher widget (text status in a terminal)
     %mistral_env status [ENV]           badge, model, masked key and its source, cache, limits
     %mistral_env list                   every environment, the active one marked
-    %mistral_env check [ENV | --all]    settings valid, key found, keys isolated
+    %mistral_env check [ENV | --all] [--online]
+                                        settings valid, key found, keys isolated, models
+    %mistral_env models list [ENV]      what ENV's models.list offers (aliases, deprecations)
+    %mistral_env models lock [ENV | --all] [--confirm]
+    %mistral_env models promote SOURCE TARGET [--confirm]
     %mistral_env use ENV [--confirm]    switch (``--confirm`` for protected environments)
     %mistral_env ENV [--confirm]        the same
     %mistral_env cache stats|clear [--env ENV]
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -140,7 +145,9 @@ class MistralMagics(Magics):
             elif args.command == "list":
                 self._list()
             elif args.command == "check":
-                self._check(args.env, args.all)
+                self._check(args.env, args.all, args.online)
+            elif args.command == "models":
+                self._models(args)
             elif args.command == "use":
                 self._use(args.env, args.confirm)
             elif args.command == "usage":
@@ -179,10 +186,39 @@ class MistralMagics(Magics):
         statuses = [collect_status(name) for name in list_environments()]
         _show(environments_text(statuses), environments_html(statuses))
 
-    def _check(self, env: str | None, all_environments: bool) -> None:
+    def _check(self, env: str | None, all_environments: bool, online: bool) -> None:
         results = collect_check(env, all_environments=all_environments)
-        findings = collect_findings(results)
+        findings = collect_findings(results, online=online)
         _show(check_text(results, findings), check_html(results, findings))
+
+    def _models(self, args: argparse.Namespace) -> None:
+        from mistral_nbenv.ui import models
+        from mistral_nbenv.ui.display import changes_html, changes_text, models_html, models_text
+        from mistral_nbenv.workspace import environment_name, list_environments
+
+        envs = [*args.envs, *([args.env] if args.env else [])]
+        if args.action == "list":
+            if len(envs) > 1 or args.all:
+                raise UsageError("%mistral_env models list takes one environment")
+            name = environment_name(envs[0] if envs else None)
+            rows = models.list_models(name)
+            _show(models_text(name, rows), models_html(name, rows))
+            return
+        if args.action == "lock":
+            if args.all and envs:
+                raise UsageError("%mistral_env models lock: give environments or --all, not both")
+            names = (
+                list_environments() if args.all else [environment_name(e) for e in envs or [None]]
+            )
+            changes = models.lock(names, confirm=args.confirm)
+        else:
+            if len(envs) != 2 or args.all:
+                raise UsageError(
+                    "%mistral_env models promote takes SOURCE TARGET "
+                    "(e.g. models promote staging production --confirm)"
+                )
+            changes = models.promote(envs[0], envs[1], confirm=args.confirm)
+        _show(changes_text(changes), changes_html(changes))
 
     def _use(self, env: str, confirm: bool) -> None:
         from mistral_nbenv.workspace import use_environment
@@ -260,6 +296,45 @@ def _announce_wait(environment: str, seconds: float) -> None:
     )
 
 
+class _OneLineWarnings:
+    """``warnings.showwarning`` while the extension is loaded: this package's warnings as
+    one line on stderr (``mistral_nbenv: ...``), without a file name or source line; every
+    other warning as before."""
+
+    def __init__(self, previous: Callable[..., None]) -> None:
+        self.previous = previous
+
+    def __call__(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        from mistral_nbenv.errors import MistralEnvWarning
+
+        if isinstance(category, type) and issubclass(category, MistralEnvWarning):
+            text = " ".join(str(message).split())
+            if not text.startswith("mistral_nbenv"):
+                text = f"mistral_nbenv: {text}"
+            print(text, file=file or sys.stderr)
+            return
+        self.previous(message, category, filename, lineno, file, line)
+
+
+def _install_one_line_warnings() -> None:
+    if not isinstance(warnings.showwarning, _OneLineWarnings):
+        warnings.showwarning = _OneLineWarnings(warnings.showwarning)
+
+
+def _remove_one_line_warnings() -> None:
+    hook = warnings.showwarning
+    if isinstance(hook, _OneLineWarnings):
+        warnings.showwarning = hook.previous
+
+
 def _release_displayed_stream(result: Any) -> None:
     """``post_run_cell``: a live stream kept in ``Out[n]`` gives its concurrency slot back.
 
@@ -284,6 +359,7 @@ def load_ipython_extension(ip: Any) -> None:
         from mistral_nbenv.policies.ratelimit import add_wait_listener
 
         _remove_wait_listener = add_wait_listener(_announce_wait)
+    _install_one_line_warnings()
     _announce_protected_start()
 
 
@@ -314,6 +390,7 @@ def unload_ipython_extension(ip: Any) -> None:
     if _remove_wait_listener is not None:
         _remove_wait_listener()
         _remove_wait_listener = None
+    _remove_one_line_warnings()
     from mistral_nbenv.workspace import workspace
 
     workspace().leave_notebook()

@@ -42,7 +42,8 @@ class EnvironmentStatus:
     protected: bool = False
     model: str = ""  # the model sent (Settings.model_sent)
     model_reason: str = ""  # why it is not `model`; empty when it is
-    server_url: str = ""
+    server_url: str = ""  # where calls go (`server_url`, or the `server` region's URL)
+    server: str = ""  # the region named by `server` ("global", "eu", "us"), if any
     offline: bool = False
     key_masked: str | None = None
     key_source: str = ""
@@ -57,7 +58,9 @@ class EnvironmentStatus:
 
     @property
     def endpoint(self) -> str:
-        """The server URL, or the SDK default spelled out."""
+        """The server URL (with its region), or the SDK default spelled out."""
+        if self.server:
+            return f"{self.server_url} (server = {self.server})"
         return self.server_url or "api.mistral.ai (SDK default)"
 
 
@@ -109,7 +112,8 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         protected=s.protected,
         model=s.model_sent,
         model_reason=s.model_reason,
-        server_url=s.server_url,
+        server_url=s.base_url,
+        server=s.server,
         offline=s.offline,
         key_masked=key_masked,
         key_source=key_source,
@@ -132,7 +136,9 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
         notes: list[str] = []
         try:
             s = get_settings(name)
-            notes.append(f"model {s.chat_model}")
+            notes.append(
+                f"model {s.model_sent}" + (f" ({s.model_reason})" if s.model_reason else "")
+            )
             resolved = get_api_key(name)
             notes.append(f"key {resolved.value.masked} from {resolved.source}")
         except MistralEnvError as exc:
@@ -141,12 +147,22 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
     return results
 
 
-def collect_findings(results: Iterable[CheckResult]) -> list[Any]:
-    """Project hygiene findings (``checks.Finding``) for the environments just checked."""
+def collect_findings(results: Iterable[CheckResult], *, online: bool = False) -> list[Any]:
+    """Project hygiene and model findings (``checks.Finding``) for the environments just
+    checked; ``online`` asks each one's ``models.list`` for deprecations now."""
+    from mistral_nbenv.ui.models import model_findings
+
     checked = []
     for result in results:
         try:
             checked.append(get_settings(result.environment))
         except MistralEnvError:  # already reported by collect_check
             continue
-    return list(project_findings(project(), checked))
+    findings = list(project_findings(project(), checked))
+    try:
+        findings += model_findings(checked, online=online)
+    except MistralEnvError as exc:  # --online: a server that cannot answer is a problem
+        from mistral_nbenv.ui.checks import Finding
+
+        findings.append(Finding(f"models: {one_line(exc)}", "error"))
+    return findings

@@ -1,4 +1,4 @@
-"""Secret references (``env:``, ``vault:``, ``aws-sm:``, ``gcp-sm:``) and lazy backend loading.
+"""Secret references (``env:``, ``file:``, ``vault:``, ``aws-sm:``, ``gcp-sm:``); lazy backends.
 
 A reference is parsed once into a :class:`SecretReference`; the backend module that can
 fetch it is imported only when needed by :func:`load_backend`, so importing this package
@@ -50,13 +50,13 @@ _DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "aws-sm": ("boto3", "botocore"),
     "gcp-sm": ("google.cloud.secretmanager", "google.api_core", "google.auth"),
 }
-KNOWN_SCHEMES: tuple[str, ...] = ("env", "vault", "aws-sm", "gcp-sm")
+KNOWN_SCHEMES: tuple[str, ...] = ("env", "file", "vault", "aws-sm", "gcp-sm")
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GCP_PATH_RE = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
 _FORMS = (
-    "env:NAME, vault:MOUNT/PATH#FIELD, aws-sm:SECRET_ID[#JSON_FIELD], "
+    "env:NAME, file:PATH, vault:MOUNT/PATH#FIELD, aws-sm:SECRET_ID[#JSON_FIELD], "
     "gcp-sm:projects/P/secrets/S/versions/V"
 )
 
@@ -140,6 +140,9 @@ def parse_reference(raw: str) -> SecretReference:
             raise _bad(raw, "env: takes a variable name, not '#FIELD'")
         if not _ENV_NAME_RE.match(path):
             raise _bad(raw, f"{path!r} is not an environment variable name")
+    elif scheme == "file":
+        if sep:
+            raise _bad(raw, "file: takes a path, not '#FIELD'")
     elif scheme == "vault":
         path = path.strip("/")
         mount, slash, sub = path.partition("/")
