@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 
 from mistral_nbenv import current_environment, use_environment
-from mistral_nbenv.testing import Fault, MistralTestServer
+from mistral_nbenv.testing import DEFAULT_CATALOG, Fault, MistralTestServer, ModelSpec
 from tests._browser_project import (
     KEYS,
     assert_no_key,
@@ -203,6 +204,36 @@ def test_check(ip: ReRaisingShell, out: Outputs, line: str, expected: list[str])
     # the same project hygiene findings as `mistral-nbenv check`: literal keys in settings.toml
     assert any(r.startswith("warn") and "literal api_key" in r for r in lines)
     assert "⚠" in out.html
+
+
+def test_models_commands_in_the_magic(
+    ip: ReRaisingShell, out: Outputs, lproject: MistralTestServer
+) -> None:
+    """``%mistral_env models list|lock|promote``: the CLI's commands, the same guard."""
+    ip.run_cell("%mistral_env models list staging")
+    assert "mistral-small-latest -> mistral-small-2506 [model]" in out.text
+    assert "mistral-nbenv-models" in out.html
+    ip.run_cell("%mistral_env models lock --all")
+    assert "[production] mistral-small-latest -> mistral-small-2506" in out.text
+    lock = Path(os.environ["MISTRAL_NBENV_SETTINGS"]).parent / "models.lock.toml"
+    assert lock.is_file()
+    lproject.catalog = [  # the alias moves; staging takes it, production waits for --confirm
+        ModelSpec("mistral-small-2603", ("mistral-small-latest",)),
+        *[s for s in DEFAULT_CATALOG if s.id != "mistral-small-2506"],
+    ]
+    ip.run_cell("%mistral_env models lock staging")
+    assert "[staging] mistral-small-latest -> mistral-small-2603 (was mistral-small-2506)" in (
+        out.text
+    )
+    before = lock.read_text()
+    with pytest.raises(UsageError, match="production is protected"):
+        ip.run_cell("%mistral_env models promote staging production")
+    assert lock.read_text() == before
+    ip.run_cell("%mistral_env models promote staging production --confirm")
+    promoted = "[production] mistral-small-latest -> mistral-small-2603 (was mistral-small-2506)"
+    assert promoted in out.text.splitlines()
+    ip.run_cell("%mistral_env check production --online")
+    assert "ok    production: model mistral-small-2603" in out.text
 
 
 def test_check_reports_a_key_shared_by_two_environments(
