@@ -406,7 +406,10 @@ def _split_url(url: str, schemes: tuple[str, ...], what: str) -> tuple[Any, str 
     for position, char in enumerate(url, 1):
         if ord(char) <= 0x20 or ord(char) == 0x7F:
             return None, f"contains a space or control character at position {position}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # ValueError: an unclosed "[" (an IPv6 host)
+    except ValueError:
+        return None, "has an unclosed '[' (an IPv6 host is written [::1])"
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     except ValueError:
@@ -430,6 +433,14 @@ def shared_url_problem(url: str) -> str | None:
 
     if is_known_reference(url):
         return None
+    from mistral_nbenv.secrets import url_credentials
+
+    credentials = url_credentials(url)
+    if credentials and any(c in credentials for c in "/?#"):
+        return (
+            "has a password holding '/', '?' or '#', which ends the host part of a URL: "
+            "percent-encode them (%2F, %3F, %23)"
+        )
     schemes = ("redis://", "rediss://", "unix://")
     parts, problem = _split_url(url, schemes, " (or be a secret reference)")
     if parts is None:

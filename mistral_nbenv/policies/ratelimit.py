@@ -72,6 +72,9 @@ _EPSILON = 1e-6
 #: A stored time at most this far ahead of the clock is another host's skew (kept); further
 #: ahead, the clock stepped back (the stored time counts as now).
 CLOCK_SKEW = 1.0
+#: No admission ever waits longer than this: one window of the per-minute budgets. A state
+#: that would ask for more (tampered with, or written by something else) is a full budget.
+MAX_WAIT = 60.0
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
 
@@ -98,6 +101,11 @@ def _announce(environment: str, seconds: float) -> None:
             callback(environment, seconds)
         except Exception:  # a broken listener must not break the call
             log.debug("rate-limit wait listener failed", exc_info=True)
+
+
+def _bounded(wait: float) -> float:
+    """A wait the shared script returned, within ``[0, MAX_WAIT]`` (NaN: no wait)."""
+    return min(MAX_WAIT, wait) if wait > 0 else 0.0
 
 
 class RateLimiter:
@@ -167,19 +175,43 @@ class RateLimiter:
         ``last`` may be a little ahead of ``now`` (another host's clock on a shared
         directory): it is kept, so time is never credited twice.  Far ahead (a clock that
         stepped back), it counts as now: the step costs at most one refill period.
+
+        A state no admission could have written — more than a bucket holds, a time before
+        1970, a debt the buckets would take more than :data:`MAX_WAIT` to refill — is a full
+        budget too, with one
+        warning naming the environment and where the state is (tampered with, or written
+        by something else): never a long sleep.
         """
-        if raw:
-            try:
-                req_text, tok_text, last_text = raw.split(",")
-                req, tok, last = float(req_text), float(tok_text), float(last_text)
-            except (ValueError, TypeError, AttributeError):
-                pass
-            else:
-                if isfinite(req) and isfinite(tok) and isfinite(last):
-                    if last - now > CLOCK_SKEW:
-                        last = now
-                    return min(req, self._req_cap), min(tok, self._tok_cap), last
+        if not raw:
+            return self._req_cap, self._tok_cap, now
+        try:
+            req_text, tok_text, last_text = raw.split(",")
+            req, tok, last = float(req_text), float(tok_text), float(last_text)
+        except (ValueError, TypeError, AttributeError):
+            req = tok = last = float("nan")
+        if self._plausible(req, tok, last):
+            if last - now > CLOCK_SKEW:
+                last = now
+            return min(req, self._req_cap), min(tok, self._tok_cap), last
+        whose = f" of environment '{self.environment}'" if self.environment else ""
+        warn_once(
+            f"{self._store.location} (rate-limit state)",
+            "the stored state is not one this package writes: tampered with?",
+            what=f"the rate-limit state{whose}",
+            then="it counts as a full budget, and the next admission writes a valid one",
+            fix="Check who can write to that directory.",
+        )
         return self._req_cap, self._tok_cap, now
+
+    def _plausible(self, req: float, tok: float, last: float) -> bool:
+        """Whether an admission could have left this state (finite, bounded debt)."""
+        if not (isfinite(req) and isfinite(tok) and isfinite(last)) or last < 0:
+            return False
+        if req > self._req_cap + 1 or tok > self._tok_cap + 1:
+            return False
+        if self._req_rate > 0 and (1.0 - req) / self._req_rate > MAX_WAIT:
+            return False
+        return not (self._tok_rate > 0 and -tok / self._tok_rate > MAX_WAIT)
 
     def _shared_args(self, cost: float, adjust: float = 0.0, *, admit: bool = True) -> list[Any]:
         """The shared admission script's arguments (:data:`~mistral_nbenv.store.redis.ADMIT`)."""
@@ -198,7 +230,7 @@ class RateLimiter:
         if self._shared is not None:
             got = self._shared.admit(self._shared_args(cost))
             if got is not None:
-                return got[0], self.clock()
+                return _bounded(got[0]), self.clock()
         result: tuple[float, float] = self._update(self._admission(cost))
         return result
 
@@ -207,7 +239,7 @@ class RateLimiter:
         if self._shared is not None:
             got = await self._shared.admit_async(self._shared_args(cost))
             if got is not None:
-                return got[0], self.clock()
+                return _bounded(got[0]), self.clock()
         change = self._admission(cost)
         result: tuple[float, float] = await without_waiting(lambda: self._update(change))
         return result
@@ -237,7 +269,7 @@ class RateLimiter:
                     req -= 1.0
                 if self.tpm > 0:
                     tok -= cost
-            return f"{req!r},{tok!r},{stamp!r}", (wait, now)
+            return f"{req!r},{tok!r},{stamp!r}", (min(wait, MAX_WAIT), now)
 
         return change
 
@@ -246,7 +278,11 @@ class RateLimiter:
 
         def change(raw: str | None) -> tuple[str, None]:
             req, tok, last = self._parse(raw, self.clock())
-            return f"{req!r},{min(self._tok_cap, tok - adjust)!r},{last!r}", None
+            # a debt is never more than one window's refill (MAX_WAIT): a wild correction
+            # (a usage far above the estimate) must not block the budget for longer
+            floor = -self._tok_rate * MAX_WAIT
+            tok = max(floor, min(self._tok_cap, tok - adjust))
+            return f"{req!r},{tok!r},{last!r}", None
 
         return change
 

@@ -35,6 +35,7 @@ __all__ = [
     "scrub",
     "secret_url",
     "shows_secret",
+    "url_credentials",
     "url_without_password",
 ]
 
@@ -133,7 +134,8 @@ SHAPES: tuple[tuple[str, Any], ...] = (
         r"(?=[A-Za-z0-9+/]{0,39}[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])",
         _whole,
     ),
-    (r"(://[^:/@\s]*:)([^@\s/]+)(@)", _url_password),  # a URL's password (user optional)
+    # a URL's password (user optional; the password may hold "/", "?", "#" or ":")
+    (r"(://[^:/@\s]*:)([^@\s]+)(@)", _url_password),
 )
 
 
@@ -190,43 +192,65 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-def url_without_password(url: str) -> str:
-    """``url`` for display: its password (``user:PASSWORD@`` or ``?password=``) as ``****``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|[?&;])(?:password|pass|pwd)=)([^&#;]*)")
 
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user = parts.username or ""
-            netloc = f"{user}:****@" + netloc.rsplit("@", 1)[1]
-        query = parts.query
-        if "password=" in query.lower():
-            pairs = [
-                (k, "****" if k.lower() == "password" else v)
-                for k, v in parse_qsl(query, keep_blank_values=True)
-            ]
-            query = urlencode(pairs, safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return scrub(url)
+
+def _url_parts(url: str) -> tuple[str, str | None, str]:
+    """``(scheme and "//", credentials or None, the rest)`` of ``url``, without trusting it.
+
+    The credentials are everything before the *last* ``@`` of the authority part, so a
+    password holding ``/``, ``?``, ``#``, ``:`` or ``@`` (base64, or a typo) is still taken
+    whole; a URL without a scheme (``PASS@host``) works the same way.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    else:
+        head += sep
+    if "@" not in rest:
+        return head, None, rest
+    credentials, _, host = rest.rpartition("@")
+    return head, credentials, host
+
+
+def url_credentials(url: str) -> str | None:
+    """The ``user:password`` part of ``url`` (before its last ``@``), or None."""
+    return _url_parts(url)[1]
+
+
+def _passwords(url: str) -> list[str]:
+    """The secret parts of ``url``: its userinfo's password (the whole userinfo when it has
+    no ``:``, since some clients read ``redis://PASSWORD@host``) and ``?password=``."""
+    found: list[str] = []
+    _head, credentials, _rest = _url_parts(url)
+    if credentials:
+        user, colon, password = credentials.partition(":")
+        found.append(password if colon else user)
+    found += [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+    return [p for p in found if p]
+
+
+def url_without_password(url: str) -> str:
+    """``url`` for display: every password in it (``user:PASSWORD@``, ``PASSWORD@``,
+    ``?password=``) as ``****``, whatever characters it holds or however malformed the URL
+    is; known secrets and credential shapes in the rest are masked too."""
+    head, credentials, rest = _url_parts(url)
+    if credentials is not None:
+        user, colon, _password = credentials.partition(":")
+        shown = f"{user}:****" if colon else "****"
+        rest = f"{shown}@{rest}"
+    rest = _QUERY_PASSWORD.sub(lambda m: m.group(1) + "****", rest)
+    return scrub(head + rest)
 
 
 def secret_url(url: str) -> SecretStr:
     """A URL that may carry a password: its password is remembered (masked everywhere),
     the URL itself is not, so messages can show it without the password."""
-    from urllib.parse import parse_qsl, urlsplit
+    from urllib.parse import unquote
 
-    try:
-        parts = urlsplit(url)
-        passwords = [parts.password or ""] + [
-            v for k, v in parse_qsl(parts.query) if k.lower() == "password"
-        ]
-    except ValueError:
-        passwords = [url]  # unparseable: mask all of it
-    for password in passwords:
-        if password:
-            remember(password)
+    for password in _passwords(url):
+        remember(password)
+        remember(unquote(password))  # what a client sends (percent-decoded)
     return SecretStr(url, known=False)
 
 

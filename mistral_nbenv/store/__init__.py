@@ -133,8 +133,45 @@ _warned_lock = Lock()
 _WITHOUT_CACHE = "continuing without a cache"
 
 
+#: A usage counter above this is not one this package wrote (10^15 tokens: ~30,000 years of
+#: the largest published rate limit).
+MAX_COUNTER = 1e15
+
+
+def counter_value(value: object) -> float | None:
+    """A stored usage counter as a number, or None when no ledger could have written it
+    (text, NaN, infinite, negative, absurdly large)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, bytes | str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if 0.0 <= number <= MAX_COUNTER else None  # NaN fails both
+
+
+def warn_tampered(location: str, what: str) -> None:
+    """One warning per location: a stored value no writer of this package could have left."""
+    warn_once(
+        f"{location} ({what})",
+        "a stored value is not one this package writes: tampered with?",
+        what=what,
+        then="that value is left out",
+        fix="Check who can write there.",
+    )
+
+
 def warn_once(
-    location: str, problem: str, *, what: str = "response cache", then: str = _WITHOUT_CACHE
+    location: str,
+    problem: str,
+    *,
+    what: str = "response cache",
+    then: str = _WITHOUT_CACHE,
+    fix: str = "Fix or delete that directory, or set cache.directory.",
 ) -> None:
     """Warn once per location and process that a store is off, and why: ``what`` (at
     ``location``) is unavailable; ``then`` says how calls go on."""
@@ -143,8 +180,7 @@ def warn_once(
             return
         _warned.add(location)
     warnings.warn(
-        f"mistral_nbenv: {what} at {location} is unavailable ({problem}); {then}. "
-        "Fix or delete that directory, or set cache.directory.",
+        f"mistral_nbenv: {what} at {location} is unavailable ({problem}); {then}. {fix}".strip(),
         CacheUnavailableWarning,
         stacklevel=4,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mistral_nbenv._forksafe import Lock, RLock
-from mistral_nbenv.store import NOWAIT, Busy
+from mistral_nbenv.store import NOWAIT, Busy, counter_value, warn_tampered
 from mistral_nbenv.store.private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
@@ -264,9 +264,13 @@ class DiskStore:
             bucket, _, name = key[len(_LEDGER_PREFIX) :].partition("\0")
             value = db.get(key, None, retry=True)
             counters = out.setdefault(bucket, {})
-            if name and isinstance(value, int | float) and not isinstance(value, bool):
-                counters[name] = counters.get(name, 0.0) + float(value)
-            elif not name:
+            if name:
+                number = counter_value(value)
+                if number is None:
+                    warn_tampered(self.location, "the usage ledger")
+                    continue
+                counters[name] = counters.get(name, 0.0) + number
+            else:
                 for old, amount in _counters(_text(value)).items():
                     counters[old] = counters.get(old, 0.0) + amount
         return {bucket: counters for bucket, counters in out.items() if counters}
@@ -345,7 +349,8 @@ def _counters(text: str | None) -> dict[str, float]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+    values = {k: counter_value(v) for k, v in data.items()}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _added(state: str | None, amounts: Mapping[str, float]) -> str:

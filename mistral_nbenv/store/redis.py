@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.store import counter_value, warn_tampered
 
 __all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
 
@@ -43,13 +44,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local s = redis.call('HMGET', key, 'req', 'tok', 'last')
 local req, tok, last = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-if req == nil or tok == nil or last == nil then
+local function bad(x) return x == nil or x ~= x or x == math.huge or x == -math.huge end
+-- a state no admission could have written (tampered with): a full budget, never a long wait
+if bad(req) or bad(tok) or bad(last) or last < 0 or req > req_cap + 1 or tok > tok_cap + 1
+   or (req_rate > 0 and (1 - req) / req_rate > 60)
+   or (tok_rate > 0 and -tok / tok_rate > 60) then
   req, tok, last = req_cap, tok_cap, now
 end
 if last > now then last = now end
 local elapsed = now - last
 req = math.min(req_cap, req + elapsed * req_rate)
-tok = math.min(tok_cap, tok + elapsed * tok_rate - adjust)
+tok = math.max(-tok_rate * 60, math.min(tok_cap, tok + elapsed * tok_rate - adjust))
 local wait = 0
 if admit then
   if req_rate > 0 and req < 1 - 1e-6 then wait = (1 - req) / req_rate end
@@ -253,10 +258,11 @@ class RedisLedger:
         for key, fields in zip(keys, pipe.execute() if keys else [], strict=True):
             counters = {}
             for name, value in (fields or {}).items():
-                try:
-                    counters[name] = float(value)
-                except ValueError:
+                number = counter_value(value)
+                if number is None:
+                    warn_tampered(self.connection.location, "the usage ledger")
                     continue
+                counters[name] = number
             if counters:
                 out[key[len(self.prefix) :]] = counters
         return out
