@@ -475,3 +475,21 @@ def test_usage_shows_the_ledger_as_a_table_and_a_chart(
     ip.run_cell("%mistral_env usage --env development")
     assert "nothing recorded yet" in out.text
     assert "staging" not in out.text
+
+
+@pytest.mark.parametrize(
+    ("cell", "magic"),
+    [
+        ("%mistral_env use 'staging", "%mistral_env"),
+        ('%%mistral -s "Be brief.\nHello', "%%mistral"),
+    ],
+)
+def test_an_unbalanced_quote_is_one_line(
+    ip: ReRaisingShell, lproject: MistralTestServer, cell: str, magic: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        ip.run_cell(cell)
+    message = str(info.value)
+    assert message.startswith(f"{magic}: No closing quotation")
+    assert "close the quote" in message
+    assert lproject.count() == 0

@@ -454,3 +454,50 @@ def test_base64_and_identifiers_near_mistral_are_not_keys(tmp_path: Path) -> Non
     cell["outputs"].append({"output_type": "stream", "text": f"key: {KEY}\n"})
     (tmp_path / "n.ipynb").write_text(json.dumps({"cells": [cell], "metadata": {}}))
     assert [f.output for f in scan_paths([tmp_path])] == [3]  # a real key-shaped one still is
+
+
+def test_a_key_in_cell_metadata_or_an_attachment_is_found(tmp_path: Path) -> None:
+    import base64
+
+    note = base64.b64encode(f"mistral api key: {OTHER}\n".encode()).decode()
+    notebook = {
+        "cells": [
+            {
+                "cell_type": "markdown",
+                "source": "See the attachment.",
+                "metadata": {"tags": ["mistral"], "mistral_api_key": KEY},
+                "attachments": {"key.txt": {"text/plain": note}},
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(notebook, indent=1))
+    found = {(f.cell, f.masked) for f in scan_paths([path])}
+    assert found == {(1, mask(KEY)), (1, mask(OTHER))}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"cells": [{"cell_type": "code", "source": "x", "outputs": 5}]},
+        {"cells": [{"source": "x", "outputs": [{"output_type": "display_data", "data": 5}]}]},
+        "[" * 100_000,  # nesting no JSON reader takes
+    ],
+)
+def test_a_malformed_notebook_is_said_and_every_other_file_still_scanned(
+    tmp_path: Path, broken: object
+) -> None:
+    bad = tmp_path / "a-broken.ipynb"
+    bad.write_text(broken if isinstance(broken, str) else json.dumps(broken))
+    (tmp_path / "b.py").write_text(f'MISTRAL_API_KEY = "{KEY}"\n')
+    out = io.StringIO()
+    assert run_scan([tmp_path], [], out) == 1  # the key in b.py is still found
+    text = out.getvalue()
+    assert f"{bad}: could not read (not a notebook:" in text
+    assert "b.py" in text
+    (tmp_path / "b.py").unlink()
+    out = io.StringIO()
+    assert run_scan([tmp_path], [], out) == 2  # nothing found, but a file was not read whole

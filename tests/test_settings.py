@@ -401,3 +401,22 @@ def test_numbers_that_cannot_run_and_blank_models_are_refused(
     project(f"[staging]\n{text}\n" if not text.startswith("[") else text + "\n")
     with pytest.raises(ConfigurationError, match=key.replace(".", r"\.")):
         get_settings("staging")
+
+
+@pytest.mark.parametrize(
+    ("line", "expect"),
+    [
+        ("timeout = " + "9" * 400, "`timeout` must be a number > 0"),
+        ("[development.prices]\nm = { input = " + "9" * 400 + " }", "`prices` must be a table"),
+        ("model = " + "[" * 600 + "]" * 600, "nests arrays or tables too deeply"),
+        ('server_url = "http://[::1"', "has an unclosed '['"),
+    ],
+)
+def test_absurd_values_are_a_configuration_error(tmp_path: Path, line: str, expect: str) -> None:
+    from tests._cli import run_cli
+
+    (tmp_path / "settings.toml").write_text(f"[development]\n{line}\n")
+    done = run_cli("status", cwd=tmp_path)
+    assert done.returncode == 2
+    assert expect in done.stderr
+    assert "Traceback" not in done.stderr

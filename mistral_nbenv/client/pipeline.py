@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from mistral_nbenv.client import deadline, deprecation
 from mistral_nbenv.client.policy import retry_mode
-from mistral_nbenv.client.request import Endpoint, Prepared, canonical, estimate_tokens, usage_of
+from mistral_nbenv.client.request import (
+    Endpoint,
+    Prepared,
+    canonical,
+    estimate_tokens,
+    read_once,
+    usage_of,
+)
 from mistral_nbenv.client.sdkpatch import SCOPE as FAST_SCOPE
 from mistral_nbenv.client.stats import ClientStats
 from mistral_nbenv.client.translate import quotes_secret, translate_error
@@ -109,6 +116,7 @@ class Pipeline:
                 "retries= is not supported: mistral_nbenv retries itself "
                 "(max_retries / retry_max_wait in the settings; retry= per call)"
             )
+        read_once(kwargs)  # generators and iterators: one list, keyed and sent
         if ep.default_model is not None and kwargs.get("model") is None:
             kwargs["model"] = getattr(self.settings, ep.default_model)
         if self.settings.pins and isinstance(kwargs.get("model"), str):

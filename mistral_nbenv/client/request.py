@@ -10,9 +10,9 @@ rebuilt into by name (the fast path of the hot endpoints).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mistral_nbenv._forksafe import Lock
 from mistral_nbenv.client.policy import CACHED_READ, INFERENCE, Policy, RetryMode, policy_for
@@ -215,6 +215,41 @@ def _simple_messages(messages: Any) -> bool:
         ):
             return False
     return True
+
+
+#: Re-readable, but not lists: made lists so the key and the body see one form.
+_SEQUENCES: tuple[type, ...] = (tuple, range, type({}.keys()), type({}.values()), type({}.items()))
+
+
+def _once(value: Any, depth: int = 0) -> Any:
+    """``value`` with every one-shot iterable in it (a generator, ``iter()``, ``map``) and
+    every tuple, range or dict view made a list, so it can be read twice (for the cache
+    key, then by the SDK); a file and anything else is left as it is."""
+    if depth > 50 or isinstance(value, str | bytes | bytearray):
+        return value
+    kind = type(value)
+    if kind is list:
+        items = [_once(item, depth + 1) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if kind is dict:
+        fixed = {k: _once(v, depth + 1) for k, v in value.items()}
+        return value if all(fixed[k] is v for k, v in value.items()) else fixed
+    if isinstance(value, _SEQUENCES) and not hasattr(value, "_fields"):  # not a namedtuple
+        sequence = cast(Iterable[Any], value)
+        return [_once(item, depth + 1) for item in sequence]
+    if isinstance(value, Iterator) and not hasattr(value, "read"):  # never a file
+        return [_once(item, depth + 1) for item in value]
+    return value
+
+
+def read_once(params: dict[str, Any]) -> None:
+    """Make every parameter readable twice, in place (:func:`_once`): the cache key is
+    built from the very list the SDK sends."""
+    for name, value in params.items():
+        if type(value) not in (str, int, float, bool) and value is not None:
+            fixed = _once(value)
+            if fixed is not value:
+                params[name] = fixed
 
 
 def canonical(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"{path} is not valid TOML ({exc}). Fix the file; nothing was loaded from it."
         ) from None
+    except RecursionError:
+        raise ConfigurationError(
+            f"{path} nests arrays or tables too deeply to read. Fix the file; nothing was "
+            "loaded from it."
+        ) from None
     except OSError as exc:
         raise ConfigurationError(f"Cannot read settings file {path}: {exc.strerror}.") from None
 
@@ -187,7 +192,12 @@ def _read_env_vars() -> tuple[dict[str, tuple[Any, str]], tuple[str, ...]]:
         if key == "api_key":
             ignored.append(variable)  # keys come per environment: MISTRAL_API_KEY_PROD etc.
             continue
-        value = raw if key in SECRET_KEYS else parse_conf_data(raw, tomlfy=True, box_settings={})
+        try:
+            value = (
+                raw if key in SECRET_KEYS else parse_conf_data(raw, tomlfy=True, box_settings={})
+            )
+        except (RecursionError, OverflowError, ValueError):
+            value = raw  # validated as the text it is (a clear error naming the variable)
         rule = SCHEMA.get(key)
         if rule is BOOL and not isinstance(value, bool):
             text = str(value).strip().lower()

@@ -60,7 +60,7 @@ class Rule:
         if not isinstance(value, self.types) or (bool not in self.types and type(value) is bool):
             return False
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            if not _finite(value):
                 return False
             if self.gt is not None and not value > self.gt:
                 return False
@@ -71,6 +71,14 @@ class Rule:
         if self.non_blank and isinstance(value, str) and not value.strip():
             return False
         return self.valid is None or bool(self.valid(value))
+
+
+def _finite(number: float) -> bool:
+    """A finite number a float can hold (a 400-digit integer cannot: not an error, a no)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _secret(value: Any) -> SecretStr | None:
@@ -110,7 +118,7 @@ def _price_table(value: Any) -> bool:
         for amount in price.values():
             if isinstance(amount, bool) or not isinstance(amount, int | float):
                 return False
-            if not math.isfinite(amount) or not 0 <= amount <= 1e6:
+            if not _finite(amount) or not 0 <= amount <= 1e6:
                 return False
     return True
 

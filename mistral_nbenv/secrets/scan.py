@@ -127,6 +127,8 @@ class ScanResult:
     files_scanned: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     missing: list[Path] = field(default_factory=list)
+    #: Files that could not be read whole (a malformed notebook): (path, why).
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     def _skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
@@ -225,6 +227,28 @@ def _output_texts(output: Mapping[str, Any]) -> list[str]:
     return texts
 
 
+def _attachment_texts(attachments: Any) -> list[str]:
+    """The text of a cell's attachments (``text/*`` bundles are base64 in the file)."""
+    import base64
+    import binascii
+
+    texts: list[str] = []
+    if not isinstance(attachments, dict):
+        return texts
+    for bundle in attachments.values():
+        if not isinstance(bundle, dict):
+            continue
+        for mime, data in bundle.items():
+            if not (isinstance(mime, str) and mime.startswith("text/")):
+                continue
+            raw = _text(data)
+            try:
+                texts.append(base64.b64decode(raw, validate=False).decode("utf-8", "replace"))
+            except (binascii.Error, ValueError):
+                texts.append(raw)
+    return texts
+
+
 def _scan_notebook(path: Path, raw: str, scanner: _TextScanner) -> list[Finding] | None:
     try:
         notebook = json.loads(raw)
@@ -248,7 +272,15 @@ def _scan_notebook(path: Path, raw: str, scanner: _TextScanner) -> list[Finding]
             for text in _output_texts(output):
                 for line, masked, reason in scanner.scan(text, context=near):
                     findings.append(Finding(path, number, line, masked, reason, out_number))
-    # A configured key elsewhere in the file (metadata, attachments, widget state).
+        # metadata (the cell's own) and attachments: the key shape near "mistral" too
+        extra = [json.dumps(cell.get("metadata") or {}, indent=1)]
+        extra += _attachment_texts(cell.get("attachments"))
+        for text in extra:
+            for line, masked, reason in scanner.scan(text):
+                findings.append(Finding(path, number, line, masked, reason + " (metadata)"))
+    for line, masked, reason in scanner.scan(json.dumps(notebook.get("metadata") or {}, indent=1)):
+        findings.append(Finding(path, None, line, masked, reason + " in notebook metadata"))
+    # A configured key elsewhere in the file (widget state, anything else).
     found = {f.masked for f in findings}
     for line, masked, reason in _TextScanner(scanner.known).scan(raw):
         if masked not in found and reason.startswith("configured"):
@@ -272,7 +304,12 @@ def _scan_file(path: Path, scanner: _TextScanner, result: ScanResult) -> None:
     text = data.decode("utf-8", errors="replace")
     result.files_scanned += 1
     if path.suffix.lower() == ".ipynb":
-        notebook_findings = _scan_notebook(path, text, scanner)
+        try:
+            notebook_findings = _scan_notebook(path, text, scanner)
+        except (RecursionError, TypeError, AttributeError, ValueError) as exc:
+            # a malformed notebook: said, its text still scanned, and the scan goes on
+            result.unreadable.append((path, f"not a notebook: {type(exc).__name__}"))
+            notebook_findings = None
         if notebook_findings is not None:
             result.findings += notebook_findings
             return
@@ -385,6 +422,8 @@ def run_scan(paths: Iterable[str | os.PathLike[str]], known_keys: KnownKeys, out
     result = scan(paths, known_keys)
     for missing in result.missing:
         out.write(f"{missing}: no such file or directory\n")
+    for path, why in result.unreadable:
+        out.write(f"{path}: could not read ({why}); scanned as plain text\n")
     for finding in result.findings:
         out.write(f"{finding}\n")
     skipped = ", ".join(f"{count} {why}" for why, count in sorted(result.skipped.items()))
@@ -402,4 +441,4 @@ def run_scan(paths: Iterable[str | os.PathLike[str]], known_keys: KnownKeys, out
         )
         return 1
     out.write(f"No Mistral API keys found ({scanned}).\n")
-    return 2 if result.missing else 0
+    return 2 if result.missing or result.unreadable else 0

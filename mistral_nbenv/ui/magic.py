@@ -104,6 +104,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
 
+def _words(line: str, magic: str) -> list[str]:
+    """The magic line split as a POSIX shell would (quotes removed); an unbalanced quote is
+    a one-line :class:`UsageError`, not shlex's traceback."""
+    from IPython.utils.process import arg_split
+
+    try:
+        return list(arg_split(line, posix=True))
+    except ValueError as exc:
+        raise UsageError(
+            f"{magic}: {exc} in {line.strip()!r}: close the quote (or escape it with \\)"
+        ) from None
+
+
 def _show(text: str, html_text: str) -> None:
     display(Rich(text, html_text))
 
@@ -126,14 +139,12 @@ class MistralMagics(Magics):
     @_named_line_magic("mistral_env")
     def mistral_env(self, line: str = "") -> None:
         """Show or switch the Mistral environment; ``%mistral_env --help`` for the grammar."""
-        from IPython.utils.process import arg_split
-
         from mistral_nbenv.ui.commands import environment_of, split_words
 
         if self._parser is None:
             self._parser = _build_parser()
         try:
-            args = self._parser.parse_args(split_words(arg_split(line, posix=True)))
+            args = self._parser.parse_args(split_words(_words(line, "%mistral_env")))
             args.env = environment_of(args, self._parser)
         except _HelpShown:
             return None
@@ -256,10 +267,9 @@ class MistralMagics(Magics):
     @_named_cell_magic("mistral")
     def mistral(self, line: str, cell: str) -> ChatAnswer:
         """Send the cell as the user message; render the answer as Markdown; return it (``_``)."""
-        from IPython.utils.process import arg_split
 
         # posix splitting, so -s 'Be brief.' loses its quotes (parse_argstring keeps them)
-        args = self.mistral.parser.parse_args(arg_split(line, posix=True))
+        args = self.mistral.parser.parse_args(_words(line, "%%mistral"))
         message = dedent(cell).strip()
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
