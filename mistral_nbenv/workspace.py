@@ -195,13 +195,19 @@ class Workspace:
 
     @contextmanager
     def environment(self, name: str, *, confirm: bool = False) -> Iterator[str]:
-        """Switch to ``name`` for a ``with`` block, then restore the previous environment."""
+        """Switch to ``name`` for a ``with`` block, then restore the state it found: the
+        previous environment, and a confirmation still pending stays pending."""
         previous = self.current()
+        with self._lock:
+            awaiting, by_user = self._awaiting, self._by_user
         active = self.use(name, confirm=confirm)
         try:
             yield active
         finally:
             self._switch(previous)  # back to where the user already was: no confirmation
+            with self._lock:
+                if awaiting is not None and self._awaiting is None and awaiting == previous:
+                    self._awaiting, self._by_user = awaiting, by_user
 
     def _switch(self, target: str) -> str:
         with self._lock:
@@ -307,7 +313,12 @@ class Workspace:
                 return client
         from mistral_nbenv.client import Client
 
-        new = Client(settings, self.key_for(settings), shared=self.shared(settings))
+        new = Client(
+            settings,
+            self.key_for(settings),
+            shared=self.shared(settings),
+            gate=lambda: self._check_confirmed(name),  # every call, however it got the client
+        )
         with self._lock:
             old = self._clients.get(name)
             if old is not None and old.settings is settings:

@@ -6,7 +6,9 @@ against the loopback server, a real IPython shell, the real console script.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from mistral_nbenv import (
     current_environment,
     environment,
     get_client,
+    get_settings,
     use_environment,
     workspace,
 )
@@ -272,3 +275,108 @@ def test_scripts_keep_production_from_the_environment(
     monkeypatch.delenv("MISTRAL_ENV")
     reset_core()
     assert current_environment() == "production"  # outside a notebook NODE_ENV still counts
+
+
+def test_an_environment_block_keeps_a_pending_confirmation_pending(
+    kernel: Any, lproject: MistralTestServer
+) -> None:
+    ip, _out = kernel(MISTRAL_ENV="production")
+    ip.run_cell(
+        "import mistral_nbenv as mn\n"
+        "with mn.environment('development'):\n"
+        "    mn.get_client().chat.complete(messages=[{'role': 'user', 'content': 'hi'}])\n"
+    )
+    assert lproject.count() == 1  # development answered
+    assert current_environment() == "production"
+    with pytest.raises(ProductionConfirmationRequired):
+        get_client().chat.complete(messages=HELLO)
+    with pytest.raises(UsageError, match="nothing has confirmed it yet"):
+        ip.run_cell("%%mistral\nhello")
+    assert lproject.count() == 1  # production was never sent to
+
+
+def test_a_client_made_before_the_extension_obeys_the_gate(
+    lproject: MistralTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISTRAL_ENV", "production")
+    reset_core()
+    early = get_client()  # a script's client: no notebook yet
+    InteractiveShell.clear_instance()
+    ip = ReRaisingShell()
+    monkeypatch.setattr("mistral_nbenv.ui.magic.display", Outputs(ip).record)
+    ip.run_cell("%load_ext mistral_nbenv")
+    try:
+        with pytest.raises(ProductionConfirmationRequired):
+            early.chat.complete(messages=HELLO)
+        with pytest.raises(ProductionConfirmationRequired):
+            asyncio.run(early.chat.complete_async(messages=HELLO))
+        with pytest.raises(ProductionConfirmationRequired):
+            early.chat.stream(messages=HELLO)
+        assert lproject.count() == 0
+        ip.run_cell("%mistral_env use production --confirm")
+        assert early.chat.complete(messages=HELLO).choices
+        assert lproject.count() == 1
+    finally:
+        ip.run_cell("%unload_ext mistral_nbenv")
+
+
+def test_no_variable_turns_the_notebook_confirmation_off(
+    kernel: Any, lproject: MistralTestServer
+) -> None:
+    ip, out = kernel(MISTRAL_ENV="production", MISTRAL_NBENV_CONFIRM_IN_NOTEBOOKS="false")
+    assert "%mistral_env use production --confirm" in out.text
+    with pytest.raises(UsageError, match="nothing has confirmed it yet"):
+        ip.run_cell("%%mistral\nhello")
+    assert lproject.count() == 0
+    assert get_settings("production").confirm_in_notebooks is True
+
+
+def _run_notebook(cells: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    return ["".join(o.get("text", "") for o in cell.outputs) for cell in nb.cells]
+
+
+CALL = (
+    "try:\n"
+    "    {client}.chat.complete(messages=[{{'role': 'user', 'content': 'hi'}}])\n"
+    "    print('sent')\n"
+    "except mn.ProductionConfirmationRequired:\n"
+    "    print('refused')\n"
+)
+
+
+@pytest.mark.slow
+def test_no_path_reaches_production_unconfirmed_in_a_real_kernel(
+    lproject: MistralTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel started with MISTRAL_ENV=production: a client made before %load_ext, an
+    environment block, and MISTRAL_NBENV_CONFIRM_IN_NOTEBOOKS=false all stay behind the
+    confirmation; the loopback server counts what was sent."""
+    monkeypatch.setenv("MISTRAL_ENV", "production")
+    monkeypatch.setenv("MISTRAL_NBENV_CONFIRM_IN_NOTEBOOKS", "false")
+    outputs = _run_notebook(
+        [
+            "import mistral_nbenv as mn\nearly = mn.get_client()",
+            "%load_ext mistral_nbenv",
+            CALL.format(client="early"),
+            "with mn.environment('development'):\n"
+            + textwrap.indent(CALL.format(client="mn.get_client()"), "    "),
+            CALL.format(client="mn.get_client()"),
+            "%mistral_env use production --confirm",
+            CALL.format(client="early"),
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    said = [outputs[i].strip().splitlines()[-1] for i in (2, 3, 4, 6)]  # (development logs)
+    assert said == ["refused", "sent", "refused", "sent"]
+    sent = [r.api_key for r in lproject.requests]
+    assert sent == [KEYS["development"], KEYS["production"]]  # production only once confirmed

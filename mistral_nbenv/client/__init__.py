@@ -21,6 +21,7 @@ The parts, one concern each:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mistral_nbenv.client.pipeline import CacheOption, ClientStats, Pipeline
@@ -64,7 +65,10 @@ class Client:
         *,
         fast_sdk: bool | None = None,
         shared: Shared | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
+        """``gate`` runs before every call and may refuse it by raising (the workspace's
+        check that a protected environment a notebook started in was confirmed)."""
         from mistral_nbenv.client.namespaces import build_namespaces
 
         self.settings = settings
@@ -72,7 +76,7 @@ class Client:
         self._key = api_key
         fast = settings.fast_sdk if fast_sdk is None else fast_sdk
         self._transport = Transport(settings, api_key, fast_sdk=fast)
-        self._pipeline = Pipeline(settings, api_key, self._transport, shared)
+        self._pipeline = Pipeline(settings, api_key, self._transport, shared, gate=gate)
         self.stats: ClientStats = self._pipeline.stats
         # the pipeline's parts, named as tests and benchmarks know them
         self._cache = self._pipeline.cache

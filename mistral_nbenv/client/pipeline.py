@@ -66,8 +66,11 @@ class Pipeline:
         key: ResolvedKey,
         transport: Transport,
         shared: Shared | None = None,
+        *,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.gate = gate
         self.shared = shared
         self.environment = settings.environment
         self.key = key
@@ -109,6 +112,8 @@ class Pipeline:
         entry is dropped, the one write), so an async call runs it on the event loop: a read
         never waits for a writer (SQLite's WAL).
         """
+        if self.gate is not None:
+            self.gate()  # e.g. a protected environment not confirmed in this notebook
         option = kwargs.pop("cache", None)
         retry = kwargs.pop("retry", None)
         if "retries" in kwargs:

@@ -302,6 +302,10 @@ def load(name: str) -> Settings:
 # --------------------------------------------------------------------------- merge + validate
 
 
+#: Settings a ``MISTRAL_NBENV_*`` variable may turn on but never off.
+_NEVER_WEAKENED = frozenset({"protected", "confirm_in_notebooks"})
+
+
 def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -311,8 +315,8 @@ def _merge(project: Project, env: str) -> tuple[dict[str, Any], dict[str, str]]:
                 values[key] = value
                 sources[key] = f"{layer.label} [{section}]"
     for key, (value, variable) in project.env_values.items():
-        if key == "protected" and value is False and values.get("protected") is True:
-            continue  # a general override never unprotects: only [ENV] protected = false can
+        if key in _NEVER_WEAKENED and value is False and values.get(key) is True:
+            continue  # a general override never weakens protection: only [ENV] ... = false can
         values[key] = value
         sources[key] = f"{ENV_VARS_LABEL} {variable}"
     return values, sources
