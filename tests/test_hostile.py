@@ -319,3 +319,24 @@ def test_a_tampered_redis_usage_counter_is_left_out(
     (row,) = report.rows
     assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 0, 0)
     assert any("tampered with?" in str(w.message) for w in seen)
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe not UTF-8", 12345])
+def test_an_unreadable_cache_entry_is_dropped_with_a_warning(
+    server: MistralTestServer, value: Any
+) -> None:
+    from mistral_nbenv.store.layout import open_stores
+
+    client = mistral_nbenv.get_client("staging")
+    first = client.chat.complete(messages=HELLO)
+    db = open_stores(mistral_nbenv.get_settings("staging")).cache.db()  # type: ignore[attr-defined]
+    (key,) = [k for k in db.iterkeys() if not str(k).startswith("usage")]
+    db.set(key, value)  # what something else wrote there
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again = client.chat.complete(messages=HELLO)
+    assert server.count("/v1/chat/completions") == 2  # a miss, answered by the API
+    assert again.choices[0].message.content == first.choices[0].message.content
+    said = [str(w.message) for w in seen]
+    assert any("dropped an unreadable cache entry" in m and "not UTF-8" in m for m in said), said
+    assert client.chat.complete(messages=HELLO).id == again.id  # stored afresh, then a hit

@@ -290,7 +290,8 @@ def test_redis_down_goes_local_with_one_warning_then_rejoins(
     # exactly the three calls made after the rejoin were taken from the fresh budget
     # (a burst of 10, refilling at 10/s: 10 - 3 + the refill of a few milliseconds)
     assert 7.0 <= float(redis.hget(budget, "req")) < 8.0
-    assert redis_server.calls("evalsha") + redis_server.calls("eval") == 6  # admit + correct
+    # admit + correct per call, and the one merge of the usage recorded while it was down
+    assert redis_server.calls("evalsha") + redis_server.calls("eval") == 7
 
 
 def test_redis_down_with_on_unavailable_error_raises_a_clear_error(
@@ -451,3 +452,42 @@ def test_usage_is_in_the_ledger_before_record_returns_and_a_failing_ledger_is_lo
     with caplog.at_level("WARNING"):
         UsageRecorder(Full(), "staging").record("m", requests=1)  # never raises
     assert "staging: usage counts could not be written (OSError)" in caplog.text
+
+
+def test_usage_recorded_while_redis_was_down_is_merged_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    from mistral_nbenv.store.layout import open_stores
+    from mistral_nbenv.ui.reports import collect_usage
+
+    monkeypatch.setattr(shared_module, "REJOIN_AFTER", 0.2)
+    _share(tmp_path, monkeypatch, server, redis_server.url)
+    client = mistral_nbenv.get_client("development")
+    redis_server.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SharedStoreWarning)
+        for i in range(3):
+            client.chat.complete(messages=[{"role": "user", "content": f"down {i}"}])
+    redis_server.start()
+    time.sleep(0.3)
+    for i in range(2):
+        client.chat.complete(messages=[{"role": "user", "content": f"back {i}"}], cache=False)
+    assert server.count("/v1/chat/completions") == 5
+
+    def requests() -> float:
+        report = collect_usage("development")
+        return sum(row.requests for row in report.rows)
+
+    assert requests() == 5  # every request the server answered
+    reset_state()
+    assert requests() == 5  # read again by a fresh workspace: merged once, not twice
+    redis = redis_server.client()
+    assert len(redis.keys("mistral-nbenv:usage-merged:*")) == 1
+    # a batch sent twice (its reply lost) counts once
+    settings = mistral_nbenv.get_settings("development")
+    ledger = open_stores(settings, mistral_nbenv.workspace.workspace().shared(settings)).ledger
+    primary = ledger.primary  # type: ignore[attr-defined]
+    bucket = next(iter(primary.totals()))
+    assert primary.merge("batch-1", {bucket: {"requests": 1}}) is True
+    assert primary.merge("batch-1", {bucket: {"requests": 1}}) is False
+    assert requests() == 6

@@ -22,7 +22,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mistral_nbenv.errors import CacheUnavailableError, SharedStoreUnavailableError
-from mistral_nbenv.store import Busy, CacheUnavailableWarning, KeyValue, warn_once
+from mistral_nbenv.store import (
+    Busy,
+    CacheUnavailableWarning,
+    KeyValue,
+    UnreadableEntry,
+    warn_once,
+)
 
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
@@ -128,6 +134,9 @@ class ResponseCache:
             return None
         try:
             return self.store.get(key)
+        except UnreadableEntry as exc:  # one entry, not the cache: dropped, with a warning
+            self.drop(key, str(exc))
+            return None
         except Exception as exc:
             self._fail(exc)
             return None

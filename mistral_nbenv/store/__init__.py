@@ -43,6 +43,11 @@ class CacheUnavailableWarning(MistralEnvWarning, RuntimeWarning):
     """A store (response cache, rate-limit state) could not be used; calls go on without it."""
 
 
+class UnreadableEntry(ValueError):
+    """A stored value exists under a key but is not text this package wrote (not UTF-8, a
+    pickle, a file outside the store): the caller drops it, with a warning."""
+
+
 class Busy(Exception):
     """Another transaction holds a store now: while :data:`NOWAIT` is set, a store raises this
     at once instead of waiting, having changed nothing."""

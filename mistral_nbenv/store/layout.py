@@ -6,6 +6,8 @@ that is what the provider limits:
 
 * ``<project>/<environment>/``: the response cache;
 * ``<project>/<environment>/usage/``: the usage ledger;
+* ``<project>/<environment>/usage-pending/``: with ``[E.shared]``, the usage recorded while
+  Redis was down, until it is merged there;
 * ``<root>/budgets/<key fingerprint>/``: the rate budget (requests/min, tokens/min), shared
   by every project and process using that key with that server, and by no other.
 
@@ -112,6 +114,7 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
             cache = shared.cache(cache)
         if shared.share_budget and api_key:
             shared_budget = shared.budget(f"{api_key}\0{settings.base_url}")
-        ledger = shared.ledger(ledger)
+        # while Redis is down, usage waits in its own directory until it is merged there
+        ledger = shared.ledger(DiskStore(directory / "usage-pending"))
     budget: Budget = DiskStore(budget_dir(settings, api_key)) if api_key else MemoryStore()
     return Stores(cache, budget, ledger, shared_budget)

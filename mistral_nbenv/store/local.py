@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mistral_nbenv._forksafe import Lock, RLock
-from mistral_nbenv.store import NOWAIT, Busy, counter_value, warn_tampered
+from mistral_nbenv.store import NOWAIT, Busy, UnreadableEntry, counter_value, warn_tampered
 from mistral_nbenv.store.private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
@@ -132,6 +132,11 @@ def close_all() -> None:
         _open.clear()
 
 
+_ABSENT = object()
+#: A batch of counters on its way to the shared ledger (:meth:`DiskStore.seal`).
+_BATCH_PREFIX = "usage-batch\0"
+
+
 def _text(value: Any) -> str | None:
     """A stored value as JSON text, or None for anything else (never unpickled)."""
     if isinstance(value, str):
@@ -205,8 +210,15 @@ class DiskStore:
     # -- KeyValue -------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
-        """The JSON text under ``key``; None when absent, expired or not text."""
-        return _text(self.db().get(key, None, retry=True))
+        """The JSON text under ``key``; None when absent or expired; a value that is not
+        text (not UTF-8, a pickle) raises :class:`~mistral_nbenv.store.UnreadableEntry`."""
+        value = self.db().get(key, _ABSENT, retry=True)
+        if value is _ABSENT:
+            return None
+        text = _text(value)
+        if text is None:
+            raise UnreadableEntry("the stored value is not UTF-8 JSON text")
+        return text
 
     def set(self, key: str, value: str, ttl: float | None) -> None:
         """Store ``value``; every :data:`CULL_EVERY` writes, evict down to the size limit."""
@@ -274,6 +286,46 @@ class DiskStore:
                 for old, amount in _counters(_text(value)).items():
                     counters[old] = counters.get(old, 0.0) + amount
         return {bucket: counters for bucket, counters in out.items() if counters}
+
+    # -- moving counters elsewhere exactly once (a shared ledger that was down) ---------
+
+    def seal(self, batch: str) -> bool:
+        """In one transaction, move every counter into one batch named ``batch`` (kept
+        until :meth:`discard`); False when there was nothing to move."""
+        with self._writing() as db, db.transact(retry=False):
+            moved: dict[str, dict[str, float]] = {}
+            for key in list(db.iterkeys()):
+                if not (isinstance(key, str) and key.startswith(_LEDGER_PREFIX)):
+                    continue
+                bucket, _, name = key[len(_LEDGER_PREFIX) :].partition("\0")
+                number = counter_value(db.get(key, None, retry=False))
+                db.delete(key, retry=False)
+                if name and number:
+                    counters = moved.setdefault(bucket, {})
+                    counters[name] = counters.get(name, 0.0) + number
+            if moved:
+                db.set(f"{_BATCH_PREFIX}{batch}", json.dumps(moved), retry=False)
+            return bool(moved)
+
+    def sealed(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Every batch not discarded yet: ``{batch: {bucket: counters}}``."""
+        db = self.db()
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for key in list(db.iterkeys()):
+            if isinstance(key, str) and key.startswith(_BATCH_PREFIX):
+                try:
+                    data = json.loads(_text(db.get(key, None, retry=True)) or "{}")
+                except ValueError:
+                    data = {}
+                out[key[len(_BATCH_PREFIX) :]] = {
+                    str(b): _counters(json.dumps(c)) for b, c in data.items() if isinstance(c, dict)
+                }
+        return out
+
+    def discard(self, batch: str) -> None:
+        """Forget a batch once its counters are where they belong."""
+        with self._writing() as db:
+            db.delete(f"{_BATCH_PREFIX}{batch}", retry=False)
 
 
 class MemoryStore:

@@ -226,6 +226,23 @@ class RedisKeyValue:
         return removed
 
 
+#: Add a batch of counters once: the batch's marker and every increment in one script, so a
+#: batch sent twice (its reply lost, the sender restarted) counts once. KEYS[1]: the marker;
+#: ARGV: the marker's TTL, the buckets' TTL, the key prefix, then the batch as JSON
+#: ``{bucket: {counter: amount}}``. Returns 1 when added, 0 when it already was.
+MERGE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+for bucket, counters in pairs(cjson.decode(ARGV[4])) do
+  local key = ARGV[3] .. bucket
+  for name, amount in pairs(counters) do
+    redis.call('HINCRBYFLOAT', key, name, string.format('%.17g', amount))
+  end
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+end
+return 1
+"""
+
+
 class RedisLedger:
     """Usage counters: one hash per bucket under ``prefix``."""
 
@@ -247,6 +264,16 @@ class RedisLedger:
                 pipe.hincrbyfloat(key, name, float(amount))
         pipe.expire(key, LEDGER_TTL)
         pipe.execute()
+
+    def merge(self, batch: str, buckets: Mapping[str, Mapping[str, float]]) -> bool:
+        """Add a batch recorded elsewhere (while Redis was down), exactly once by its name."""
+        import json
+
+        marker = f"{self.prefix.rstrip(':')}-merged:{batch}"  # outside the counters' prefix
+        added = self.connection.sync().eval(
+            MERGE, 1, marker, LEDGER_TTL, LEDGER_TTL, self.prefix, json.dumps(buckets)
+        )
+        return bool(added)
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Every bucket's counters (SCAN, then HGETALL pipelined)."""

@@ -239,12 +239,41 @@ class FailoverKeyValue:
 
 
 class FailoverLedger:
-    """:class:`~mistral_nbenv.store.Ledger` in Redis, failing over to a local one."""
+    """:class:`~mistral_nbenv.store.Ledger` in Redis, failing over to a local one.
+
+    What is recorded locally while Redis is down is merged into Redis once it answers
+    again, exactly once: the local counters are sealed into a named batch in one
+    transaction, the batch is added by one script that also sets its marker (a batch sent
+    twice counts once), then forgotten. A batch left by a process that stopped half-way is
+    merged by the next process that reaches Redis.
+    """
 
     def __init__(self, shared: Shared, primary: Any, local: Ledger) -> None:
         self.shared = shared
         self.primary = primary
         self.local = local
+        self._pending = True  # check once per process for batches another process left
+
+    def _record_locally(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        self.local.add(bucket, amounts)
+        self._pending = True
+
+    def _merge_pending(self) -> None:
+        """Move what was recorded locally into Redis (after a successful round trip)."""
+        if not self._pending or not hasattr(self.local, "seal"):
+            return
+        import uuid
+
+        local: Any = self.local
+        try:
+            local.seal(uuid.uuid4().hex)
+            for batch, buckets in local.sealed().items():
+                self.primary.merge(batch, buckets)
+                local.discard(batch)
+        except Exception as exc:  # Redis went away again: the batches wait, sealed
+            log.debug("mistral_nbenv: usage merge into %s postponed (%s)", self.location, exc)
+            return
+        self._pending = False
 
     @property
     def location(self) -> str:
@@ -252,17 +281,25 @@ class FailoverLedger:
         return self.shared.url
 
     def add(self, bucket: str, amounts: Mapping[str, float]) -> None:
-        """Add to one bucket in Redis (locally while it is down)."""
-        self.shared.run(
-            "recording usage",
-            lambda: self.primary.add(bucket, amounts),
-            lambda: self.local.add(bucket, amounts),
-        )
+        """Add to one bucket in Redis (locally while it is down; merged when it is back)."""
+
+        def shared() -> None:
+            self.primary.add(bucket, amounts)
+            self._merge_pending()
+
+        self.shared.run("recording usage", shared, lambda: self._record_locally(bucket, amounts))
 
     def totals(self) -> dict[str, dict[str, float]]:
-        """The shared totals (the local ones while Redis is down)."""
+        """The shared totals, with what was recorded locally merged in first (the local
+        ones while Redis is down)."""
+
+        def shared() -> dict[str, dict[str, float]]:
+            self._merge_pending()
+            result: dict[str, dict[str, float]] = self.primary.totals()
+            return result
+
         result: dict[str, dict[str, float]] = self.shared.run(
-            "reading usage", self.primary.totals, self.local.totals
+            "reading usage", shared, self.local.totals
         )
         return result
 
