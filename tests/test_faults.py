@@ -56,23 +56,23 @@ def _set_value(db: Path, *, value: Any, mode: int | None = None, filename: Any =
 # --------------------------------------------------------------------------- cache entries
 
 
-# ``warns``: a JSON-text entry the SDK rejects is dropped with one warning; an entry the
-# store never hands over as text (not UTF-8, a pickle, a file outside) reads as absent.
+# ``warns``: every unusable entry is dropped with one warning: JSON text the SDK rejects, and
+# what the store never hands over as text (not UTF-8, a pickle, a file outside the cache).
 @pytest.mark.parametrize(
     ("value", "mode", "filename", "warns"),
     [
         ("{not json", None, None, 1),
         ('{"hello": 1}', None, None, 1),
         ('{"id": "x", "object": "chat.completion", "choi', None, None, 1),  # cut short
-        (b"\xff\xfe\x00 not utf-8", None, None, 0),
+        (b"\xff\xfe\x00 not utf-8", None, None, 1),
         (
             b"\x80\x04\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06getcwd"
             b"\x94\x93\x94)R\x94.",
             4,  # MODE_PICKLE: a planted pickle that would call os.getcwd() when loaded
             None,
-            0,
+            1,
         ),
-        (None, 3, "../../../../../../etc/hostname", 0),  # MODE_TEXT, outside the cache
+        (None, 3, "../../../../../../etc/hostname", 1),  # MODE_TEXT, outside the cache
     ],
 )
 @pytest.mark.parametrize("kind", ["complete", "stream"])
@@ -95,7 +95,7 @@ def test_a_corrupt_entry_is_a_miss_one_warning_and_dropped(
         )
 
     expected = call()
-    client.close()  # the entry is written behind the call; closing writes it now
+    client.close()
     db = cache_dir(client.settings) / "cache.db"
     assert len(_rows(db)) == 1
     _set_value(db, value=value, mode=mode, filename=filename)
@@ -380,3 +380,56 @@ def test_no_path_reaches_production_unconfirmed_in_a_real_kernel(
     assert said == ["refused", "sent", "refused", "sent"]
     sent = [r.api_key for r in lproject.requests]
     assert sent == [KEYS["development"], KEYS["production"]]  # production only once confirmed
+
+
+_HOLDER = """
+import os, signal, sys, diskcache
+cache = diskcache.Cache(sys.argv[1])
+with cache.transact():
+    cache.set("held", 1)
+    print("holding", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)  # a debugger, a frozen VM, Ctrl-Z
+"""
+
+
+@pytest.mark.timeout(60)  # a call must not wait on the lock for BUSY_TIMEOUT (60 s) or more
+def test_a_stopped_process_holding_the_budget_costs_a_call_at_most_its_timeout(
+    lproject: MistralTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = use_project(tmp_path / "locked", lproject.url, monkeypatch)
+    path.write_text(path.read_text().replace("max_retries = 0", "max_retries = 0\ntimeout = 2"))
+    reset_core()
+    settings = get_settings("staging")
+    assert settings.timeout == 2
+    directory = budget_dir(settings, KEYS["staging"])
+    client = get_client("staging")
+    client.chat.complete(messages=HELLO, cache=False)  # the budget exists on disk
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            client.chat.complete(messages=HELLO, cache=False)
+            client.chat.complete(messages=HELLO, cache=False)
+        assert lproject.count() == 3  # both calls went on
+        said = [str(w.message) for w in seen if "locked by another process" in str(w.message)]
+        assert len(said) == 1, said  # one warning, however many calls
+        assert "for more than 2 s (a stopped or hung process?)" in said[0]
+        assert "nothing needs deleting" in said[0]
+        assert "delete that directory" not in said[0]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder is gone: the shared budget is used again (its state moves on disk)
+    from mistral_nbenv.store.local import DiskStore
+
+    before = DiskStore(directory).get("bucket")
+    client.chat.complete(messages=HELLO, cache=False)
+    assert DiskStore(directory).get("bucket") != before

@@ -332,6 +332,6 @@ def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_
     found = [str(w.message) for w in caught if issubclass(w.category, CacheUnavailableWarning)]
     assert len(found) == 1, found
     assert "the rate-limit state of environment 'staging'" in found[0]
-    assert "Timeout" in found[0]
-    assert "keeps its budget in memory" in found[0]
-    assert not isinstance(rl._store, DiskStore)
+    assert "was locked by another process for more than 0.5 s" in found[0]
+    assert "share it again as soon as it is free" in found[0]
+    assert isinstance(rl._store, DiskStore)  # not given up: the next admission shares again

@@ -16,7 +16,7 @@ import pytest
 
 from mistral_nbenv._forksafe import Lock, PerProcess, RLock
 from mistral_nbenv.policies.ratelimit import RateLimiter
-from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger
+from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger, UnreadableEntry
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +75,10 @@ def test_disk_store_reads_json_text_only_and_stays_private(tmp_path: Path) -> No
     disk.db().set("pickled", ["a", "list"])  # diskcache would pickle this
     disk.db().set("latin1", "é".encode("latin-1"))
     assert disk.get("ok") == '{"a": 1}'
-    assert disk.get("pickled") is None
-    assert disk.get("latin1") is None
+    for key in ("pickled", "latin1"):  # never unpickled nor guessed: unreadable, said so
+        with pytest.raises(UnreadableEntry):
+            disk.get(key)
+    assert disk.get("absent") is None
     assert disk.update("pickled", lambda state: (None, state)) is None
     assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
     for path in (tmp_path / "private").rglob("*"):

@@ -26,6 +26,7 @@ from mistral_nbenv.store import (
     Busy,
     CacheUnavailableWarning,
     KeyValue,
+    Locked,
     UnreadableEntry,
     warn_once,
 )
@@ -120,6 +121,14 @@ class ResponseCache:
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, SharedStoreUnavailableError | Busy):
             raise exc  # "error": the caller asked to be told; Busy: to be run where it may wait
+        if isinstance(exc, Locked):  # this write is skipped; the cache stays on
+            warn_once(
+                f"{self.store.location} (locked)",
+                str(exc),
+                then="answers are not stored while it stays locked, and are again after",
+                fix="Resume or end the process that holds it; nothing needs deleting.",
+            )
+            return
         self._broken = True
         self.problem = f"{type(exc).__name__}: {exc}"
         warn_once(self.store.location, self.problem)

@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from math import isfinite
 from typing import TYPE_CHECKING, Any
 
-from mistral_nbenv.store import Budget, Busy, warn_once, without_waiting
+from mistral_nbenv.store import Budget, Busy, Locked, warn_once, without_waiting
 from mistral_nbenv.store.local import MemoryStore
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ class RateLimiter:
         self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
         #: The clock reading at which this limiter last admitted a request.
         self.admitted_at = 0.0
+        self._private: MemoryStore | None = None  # while the shared state is locked
 
     def __repr__(self) -> str:
         where = self._shared.location if self._shared is not None else self._store.location
@@ -152,6 +153,21 @@ class RateLimiter:
             return self._store.update(_STATE_KEY, change)
         except Busy:
             raise  # to be run where waiting is allowed (store.without_waiting)
+        except Locked as exc:  # a stopped process holds it: this call only, on our own
+            whose = f" of environment '{self.environment}'" if self.environment else ""
+            warn_once(
+                f"{self._store.location} (locked)",
+                str(exc),
+                what=f"the rate-limit state{whose}",
+                then=(
+                    "calls are admitted against this process's own budget while it stays "
+                    "locked, and share it again as soon as it is free"
+                ),
+                fix="Resume or end the process that holds it; nothing needs deleting.",
+            )
+            if self._private is None:
+                self._private = MemoryStore()
+            return self._private.update(_STATE_KEY, change)
         except Exception as exc:
             return self._fall_back(exc, change)
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from mistral_nbenv.store import Busy
+from mistral_nbenv._forksafe import Lock
+from mistral_nbenv.store import Busy, Locked, warn_once
 
 if TYPE_CHECKING:
     from mistral_nbenv.store import Ledger
@@ -69,6 +70,9 @@ class UsageRecorder:
         self._ledger = ledger
         self.environment = environment
         self.clock = clock
+        # counts a locked ledger could not take yet: added with the next record
+        self._owed: dict[str, dict[str, float]] = {}
+        self._owed_lock = Lock()
 
     def __repr__(self) -> str:
         return f"UsageRecorder({self.environment!r})"
@@ -78,13 +82,43 @@ class UsageRecorder:
         never raised: usage is bookkeeping, it does not fail a call)."""
         now = self.clock()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        bucket = f"{day}|{self.environment}|{model or '-'}"
         try:
-            self._ledger.add(f"{day}|{self.environment}|{model or '-'}", amounts)
+            self._ledger.add(bucket, amounts)
         except Busy:
             raise  # to be written where waiting is allowed (store.without_waiting)
+        except Locked as exc:  # a stopped process holds it: kept, written with the next call
+            with self._owed_lock:
+                owed = self._owed.setdefault(bucket, {})
+                for name, amount in amounts.items():
+                    owed[name] = owed.get(name, 0.0) + amount
+            warn_once(
+                f"{getattr(self._ledger, 'location', 'usage')} (locked)",
+                str(exc),
+                what=f"the usage ledger of environment '{self.environment}'",
+                then="this process keeps its counts and adds them once it is free",
+                fix="Resume or end the process that holds it; nothing needs deleting.",
+            )
+            return
         except Exception as exc:
             log.warning(
                 "mistral_nbenv: %s: usage counts could not be written (%s)",
                 self.environment,
                 type(exc).__name__,
             )
+            return
+        if self._owed:
+            self._pay_back()
+
+    def _pay_back(self) -> None:
+        """Add what a locked ledger could not take earlier (it took this call's counts)."""
+        with self._owed_lock:
+            owed, self._owed = self._owed, {}
+        for bucket, amounts in owed.items():
+            try:
+                self._ledger.add(bucket, amounts)
+            except Exception:  # still locked (or Busy on a loop): owed again
+                with self._owed_lock:
+                    again = self._owed.setdefault(bucket, {})
+                    for name, amount in amounts.items():
+                        again[name] = again.get(name, 0.0) + amount

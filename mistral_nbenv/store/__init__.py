@@ -43,6 +43,12 @@ class CacheUnavailableWarning(MistralEnvWarning, RuntimeWarning):
     """A store (response cache, rate-limit state) could not be used; calls go on without it."""
 
 
+class Locked(Exception):
+    """Another process held a store's lock for longer than this store waits (a stopped or
+    hung process, most likely); nothing was changed. Callers go on without the store for
+    this call, and use it again on the next."""
+
+
 class UnreadableEntry(ValueError):
     """A stored value exists under a key but is not text this package wrote (not UTF-8, a
     pickle, a file outside the store): the caller drops it, with a warning."""

@@ -106,8 +106,9 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
     """
     directory = cache_dir(settings)
     limit = int(float(settings.cache.size_limit_mb) * 1024 * 1024)
-    cache: KeyValue = DiskStore(directory, size_limit=limit)
-    ledger: Ledger = DiskStore(directory / "usage")
+    wait = float(settings.timeout)  # no call waits longer than its timeout on a lock
+    cache: KeyValue = DiskStore(directory, size_limit=limit, wait=wait)
+    ledger: Ledger = DiskStore(directory / "usage", wait=wait)
     shared_budget = None
     if shared is not None:
         if shared.share_cache:
@@ -115,6 +116,8 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
         if shared.share_budget and api_key:
             shared_budget = shared.budget(f"{api_key}\0{settings.base_url}")
         # while Redis is down, usage waits in its own directory until it is merged there
-        ledger = shared.ledger(DiskStore(directory / "usage-pending"))
-    budget: Budget = DiskStore(budget_dir(settings, api_key)) if api_key else MemoryStore()
+        ledger = shared.ledger(DiskStore(directory / "usage-pending", wait=wait))
+    budget: Budget = (
+        DiskStore(budget_dir(settings, api_key), wait=wait) if api_key else MemoryStore()
+    )
     return Stores(cache, budget, ledger, shared_budget)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mistral_nbenv._forksafe import Lock, RLock
-from mistral_nbenv.store import NOWAIT, Busy, UnreadableEntry, counter_value, warn_tampered
+from mistral_nbenv.store import (
+    NOWAIT,
+    Busy,
+    Locked,
+    UnreadableEntry,
+    counter_value,
+    warn_tampered,
+)
 from mistral_nbenv.store.private import make_private_dir, private_umask, tighten
 
 if TYPE_CHECKING:
@@ -156,9 +163,14 @@ class DiskStore:
     at once, and a process killed right after a call loses nothing that call wrote.
     """
 
-    def __init__(self, directory: Path, *, size_limit: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, size_limit: int | None = None, wait: float | None = None
+    ) -> None:
+        """``wait``: seconds a write waits for another process's transaction before it
+        raises :class:`~mistral_nbenv.store.Locked` (default :data:`BUSY_TIMEOUT`)."""
         self.directory = Path(directory)
         self.size_limit = size_limit
+        self.wait = BUSY_TIMEOUT if wait is None else min(float(wait), BUSY_TIMEOUT)
         self._db: diskcache.Cache | None = None
         # the handle that never waits, opened once an event loop has asked for it
         self._nowait: diskcache.Cache | None = None
@@ -177,7 +189,9 @@ class DiskStore:
         """The open diskcache (opened, privately, on first use)."""
         db = self._db
         if db is None:
-            db = self._db = open_diskcache(self.directory, size_limit=self.size_limit)
+            db = self._db = open_diskcache(
+                self.directory, size_limit=self.size_limit, timeout=self.wait
+            )
         return db
 
     @contextlib.contextmanager
@@ -191,7 +205,17 @@ class DiskStore:
         opened outside the event loop: the first write a loop asks for is Busy, and its
         worker thread opens it after that write."""
         if not NOWAIT.get():
-            yield self.db()
+            import diskcache
+
+            try:
+                yield self.db()
+            except (diskcache.Timeout, sqlite3.OperationalError) as exc:
+                if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode not in _BUSY:
+                    raise
+                raise Locked(
+                    f"{self.directory} was locked by another process for more than "
+                    f"{self.wait:g} s (a stopped or hung process?)"
+                ) from exc
             if self._nowait_wanted and self._nowait is None:  # right after a write: free
                 self._nowait = open_diskcache(self.directory, size_limit=self.size_limit, timeout=0)
             return
