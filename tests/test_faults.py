@@ -7,6 +7,7 @@ against the loopback server, a real IPython shell, the real console script.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import textwrap
 import warnings
@@ -433,3 +434,27 @@ def test_a_stopped_process_holding_the_budget_costs_a_call_at_most_its_timeout(
     before = DiskStore(directory).get("bucket")
     client.chat.complete(messages=HELLO, cache=False)
     assert DiskStore(directory).get("bucket") != before
+
+
+def _descriptors_under(directory: Path) -> list[str]:
+    """This process's open files inside ``directory`` (Linux: /proc/self/fd)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+def test_closing_a_client_releases_its_stores_descriptors(lproject: MistralTestServer) -> None:
+    client = get_client("staging")
+    client.chat.complete(messages=HELLO)  # cache, budget and usage all opened
+    root = Path(client.settings.cache.directory)
+    assert _descriptors_under(root)  # SQLite files: the databases and their WAL
+    client.close()
+    assert _descriptors_under(root) == []
+    assert client.chat.complete(messages=HELLO).choices  # reopened on use: a hit
+    assert lproject.count() == 1

@@ -117,14 +117,17 @@ class Client:
         return self._transport.sync_raw
 
     def close(self) -> None:
-        """Release HTTP connections; the client reopens lazily if used again. (Nothing else
-        is pending: each call wrote its cache entry, usage and budget before it returned.)"""
+        """Release HTTP connections and the stores' file descriptors; the client reopens
+        them lazily if used again. (Nothing is pending: each call wrote its cache entry,
+        usage and budget before it returned.)"""
         self._transport.close()
+        self._pipeline.stores.close()
 
     async def aclose(self) -> None:
         """:meth:`close` for async code (``async with get_client() as client:``): this
         event loop's HTTP connections are closed before it returns."""
         await self._transport.aclose()
+        self._pipeline.stores.close()
 
     def __enter__(self) -> Client:
         return self

@@ -83,7 +83,7 @@ class Pipeline:
         # (read, write) of a call without cache=: offline reads only, else the settings'
         enabled = self.cache_enabled
         self._default_modes = (True, False) if self.offline else (enabled, enabled)
-        stores = open_stores(settings, shared, key.identity)
+        self.stores = stores = open_stores(settings, shared, key.identity)
         self.cache = ResponseCache.for_settings(settings, stores.cache)
         self.limiter = RateLimiter(
             stores.budget,

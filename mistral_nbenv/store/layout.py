@@ -97,6 +97,14 @@ class Stores:
     #: The budget's admission in Redis (``[E.shared] rate_limits``), else None.
     shared_budget: SharedBudget | None
 
+    def close(self) -> None:
+        """Release the local stores' file descriptors (they reopen when used again)."""
+        for store in (self.cache, self.budget, self.ledger):
+            for each in (store, getattr(store, "local", None)):
+                close = getattr(each, "close", None)
+                if callable(close):
+                    close()
+
 
 def open_stores(settings: Settings, shared: Shared | None = None, api_key: str = "") -> Stores:
     """The stores of ``settings``' environment (nothing is opened until first used).

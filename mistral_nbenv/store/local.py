@@ -180,6 +180,14 @@ class DiskStore:
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
 
+    def close(self) -> None:
+        """Release this thread's SQLite connections (their file descriptors); the store
+        reconnects on its next use. Nothing is pending: every write was committed."""
+        for handle in (self._db, self._nowait):
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    handle.close()
+
     @property
     def location(self) -> str:
         """The directory."""
