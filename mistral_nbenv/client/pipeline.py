@@ -34,7 +34,7 @@ from mistral_nbenv.client.sdkpatch import SCOPE as FAST_SCOPE
 from mistral_nbenv.client.stats import ClientStats
 from mistral_nbenv.client.translate import quotes_secret, translate_error
 from mistral_nbenv.client.transport import RESPONSES, Transport, response_json
-from mistral_nbenv.errors import APIError, CacheMissError, SecretNotCachedWarning
+from mistral_nbenv.errors import APIError, CacheMissError, RateLimitError, SecretNotCachedWarning
 from mistral_nbenv.policies.cache import ResponseCache
 from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
 from mistral_nbenv.policies.ratelimit import RateLimiter
@@ -166,6 +166,17 @@ class Pipeline:
             call.ends = time.monotonic() + self.stream_timeout
         call.key = key if write else None
         call.estimate = estimate_tokens(kwargs) if self.limiter.tpm > 0 and ep.policy.tokens else 0
+        if call.estimate > self.limiter.tpm > 0:
+            raise RateLimitError(
+                f"This {ep.name} request needs about {call.estimate:,} tokens (its text / 4 "
+                f"plus max_tokens), more than the whole tokens_per_minute budget of "
+                f"environment '{self.environment}' ({int(self.limiter.tpm):,}): it could never "
+                "be admitted, so nothing was sent. Lower max_tokens or split the input, or "
+                f"raise rate_limits.tokens_per_minute under [{self.environment}].",
+                status_code=None,
+                attempts=0,
+                environment=self.environment,
+            )
         return call
 
     def _cache_modes(self, option: CacheOption) -> tuple[bool, bool]:
@@ -231,6 +242,7 @@ class Pipeline:
         except Exception as exc:
             self.stats.add(errors=1)
             await without_waiting(lambda: self.record_failure(call))
+            await without_waiting(lambda: self.refund(call))
             self.raise_as_ours(exc, call)
         finally:
             self.concurrency.release()
@@ -350,8 +362,10 @@ class Pipeline:
                 model, requests=1, prompt_tokens=prompt, completion_tokens=completion
             )
         ]
-        if total:
-            steps.append(lambda: self.limiter.reconcile(call.estimate, total))
+        if total or call.admitted > 1:  # every admitted attempt debited the estimate
+            debited = call.estimate * max(1, call.admitted)
+            used = total or call.estimate  # no usage in the answer: the estimate stands
+            steps.append(lambda: self.limiter.reconcile(debited, used))
         return steps
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
@@ -379,11 +393,18 @@ class Pipeline:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
         self.stats.add(errors=1)
         self.record_failure(call)
+        self.refund(call)
         self.raise_as_ours(exc, call)
 
     def record_failure(self, call: Prepared) -> None:
         """A failed call in the usage ledger (one atomic write: see ``without_waiting``)."""
         self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
+
+    def refund(self, call: Prepared) -> None:
+        """A call that failed gives back the tokens its attempts reserved (one atomic write):
+        the server rejected it or never saw it, so it used none of the budget's tokens."""
+        if call.estimate and call.admitted:
+            self.limiter.reconcile(call.estimate * call.admitted, 0)
 
     def raise_as_ours(self, exc: Exception, call: Prepared) -> NoReturn:
         """Raise ``exc`` as the package's error, ``from`` the SDK's (its text scrubbed)."""
@@ -413,6 +434,8 @@ class Pipeline:
         raise mapped from exc
 
     def _waited(self, call: Prepared, seconds: float) -> None:
+        """After each admission: count it, and the wait if there was one."""
+        call.admitted += 1
         if seconds > 0:
             self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
             self.usage.record(call.kwargs.get("model"), waits=1, wait_seconds=seconds)

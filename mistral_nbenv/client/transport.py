@@ -171,11 +171,19 @@ class Transport:
             _fastsdk.inline_hooks(raw)
         return raw
 
-    @staticmethod
-    def _async_http_client() -> Any:
+    def _limits(self) -> Any:
+        """The pool of one HTTP client, sized to the environment's concurrency: every call
+        allowed in flight keeps its connection alive for the next (httpx keeps 20)."""
+        slots = int(self._settings.features.max_concurrent_requests)
+        return SDK.load().httpx.Limits(
+            max_connections=max(100, slots), max_keepalive_connections=slots
+        )
+
+    def _async_http_client(self) -> Any:
         sdk = SDK.load()
         client = sdk.httpx.AsyncClient(
             verify=sdk.ssl_context,
+            limits=self._limits(),
             follow_redirects=True,
             event_hooks={"response": [_note_response_async]},
         )
@@ -194,6 +202,7 @@ class Transport:
                     sdk = SDK.load()
                     sync_client = sdk.httpx.Client(
                         verify=sdk.ssl_context,
+                        limits=self._limits(),
                         follow_redirects=True,
                         event_hooks={"response": [_note_response]},
                     )
@@ -211,9 +220,9 @@ class Transport:
                 raw = self._async_raw.get(loop)
                 if raw is None:
                     sync_client = self.raw.sdk_configuration.client
-                    raw = self._async_raw[loop] = self._new_sdk(
-                        sync_client, self._async_http_client()
-                    )
+                    async_client = self._async_http_client()
+                    raw = self._async_raw[loop] = self._new_sdk(sync_client, async_client)
+                    _close_with_loop(loop, async_client)
         return raw
 
     def method(self, group: str, name: str, *, is_async: bool) -> Any:
@@ -292,6 +301,37 @@ def _opened(async_client: Any) -> bool:
         return False
     state = getattr(async_client, "_state", None)
     return getattr(state, "name", "") != "UNOPENED"
+
+
+#: Per loop, the async generators that close its HTTP clients when the loop shuts down
+#: (held here: a generator collected early would close its client while in use).
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _closer(async_client: Any) -> Any:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await async_client.aclose()
+
+
+def _close_with_loop(loop: asyncio.AbstractEventLoop, async_client: Any) -> None:
+    """Close ``async_client`` on ``loop`` as ``asyncio.run()`` ends it.
+
+    ``asyncio.run`` (and IPython's loop runner) calls ``loop.shutdown_asyncgens()`` before
+    closing the loop: every async generator the loop started is closed there, while the
+    loop still runs. An async generator whose ``finally`` closes the client, started on the
+    loop, so closes its connections: a script with one ``asyncio.run()`` per call keeps no
+    socket of a finished loop.
+    """
+    closer = _closer(async_client)
+    _closers.setdefault(loop, []).append(closer)  # the loop holds its generators weakly
+    task = loop.create_task(closer.__anext__())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def _close_async(loop: asyncio.AbstractEventLoop | None, async_client: Any) -> None:

@@ -341,8 +341,9 @@ class RateLimiter:
         return self.clock() - started if slept else 0.0
 
     def reconcile(self, estimated: float, actual: float) -> None:
-        """Correct the token bucket with the response's ``usage``, now (one update)."""
-        if self.tpm <= 0 or actual <= 0 or actual == estimated:
+        """Correct the token bucket with the response's ``usage``, now (one update); an
+        ``actual`` of 0 gives the whole estimate back (a request that failed)."""
+        if self.tpm <= 0 or actual < 0 or actual == estimated:
             return
         adjust = actual - estimated
         if self._shared is not None:

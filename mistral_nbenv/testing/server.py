@@ -324,11 +324,15 @@ class _HTTPServer(ThreadingHTTPServer):
         self.app = app
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.accepted = 0  # connections accepted since start
+        self.most_open = 0  # the most connections open at once
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             self.connections.add(request)
+            self.accepted += 1
+            self.most_open = max(self.most_open, len(self.connections))
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -681,6 +685,19 @@ class MistralTestServer:
         """Requests being handled right now."""
         with self._lock:
             return self._in_flight
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since the server started (keep-alive reuse shows here)."""
+        return self._httpd.accepted if self._httpd is not None else 0
+
+    @property
+    def connections_open(self) -> int:
+        """TCP connections open now."""
+        if self._httpd is None:
+            return 0
+        with self._httpd.connections_lock:
+            return len(self._httpd.connections)
 
     @property
     def max_in_flight(self) -> int:
