@@ -493,3 +493,30 @@ def test_an_unbalanced_quote_is_one_line(
     assert message.startswith(f"{magic}: No closing quotation")
     assert "close the quote" in message
     assert lproject.count() == 0
+
+
+def test_an_interrupted_stream_keeps_what_arrived_and_is_not_cached(
+    lproject: MistralTestServer,
+) -> None:
+    import mistral_nbenv
+    from mistral_nbenv.ui.ask import ask_stream
+
+    client = mistral_nbenv.get_client("staging")
+    seen: list[str] = []
+
+    def interrupt_after_two(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C / a notebook's interrupt raises
+
+    words = [{"role": "user", "content": "one two three four five six"}]
+    answer = ask_stream(client, interrupt_after_two, messages=words)
+    assert answer.interrupted is True
+    assert answer.content == seen[-1]  # what arrived, kept
+    assert 0 < len(answer.content) < len("Echo: one two three four five six")
+    assert answer.provenance["interrupted"] is True
+    whole = ask_stream(client, messages=words)  # not cached: asked again, whole
+    assert whole.content == "Echo: one two three four five six"
+    assert (whole.cached, lproject.count()) == (False, 2)
+    again = ask_stream(client, messages=words)  # now a replay from the cache
+    assert (again.cached, again.content, lproject.count()) == (True, whole.content, 2)

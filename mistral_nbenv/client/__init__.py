@@ -116,6 +116,17 @@ class Client:
         """The sync SDK object if one is open (None after :meth:`close`)."""
         return self._transport.sync_raw
 
+    def request_key(self, operation: str, **kwargs: Any) -> str | None:
+        """The cache key of ``operation`` (``"chat.complete"``) called with ``kwargs``: a
+        one-way SHA-256 digest of the request as it would be sent, the cache on or off
+        (what ``%%mistral`` records as provenance). None when it has no stable form."""
+        from mistral_nbenv.client.request import ENDPOINTS
+
+        found = next((ep for ep in ENDPOINTS if ep.name == operation), None)
+        if found is None:
+            raise ValueError(f"request_key: {operation!r} is not one of the keyed operations")
+        return self._pipeline.key_of(found, dict(kwargs))
+
     def close(self) -> None:
         """Release HTTP connections and the stores' file descriptors; the client reopens
         them lazily if used again. (Nothing is pending: each call wrote its cache entry,

@@ -179,6 +179,20 @@ class Pipeline:
             )
         return call
 
+    def key_of(self, ep: Endpoint, kwargs: dict[str, Any]) -> str | None:
+        """The cache key :meth:`prepare` gives a request (whether or not the cache is on):
+        defaults and pins applied, per-call options left out; None without a stable form."""
+        params = {k: v for k, v in kwargs.items() if k not in ("cache", "retry")}
+        read_once(params)
+        if ep.default_model is not None and params.get("model") is None:
+            params["model"] = getattr(self.settings, ep.default_model)
+        if isinstance(params.get("model"), str):
+            params["model"] = self.settings.send(params["model"])
+        try:
+            return self.cache.key(ep.name, canonical(params))
+        except (TypeError, ValueError, RecursionError):
+            return None
+
     def _cache_modes(self, option: CacheOption) -> tuple[bool, bool]:
         """(read, write) of an explicit ``cache=`` (without one: :attr:`_default_modes`)."""
         if self.offline:

@@ -222,7 +222,27 @@ def _answer_detail(answer: ChatAnswer) -> str:
         model += f" (answered as {answer.model_answered})"
     if answer.model_reason:
         model += f" — {answer.model_reason}"
-    return f"{model} · {origin} · {answer.elapsed_ms:.0f} ms"
+    parts = [model, origin, f"{answer.elapsed_ms:.0f} ms"]
+    tokens = answer.tokens["total"]
+    if tokens:
+        parts.append(f"{tokens} tokens")
+    if answer.cost_usd is not None:
+        parts.append(f"${answer.cost_usd:.6f}" if not answer.cached else "$0 (saved)")
+    if not answer.cache_on and not answer.cached:
+        parts.append(f"not cached: the cache is off in {answer.environment}")
+    if answer.interrupted:
+        parts.append("interrupted: the answer is cut short (not cached)")
+    return " · ".join(parts)
+
+
+def pending_badge_text(environment: str, model: str) -> str:
+    """The badge while an answer streams in."""
+    return f"{badge_text(environment)} {model} · …"
+
+
+def pending_badge_html(environment: str, model: str) -> str:
+    """The HTML badge while an answer streams in."""
+    return f"<div>{badge_html(environment, detail=f'{model} · …')}</div>"
 
 
 def answer_badge_text(answer: ChatAnswer) -> str:
@@ -375,12 +395,17 @@ def message_html(message: str, environment: str | None = None) -> str:
 class Rich:
     """An object IPython displays as HTML in a notebook and as plain text in a terminal."""
 
-    def __init__(self, text: str, html_text: str) -> None:
+    def __init__(self, text: str, html_text: str, metadata: dict[str, Any] | None = None) -> None:
         self.text = scrub(text)  # nothing displayed can show a key, whatever it quotes
         self.html = scrub(html_text)
+        self.metadata = metadata  # recorded with the output (a %%mistral answer's provenance)
 
     def _repr_html_(self) -> str:
         return self.html
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        # only the metadata here: IPython takes text/html and text/plain from the methods
+        return ({}, {"mistral_nbenv": self.metadata}) if self.metadata else None
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(self.text)

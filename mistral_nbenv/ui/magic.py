@@ -14,8 +14,9 @@ Grammar::
     %mistral_env ENV [--confirm]        the same
     %mistral_env cache stats|clear [--env ENV]
 
-    %%mistral [-m MODEL] [-s SYSTEM] [--no-cache] [-t TEMPERATURE]
-    <the user message>
+    %%mistral [-m MODEL] [-s SYSTEM] [--no-cache] [-t TEMPERATURE] [--no-stream]
+              [--chat NAME [--reset]]
+    <the user message; {{name}} is the notebook's value of name>
 
 The magics only parse, call the same core functions as the CLI and render through
 :mod:`mistral_nbenv.ui.display`.  Everything heavy (the client, ``mistralai``, ipywidgets) is
@@ -26,18 +27,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar, cast
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils.text import dedent
 
 from mistral_nbenv.errors import MistralEnvError, ProductionConfirmationRequired
+from mistral_nbenv.secrets import scrub
 from mistral_nbenv.ui.ask import ChatAnswer, ask
 from mistral_nbenv.ui.display import (
     Rich,
@@ -52,6 +56,8 @@ from mistral_nbenv.ui.display import (
     environments_html,
     environments_text,
     message_html,
+    pending_badge_html,
+    pending_badge_text,
     status_html,
     status_text,
 )
@@ -117,8 +123,8 @@ def _words(line: str, magic: str) -> list[str]:
         ) from None
 
 
-def _show(text: str, html_text: str) -> None:
-    display(Rich(text, html_text))
+def _show(text: str, html_text: str, metadata: dict[str, Any] | None = None) -> None:
+    display(Rich(text, html_text, metadata))
 
 
 def _widgets_can_render(shell: Any) -> bool:
@@ -134,6 +140,8 @@ class MistralMagics(Magics):
         super().__init__(shell)
         self._parser: argparse.ArgumentParser | None = None  # built on first use
         self.switchers: list[Any] = []
+        #: ``%%mistral --chat NAME`` histories by (environment, NAME); see :func:`mistral_chat`
+        self.chats: dict[tuple[str, str], list[dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ %mistral_env
     @_named_line_magic("mistral_env")
@@ -261,23 +269,39 @@ class MistralMagics(Magics):
     # ------------------------------------------------------------------ %%mistral
     @magic_arguments()
     @argument("-m", "--model", help="model (default: the environment's chat model)")
-    @argument("-s", "--system", help="system prompt")
+    @argument("-s", "--system", help="system prompt ({{name}} is replaced, as in the cell)")
     @argument("--no-cache", action="store_true", help="skip the response cache for this call")
     @argument("-t", "--temperature", type=float, help="sampling temperature")
+    @argument("--no-stream", action="store_true", help="wait for the whole answer, then show it")
+    @argument("--chat", metavar="NAME", help="continue the conversation NAME (see mistral_chat)")
+    @argument("--reset", action="store_true", help="with --chat: start NAME over")
     @_named_cell_magic("mistral")
+    @no_var_expand  # {{name}} is ours (IPython would turn it into {name}); {x} stays literal
     def mistral(self, line: str, cell: str) -> ChatAnswer:
-        """Send the cell as the user message; render the answer as Markdown; return it (``_``)."""
-
+        """Send the cell as the user message; show the answer as it arrives (Markdown when it
+        ends); return it (``_``). ``{{name}}`` in the cell or ``-s`` is the value of ``name``
+        in the notebook (single braces stay as they are)."""
+        namespace = getattr(self.shell, "user_ns", {}) or {}
         # posix splitting, so -s 'Be brief.' loses its quotes (parse_argstring keeps them)
-        args = self.mistral.parser.parse_args(_words(line, "%%mistral"))
-        message = dedent(cell).strip()
+        args = self.mistral.parser.parse_args(_words(interpolate(line, namespace), "%%mistral"))
+        message = interpolate(dedent(cell).strip(), namespace)
         if not message:
             raise UsageError("%%mistral: the cell is empty; write the message below the magic line")
-        from mistral_nbenv.workspace import get_client
+        if args.reset and not args.chat:
+            raise UsageError("%%mistral: --reset goes with --chat NAME")
+        from mistral_nbenv.workspace import current_environment, get_client
 
-        messages: list[dict[str, str]] = []
-        if args.system:
-            messages.append({"role": "system", "content": args.system})
+        system = args.system or None
+        history: list[dict[str, str]] = []
+        if args.chat:
+            key = (current_environment(), args.chat)
+            if args.reset:
+                self.chats.pop(key, None)
+            history = self.chats.setdefault(key, [])
+        messages = [m for m in history if m["role"] != "system"]
+        if system or (history and history[0]["role"] == "system"):
+            first = system or history[0]["content"]
+            messages.insert(0, {"role": "system", "content": first})
         messages.append({"role": "user", "content": message})
         kwargs: dict[str, Any] = {"messages": messages}
         if args.model:
@@ -287,11 +311,100 @@ class MistralMagics(Magics):
         if args.no_cache:
             kwargs["cache"] = False
         try:
-            answer = ask(get_client(), **kwargs)
+            client = get_client()
+            if args.no_stream:
+                answer = ask(client, **kwargs)
+            else:
+                answer = self._stream_answer(client, kwargs)
         except MistralEnvError as exc:
             raise UsageError(one_line(exc)) from None
-        _show(answer_badge_text(answer), answer_badge_html(answer))
+        if args.chat:
+            history[:] = [*messages, {"role": "assistant", "content": answer.content}]
+        if not answer._shown:
+            _show(answer_badge_text(answer), answer_badge_html(answer), answer.provenance)
         return answer
+
+    def _stream_answer(self, client: Any, kwargs: dict[str, Any]) -> ChatAnswer:
+        """The answer streamed into the cell (a kernel), at most ten updates a second."""
+        from mistral_nbenv.ui.ask import _context, ask_stream
+
+        if not _widgets_can_render(self.shell):  # a terminal: one display at the end
+            return ask_stream(client, **kwargs)
+        sent, _reason = _context(client, kwargs)
+        env = client.environment
+        pending = Rich(pending_badge_text(env, sent), pending_badge_html(env, sent))
+        badge = display(pending, display_id=True)
+        body = display(_Answer("…"), display_id=True)
+        shown = [0.0]
+
+        def on_text(text: str) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= UPDATE_EVERY:
+                shown[0] = now
+                body.update(_Answer(text + " ▌"))
+
+        answer = ask_stream(client, on_text, **kwargs)
+        meta = answer.provenance
+        badge.update(Rich(answer_badge_text(answer), answer_badge_html(answer), meta))
+        body.update(_Answer(answer.content, meta))
+        answer._shown = True  # Out[n] stays empty: the answer is above
+        return answer
+
+
+def mistral_chat(name: str, environment: str | None = None) -> list[dict[str, str]]:
+    """The messages of ``%%mistral --chat NAME`` so far in ``environment`` (default: the
+    active one), oldest first, as plain dicts (a copy: editing it changes nothing). Put in
+    the notebook's namespace by ``%load_ext mistral_nbenv``."""
+    from IPython import get_ipython
+
+    from mistral_nbenv.workspace import environment_name
+
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("MistralMagics") if shell is not None else None
+    chats = getattr(magics, "chats", {})
+    history = chats.get((environment_name(environment), name), [])
+    return [dict(message) for message in history]
+
+
+#: Seconds between two updates of a streaming answer (frequent updates flicker in VS Code).
+UPDATE_EVERY = 0.1
+_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}\}")
+
+
+def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
+    """``{{name}}`` (or ``{{name.attr}}``) replaced by its value in ``namespace``; single
+    braces stay as they are, so code in a prompt is safe. An unknown name is a UsageError."""
+
+    def value(match: re.Match[str]) -> str:
+        first, *rest = match.group(1).split(".")
+        if first not in namespace:
+            raise UsageError(
+                f"%%mistral: {{{{{match.group(1)}}}}} names {first!r}, which is not defined "
+                "in this notebook. Define it, or write {{ as text with a space: { {"
+            )
+        found = namespace[first]
+        for attr in rest:
+            try:
+                found = getattr(found, attr)
+            except AttributeError:
+                raise UsageError(
+                    f"%%mistral: {{{{{match.group(1)}}}}}: {first!r} has no attribute {attr!r}"
+                ) from None
+        return str(found)
+
+    return _NAME.sub(value, text)
+
+
+class _Answer:
+    """An answer (or its beginning) as Markdown, with its provenance as output metadata."""
+
+    def __init__(self, text: str, metadata: dict[str, Any] | None = None) -> None:
+        self.text = scrub(text)
+        self.metadata = metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        data = {"text/markdown": self.text, "text/plain": self.text}
+        return (data, {"mistral_nbenv": self.metadata}) if self.metadata else data
 
 
 _remove_wait_listener: Any = None
@@ -362,6 +475,7 @@ def load_ipython_extension(ip: Any) -> None:
     """Register the magics, the rate-limit wait note and the Out[n] stream rule (idempotent)."""
     global _remove_wait_listener
     ip.register_magics(MistralMagics)
+    ip.push({"mistral_chat": mistral_chat})
     with contextlib.suppress(ValueError):  # registered by an earlier %load_ext
         ip.events.unregister("post_run_cell", _release_displayed_stream)
     ip.events.register("post_run_cell", _release_displayed_stream)
@@ -412,6 +526,8 @@ def unload_ipython_extension(ip: Any) -> None:
         switcher.close()
     manager.magics["line"].pop("mistral_env", None)
     manager.magics["cell"].pop("mistral", None)
+    if ip.user_ns.get("mistral_chat") is mistral_chat:
+        del ip.user_ns["mistral_chat"]
     from mistral_nbenv.workspace import close_clients
 
     close_clients()
