@@ -306,7 +306,7 @@ class Workspace:
         settings = self.settings(env)
         name = settings.environment
         self._check_confirmed(name)
-        apply_debug(bool(settings.debug), self.known_secret_values)
+        apply_debug(bool(settings.debug), self.known_secret_values, notebook=self.interactive)
         with self._lock:
             client = self._clients.get(name)
             if client is not None and client.settings is settings:

@@ -117,3 +117,42 @@ def test_streamed_interpolated_chatted_and_recorded(
     assert all(key[:-4] not in text for key in KEYS.values())
     out = io.StringIO()
     assert run_scan([path], list(KEYS.values()), out) == 0, out.getvalue()
+
+
+def test_logs_stay_out_of_cells_and_a_wait_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Development has debug on: its log records go to the kernel's own stderr, not into the
+    cells; a rate-limit wait shows as one grey line in the cell that waited."""
+    with MistralTestServer() as server:
+        settings = write_project(tmp_path, server.url)
+        text = settings.read_text().replace(
+            "[development.rate_limits]\nrequests_per_minute = 100000",
+            "[development.rate_limits]\nrequests_per_minute = 30",
+        )
+        settings.write_text(text)
+        monkeypatch.setenv("MISTRAL_NBENV_SETTINGS", str(settings))
+        monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [
+            nbformat.v4.new_code_cell(source)
+            for source in (
+                "%load_ext mistral_nbenv",
+                "%mistral_env staging",
+                "%mistral_env development",
+                "%%mistral\nfirst",
+                "%%mistral\nsecond",
+            )
+        ]
+        NotebookClient(
+            nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
+    stderr = [o.text for c in nb.cells for o in c.outputs if o.get("name") == "stderr"]
+    assert stderr == []  # no "INFO switched environment", no pink log lines
+    waited = [
+        o.data["text/plain"]
+        for o in nb.cells[4].outputs
+        if o.output_type == "display_data" and "waiting" in o.data.get("text/plain", "")
+    ]
+    assert len(waited) == 1
+    assert "for development's 30 requests/min, 100,000,000 tokens/min" in waited[0]

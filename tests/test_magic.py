@@ -299,7 +299,19 @@ def test_bad_arguments_are_one_line_usage_errors(
 
 def test_help_prints_the_grammar(ip: ReRaisingShell, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_cell("%mistral_env --help")
-    assert "{status,list,check,models,use,cache,usage}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "{status,list,check,models,use,cache,usage}" in text
+    assert "%mistral_env ENV           the same as: %mistral_env use ENV" in text
+    assert "%mistral_env ENV --confirm switch into a protected environment" in text
+    assert "the CLI exits" not in text  # notebook terms in a notebook
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("stauts", "status"), ("chek", "check")])
+def test_a_command_typo_suggests_the_command(ip: ReRaisingShell, typo: str, meant: str) -> None:
+    with pytest.raises(UsageError) as info:
+        ip.run_cell(f"%mistral_env {typo}")
+    assert f"unknown command {typo!r}; did you mean {meant!r}?" in str(info.value)
+    assert current_environment() == "development"
 
 
 def test_magic_follows_use_environment(ip: ReRaisingShell, out: Outputs) -> None:

@@ -56,7 +56,9 @@ def test_initial_state_shows_the_active_environment(switcher: EnvironmentSwitche
     assert "settings.toml" in switcher.status.value  # the key's source
     assert "mistral-medium-latest" in switcher.status.value
     assert "req/min" in switcher.status.value
-    assert "cached: 0 responses" in switcher.cache_info.value
+    # development's cache is off by default: said, and nothing to clear
+    assert "cache off in development" in switcher.cache_info.value
+    assert switcher.clear_button.layout.display == "none"
     assert switcher.error.value == ""
     assert not _confirm_visible(switcher)
 
@@ -233,6 +235,7 @@ def test_cache_stats_and_clear_button(
     client.chat.complete(messages=[{"role": "user", "content": "and me"}])
     switcher.refresh_button.click()
     assert "cached: 2 responses" in switcher.cache_info.value
+    assert switcher.clear_button.layout.display == ""
     switcher.clear_button.click()
     assert "cached: 0 responses" in switcher.cache_info.value
     assert "removed 2 cached responses" in switcher.error.value
@@ -258,11 +261,15 @@ def test_clearing_a_protected_cache_asks_first(
     switcher.clear_button.click()
     assert switcher.pending_clear == "production"
     assert "Nothing was removed yet" in switcher.confirm_message.value
+    assert switcher.confirm_button.description == "Clear production's cache"  # not "switch"
     switcher.cancel_button.click()
     assert switcher.pending_clear is None
     switcher.clear_button.click()
     switcher.confirm_button.click()
     assert "removed 1 cached response" in switcher.error.value
+    switcher.picker.value = "staging"
+    switcher.picker.value = "production"
+    assert switcher.confirm_button.description == "Confirm switch"
 
 
 def test_usage_chart_shows_tokens_per_day_after_refresh(
@@ -277,3 +284,29 @@ def test_usage_chart_shows_tokens_per_day_after_refresh(
     assert chart.startswith("<svg")
     assert re.search(f'data-environment="staging" data-day="[0-9-]+" data-tokens="{tokens}"', chart)
     assert "#f59e0b" in chart  # the bar in staging's badge colour
+
+
+@pytest.mark.parametrize("days", [1, 30])
+def test_the_usage_chart_has_a_title_an_axis_and_the_pickers_order(days: int) -> None:
+    import datetime as dt
+    import re
+
+    from mistral_nbenv.ui.display import usage_chart_svg
+    from mistral_nbenv.ui.reports import UsageReport, UsageRow
+
+    today = dt.date(2026, 12, 7)
+    rows = [
+        UsageRow(str(today - dt.timedelta(days=d)), env, "m", requests=1, prompt_tokens=10 + d)
+        for d in range(days)
+        for env in ("qa", "production", "development", "staging")
+    ]
+    svg = usage_chart_svg(UsageReport(rows=rows), days=days)
+    span = "last 1 day" if days == 1 else f"last {days} days"
+    assert f"Tokens per day, by environment ({span}, UTC)" in svg
+    assert '<text class="axis-label"' in svg
+    assert ">tokens</text>" in svg
+    legend = re.findall(r'class="legend" data-environment="([a-z]+)"', svg)
+    assert legend == ["development", "staging", "production", "qa"]  # the picker's order
+    width = int(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    assert width == 300 if days == 1 else width == 560  # one day: not a wide empty axis
+    assert svg.count("<rect ") == 4 * days

@@ -60,19 +60,24 @@ def _handler(logger: logging.Logger) -> logging.Handler | None:
     return None
 
 
-def apply_debug(enabled: bool, known: KnownSecrets = _none) -> None:
+def apply_debug(enabled: bool, known: KnownSecrets = _none, *, notebook: bool = False) -> None:
     """Turn debug logging of ``mistral_nbenv`` to stderr on or off.
 
     ``known`` returns the secrets the handler's filter redacts besides key-shaped tokens.
+    In a notebook (``notebook``) the records go to the kernel process's own stderr (the
+    Jupyter server's log), never into a cell's output.
     """
     logger = logging.getLogger(LOGGER_NAME)
     handler = _handler(logger)
+    stream = (sys.__stderr__ or sys.stderr) if notebook else sys.stderr
     if enabled and handler is not None:
         for existing in handler.filters:
             if isinstance(existing, RedactSecrets):
                 existing.known = known
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not stream:
+            handler.setStream(stream)
     if enabled and handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(stream)
         handler.set_name(HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         handler.addFilter(RedactSecrets(known))

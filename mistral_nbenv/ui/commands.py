@@ -37,6 +37,11 @@ class Command:
     help: str
     args: tuple[Arg, ...] = ()
     surfaces: tuple[str, ...] = ("cli", "magic")
+    magic_help: str = ""  # the help in notebook terms, when it differs
+
+    def help_for(self, surface: str) -> str:
+        """The help line shown on ``surface``."""
+        return self.magic_help if surface == "magic" and self.magic_help else self.help
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -67,6 +72,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg("online", "ask each environment's models.list for deprecations now"),
             Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
+        magic_help="validate settings, keys and models; problems are listed, nothing changes",
     ),
     Command(
         "models",
@@ -144,16 +150,23 @@ def build_parser(
     *,
     parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
     description: str = "",
+    epilog: str = "",
 ) -> argparse.ArgumentParser:
     """The parser of every command offered on ``surface`` (``"cli"`` or ``"magic"``)."""
-    parser = parser_class(prog=prog, description=description, allow_abbrev=False)
+    parser = parser_class(
+        prog=prog,
+        description=description,
+        epilog=epilog or None,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # the CLI names its commands COMMAND in the usage line; the magic lists them
     metavar = "COMMAND" if surface == "cli" else None
     sub = parser.add_subparsers(dest="command", metavar=metavar, parser_class=parser_class)
     for command in COMMANDS:
         if surface not in command.surfaces:
             continue
-        p = sub.add_parser(command.name, help=command.help, allow_abbrev=False)
+        p = sub.add_parser(command.name, help=command.help_for(surface), allow_abbrev=False)
         kinds = {a.kind for a in command.args}
         group: argparse._ActionsContainer = (
             p.add_mutually_exclusive_group() if {"env", "all"} <= kinds else p
@@ -195,6 +208,14 @@ def environment_of(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if option and getattr(args, "all", False):
         parser.error("--env and --all exclude each other")
     return positional or option
+
+
+def did_you_mean(word: str, surface: str) -> str | None:
+    """The command ``word`` probably meant (a typo), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(word.lower(), names(surface), n=1, cutoff=0.7)
+    return close[0] if close else None
 
 
 def split_words(argv: Sequence[str]) -> list[str]:

@@ -483,29 +483,45 @@ def usage_text(report: UsageReport, *, days: int = 14) -> str:
     return "\n".join(lines)
 
 
+def _environment_order(names: Iterable[str]) -> list[str]:
+    """development, staging, production (the picker's order), then the others by name."""
+    names = set(names)
+    known = [n for n in ("development", "staging", "production") if n in names]
+    return known + sorted(names - set(known))
+
+
 def usage_chart_svg(report: UsageReport, *, days: int = 14, width: int = 560) -> str:
-    """Grouped bars: tokens per day, one bar per environment (its badge colour)."""
+    """Grouped bars: tokens per day, one bar per environment (its badge colour), with a
+    title, a labelled axis, and a legend in the picker's order. The chart is as wide as its
+    days need (one day is not a small cluster on a wide empty axis)."""
     chart = report.tokens_by_day(days)
     if not chart:
         return ""
-    envs = sorted({e for _, per in chart for e in per})
+    envs = _environment_order(e for _, per in chart for e in per)
     top = max(n for _, per in chart for n in per.values()) or 1
-    height, base, left = 140, 118, 44
+    height, base, left, head = 170, 140, 58, 34
+    width = max(300, min(width, left + len(chart) * max(48, 12 * len(envs) + 12)))
     group = (width - left) / len(chart)
     bar = max(2.0, min(18.0, (group - 6) / len(envs)))
+    span = f"last {len(chart)} day{'s' if len(chart) != 1 else ''}"
     parts = [
         f'<svg class="mistral-nbenv-usage-chart" xmlns="http://www.w3.org/2000/svg" '
         f'width="{width}" height="{height}" role="img" '
         f'aria-label="tokens per day per environment" style="{_FONT}">',
+        f'<text class="title" x="{left}" y="14" font-weight="600" fill="#374151">'
+        f"Tokens per day, by environment ({span}, UTC)</text>",
+        f'<text class="axis-label" transform="translate(12,{(head + base) / 2:.0f}) '
+        f'rotate(-90)" text-anchor="middle" fill="#6b7280">tokens</text>',
+        f'<line x1="{left}" y1="{head}" x2="{left}" y2="{base}" stroke="#d1d5db"/>',
         f'<line x1="{left}" y1="{base}" x2="{width}" y2="{base}" stroke="#9ca3af"/>',
-        f'<text x="{left - 4}" y="12" text-anchor="end" fill="#6b7280">{top:,}</text>',
+        f'<text x="{left - 4}" y="{head + 4}" text-anchor="end" fill="#6b7280">{top:,}</text>',
         f'<text x="{left - 4}" y="{base}" text-anchor="end" fill="#6b7280">0</text>',
     ]
     for g, (day, per) in enumerate(chart):
         x0 = left + g * group + (group - bar * len(envs)) / 2
         for i, env in enumerate(envs):
             tokens = per.get(env, 0)
-            h = (base - 16) * tokens / top
+            h = (base - head) * tokens / top
             parts.append(
                 f'<rect data-environment="{_E(env)}" data-day="{_E(day)}" data-tokens="{tokens}"'
                 f' x="{x0 + i * bar:.1f}" y="{base - h:.1f}" width="{bar - 1:.1f}"'
@@ -518,7 +534,9 @@ def usage_chart_svg(report: UsageReport, *, days: int = 14, width: int = 560) ->
         )
     parts.append("</svg>")
     legend = " ".join(
-        f'<span style="color:{colour_for(e)};font-weight:600">■ {_E(e)}</span>' for e in envs
+        f'<span class="legend" data-environment="{_E(e)}" '
+        f'style="color:{colour_for(e)};font-weight:600">■ {_E(e)}</span>'
+        for e in envs
     )
     return "".join(parts) + f'<div style="{_FONT}">{legend}</div>'
 

@@ -107,6 +107,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "%mistral_env",
         parser_class=_Parser,
         description="Show and switch the Mistral environment.",
+        epilog=(
+            "shortcuts:\n"
+            "  %mistral_env               the switcher widget\n"
+            "  %mistral_env ENV           the same as: %mistral_env use ENV\n"
+            "  %mistral_env ENV --confirm switch into a protected environment (production):\n"
+            "                             its calls use its key and are billed to it\n"
+            "\n%%mistral sends a cell to the active environment: %%mistral --help"
+        ),
     )
 
 
@@ -121,6 +129,26 @@ def _words(line: str, magic: str) -> list[str]:
         raise UsageError(
             f"{magic}: {exc} in {line.strip()!r}: close the quote (or escape it with \\)"
         ) from None
+
+
+def _refuse_typo(words: list[str]) -> None:
+    """``%mistral_env stauts``: a word that is neither a command nor an environment but
+    close to a command is a one-line "did you mean", not "unknown environment"."""
+    from mistral_nbenv.ui.commands import did_you_mean, names
+
+    if not words or words[0].startswith("-") or words[0] in names("magic"):
+        return
+    from mistral_nbenv.workspace import environment_name
+
+    try:
+        environment_name(words[0])
+    except MistralEnvError:
+        guess = did_you_mean(words[0], "magic")
+        if guess is not None:
+            raise UsageError(
+                f"%mistral_env: unknown command {words[0]!r}; did you mean {guess!r}? "
+                "(see %mistral_env --help)"
+            ) from None
 
 
 def _show(text: str, html_text: str, metadata: dict[str, Any] | None = None) -> None:
@@ -151,8 +179,10 @@ class MistralMagics(Magics):
 
         if self._parser is None:
             self._parser = _build_parser()
+        words = _words(line, "%mistral_env")
+        _refuse_typo(words)
         try:
-            args = self._parser.parse_args(split_words(_words(line, "%mistral_env")))
+            args = self._parser.parse_args(split_words(words))
             args.env = environment_of(args, self._parser)
         except _HelpShown:
             return None
@@ -411,12 +441,26 @@ _remove_wait_listener: Any = None
 
 
 def _announce_wait(environment: str, seconds: float) -> None:
-    """Rate-limit listener: say once per call that a call is waiting for its budget."""
-    print(
-        f"mistral_nbenv: waiting {seconds:.1f} s for the {environment} rate limit "
-        "(requests/min, tokens/min; shared by every kernel using the same cache)",
-        file=sys.stderr,
-    )
+    """Rate-limit listener: one line per waiting call, whatever ``debug`` is: a grey note
+    in the cell in a notebook, stderr in a terminal (``waiting 4.0 s for staging's 60
+    requests/min, 500,000 tokens/min``)."""
+    try:
+        from mistral_nbenv.workspace import get_settings
+
+        limits = get_settings(environment).rate_limits
+        parts = [f"{limits.requests_per_minute:,} requests/min"] * bool(
+            limits.requests_per_minute
+        ) + [f"{limits.tokens_per_minute:,} tokens/min"] * bool(limits.tokens_per_minute)
+        budget = ", ".join(parts) or "rate limit"
+    except MistralEnvError:
+        budget = "rate limit"
+    text = f"waiting {seconds:.1f} s for {environment}'s {budget}"
+    from IPython import get_ipython
+
+    if _widgets_can_render(get_ipython()):
+        _show(text, message_html(text, environment))
+    else:
+        print(f"mistral_nbenv: {text}", file=sys.stderr)
 
 
 class _OneLineWarnings:

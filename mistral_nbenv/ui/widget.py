@@ -121,9 +121,21 @@ class EnvironmentSwitcher(widgets.VBox):
 
     def _refresh_cache(self, env: str) -> None:
         try:
-            self.cache_info.value = cache_line_html(cache_stats(env))
+            stats = cache_stats(env)
         except Exception as exc:  # an unreadable cache is shown, not raised
             self.cache_info.value = message_html(f"cache unavailable: {_one_line(exc)}")
+            self.clear_button.layout.display = "none"
+            return
+        if not stats.get("enabled") and not stats.get("entries"):
+            # nothing cached, nothing to clear: say so instead of "0 responses" and a button
+            self.cache_info.value = message_html(
+                f"cache off in {env}: every call goes to the API (cache=True per call, or "
+                f"[{env}.cache] enabled = true)"
+            )
+            self.clear_button.layout.display = "none"
+            return
+        self.cache_info.value = cache_line_html(stats)
+        self.clear_button.layout.display = ""
 
     def _set_picker(self, env: str) -> None:
         """Move the picker without triggering a switch."""
@@ -145,8 +157,10 @@ class EnvironmentSwitcher(widgets.VBox):
         except Exception as exc:
             self._show_error(_one_line(exc))
 
-    def _ask_confirm(self, html_text: str) -> None:
+    def _ask_confirm(self, html_text: str, *, button: str, icon: str) -> None:
         self.confirm_message.value = html_text
+        self.confirm_button.description = button
+        self.confirm_button.icon = icon
         self.confirm_box.layout.display = "flex"
 
     def _hide_confirm(self) -> None:
@@ -171,7 +185,9 @@ class EnvironmentSwitcher(widgets.VBox):
             self._ask_confirm(
                 f"<div>{badge_html(target, protected=True)} "
                 "is protected: calls there use the production key and may bill it. "
-                "Nothing has switched yet — confirm to switch, or cancel.</div>"
+                "Nothing has switched yet — confirm to switch, or cancel.</div>",
+                button="Confirm switch",
+                icon="exclamation-triangle",
             )
             return
         except Exception as exc:
@@ -210,8 +226,10 @@ class EnvironmentSwitcher(widgets.VBox):
             self.pending_clear = env
             self._ask_confirm(
                 f"<div>{badge_html(env, protected=True)} is protected: clearing its cache "
-                "means the next calls are billed again. Nothing was removed yet — confirm "
-                "to clear, or cancel.</div>"
+                "means the next calls are billed again. Nothing was removed yet — clear it, "
+                "or cancel.</div>",
+                button=f"Clear {env}'s cache",
+                icon="trash",
             )
         except Exception as exc:
             self._show_error(_one_line(exc))
