@@ -89,6 +89,7 @@ def test_quickstart_in_jupyterlab(
 
     started = time.monotonic()
     ARTIFACTS.mkdir(exist_ok=True)
+    mistral_server.chunk_delay = 0.25  # slow enough to watch the answer stream in
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -98,6 +99,11 @@ def test_quickstart_in_jupyterlab(
             _wait_idle(page)
 
             _menu(page, "Run", "Run All Cells")
+            # the first %%mistral answer streams in: its end is marked ▌ while it arrives
+            streaming = page.locator(".jp-OutputArea .jp-RenderedMarkdown", has_text="▌")
+            expect(streaming.first).to_be_visible(timeout=60_000)
+            streaming.first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-streaming.png"))
             last = page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-OutputArea")
             expect(last).to_contain_text("active environment: staging", timeout=60_000)
             _wait_idle(page)
@@ -112,10 +118,21 @@ def test_quickstart_in_jupyterlab(
             expect(switcher).to_contain_text("…0002")
             answers = page.locator(".jp-OutputArea .jp-RenderedMarkdown", has_text="Echo: What is")
             expect(answers).to_have_count(2)
+            expect(page.locator(".jp-RenderedMarkdown", has_text="▌")).to_have_count(0)
             cached_badge = page.locator(".jp-OutputArea", has_text="from cache").first
             cached_badge.scroll_into_view_if_needed()
             expect(cached_badge).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "browser-answers.png"))
+
+            # the usage chart: a title, a labelled axis, one bar per environment and day
+            switcher_chart = page.locator(".mistral-nbenv-switcher svg.mistral-nbenv-usage-chart")
+            switcher.locator("button", has_text="Refresh").first.click()
+            expect(switcher_chart).to_have_count(1, timeout=30_000)
+            expect(switcher_chart.locator("text.title")).to_contain_text("Tokens per day")
+            expect(switcher_chart.locator("text.axis-label")).to_have_text("tokens")
+            expect(switcher_chart.locator("rect[data-environment=staging]")).to_have_count(1)
+            switcher_chart.scroll_into_view_if_needed()
+            switcher_chart.screenshot(path=str(ARTIFACTS / "browser-chart.png"))
 
             production = switcher.locator("button.widget-toggle-button", has_text="production")
             confirm = switcher.get_by_role("button", name="Confirm switch")

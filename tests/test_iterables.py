@@ -91,3 +91,34 @@ def test_a_nested_generator_is_read_once_too(lproject: MistralTestServer) -> Non
         {"type": "text", "text": "Hello "},
         {"type": "text", "text": "there"},
     ]
+
+
+@pytest.mark.parametrize("first", ["complete", "stream"])
+def test_a_streamed_and_a_plain_call_of_one_request_share_its_answer(
+    lproject: MistralTestServer, first: str
+) -> None:
+    """%%mistral streams, a script calls chat.complete: the same request is one answer."""
+    client = mistral_nbenv.get_client("staging")
+    messages = [{"role": "user", "content": "one answer for both forms"}]
+
+    def plain() -> str:
+        return str(client.chat.complete(messages=messages).choices[0].message.content)
+
+    def streamed() -> str:
+        events = list(client.chat.stream(messages=messages))
+        return "".join(e.data.choices[0].delta.content or "" for e in events)
+
+    calls = (plain, streamed) if first == "complete" else (streamed, plain)
+    answers = [call() for call in calls]
+    assert answers == ["Echo: one answer for both forms"] * 2
+    assert lproject.count() == 1  # the second form was a hit
+    assert client.stats.hits == 1
+
+
+def test_a_tool_call_answer_is_not_converted(lproject: MistralTestServer) -> None:
+    client = mistral_nbenv.get_client("staging")
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = client.chat.complete(messages=messages, tools=[TOOL])
+    assert answer.choices[0].message.tool_calls  # the loopback server calls the tool
+    list(client.chat.stream(messages=messages, tools=[TOOL]))
+    assert lproject.count() == 2  # not replayed from a conversion that would lose the call

@@ -302,11 +302,11 @@ def test_the_usage_chart_has_a_title_an_axis_and_the_pickers_order(days: int) ->
     ]
     svg = usage_chart_svg(UsageReport(rows=rows), days=days)
     span = "last 1 day" if days == 1 else f"last {days} days"
-    assert f"Tokens per day, by environment ({span}, UTC)" in svg
+    assert f"Tokens per day ({span}, UTC)" in svg
     assert '<text class="axis-label"' in svg
     assert ">tokens</text>" in svg
     legend = re.findall(r'class="legend" data-environment="([a-z]+)"', svg)
     assert legend == ["development", "staging", "production", "qa"]  # the picker's order
     width = int(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))  # type: ignore[union-attr]
-    assert width == 300 if days == 1 else width == 560  # one day: not a wide empty axis
+    assert width == 360 if days == 1 else width == 560  # one day: not a wide empty axis
     assert svg.count("<rect ") == 4 * days

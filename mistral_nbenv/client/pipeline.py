@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from mistral_nbenv.client import deadline, deprecation
+from mistral_nbenv.client import deadline, deprecation, twins
 from mistral_nbenv.client.policy import retry_mode
 from mistral_nbenv.client.request import (
     Endpoint,
@@ -149,6 +149,12 @@ class Pipeline:
                     self.stats.add(hits=1)
                     call.cached = True
                     return call
+            else:
+                call.hit = self._twin_hit(ep, kwargs)
+                if call.hit is not None:
+                    self.stats.add(hits=1)
+                    call.cached = True
+                    return call
         if self.offline:
             what = "is not in the cache" if read else f"is never cached ({ep.policy.kind})"
             raise CacheMissError(
@@ -202,6 +208,28 @@ class Pipeline:
         if option == "refresh":
             return False, True
         raise ValueError(f"cache= must be True, False or 'refresh', not {option!r}")
+
+    def _twin_hit(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
+        """The same request answered by the streaming (or plain) twin of ``ep``: a stream
+        replays a cached plain answer, a plain call is a streamed answer put together (plain
+        text answers only; None otherwise). ``%%mistral`` streams; a script's
+        ``chat.complete`` of the same messages is then a hit, and the other way round."""
+        twin_name = twins.TWINS.get(ep.name)
+        if twin_name is None:
+            return None
+        try:
+            text = self.cache.get(self.cache.key(twin_name, canonical(kwargs)))
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if text is None:
+            return None
+        converted = twins.as_events(text) if ep.stream else twins.as_body(text)
+        if converted is None:
+            return None
+        try:
+            return self._rebuild(ep, converted)
+        except Exception:  # not convertible after all: a miss, the twin's entry untouched
+            return None
 
     @staticmethod
     def _rebuild(ep: Endpoint, text: str) -> Any:

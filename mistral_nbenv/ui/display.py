@@ -500,7 +500,7 @@ def usage_chart_svg(report: UsageReport, *, days: int = 14, width: int = 560) ->
     envs = _environment_order(e for _, per in chart for e in per)
     top = max(n for _, per in chart for n in per.values()) or 1
     height, base, left, head = 170, 140, 58, 34
-    width = max(300, min(width, left + len(chart) * max(48, 12 * len(envs) + 12)))
+    width = max(360, min(width, left + len(chart) * max(48, 12 * len(envs) + 12)))
     group = (width - left) / len(chart)
     bar = max(2.0, min(18.0, (group - 6) / len(envs)))
     span = f"last {len(chart)} day{'s' if len(chart) != 1 else ''}"
@@ -509,7 +509,7 @@ def usage_chart_svg(report: UsageReport, *, days: int = 14, width: int = 560) ->
         f'width="{width}" height="{height}" role="img" '
         f'aria-label="tokens per day per environment" style="{_FONT}">',
         f'<text class="title" x="{left}" y="14" font-weight="600" fill="#374151">'
-        f"Tokens per day, by environment ({span}, UTC)</text>",
+        f"Tokens per day ({span}, UTC)</text>",
         f'<text class="axis-label" transform="translate(12,{(head + base) / 2:.0f}) '
         f'rotate(-90)" text-anchor="middle" fill="#6b7280">tokens</text>',
         f'<line x1="{left}" y1="{head}" x2="{left}" y2="{base}" stroke="#d1d5db"/>',
