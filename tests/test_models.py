@@ -343,8 +343,12 @@ def test_the_deprecation_note_is_one_line_in_a_notebook(
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("%load_ext mistral_nbenv"),
-        nbformat.v4.new_code_cell("%%mistral -m mistral-large-2411\nHello"),
-        nbformat.v4.new_code_cell("%%mistral -m mistral-large-2411 --no-cache\nHello again"),
+        # --no-stream: the header comes with a plain answer (a stream carries none: the
+        # SDK's own hook would fail reading a streamed body to log it)
+        nbformat.v4.new_code_cell("%%mistral --no-stream -m mistral-large-2411\nHello"),
+        nbformat.v4.new_code_cell(
+            "%%mistral --no-stream -m mistral-large-2411 --no-cache\nHello again"
+        ),
     ]
     NotebookClient(
         nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(proj.root)}}
