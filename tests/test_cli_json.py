@@ -138,3 +138,32 @@ def test_a_configuration_error_is_exit_2_on_stderr(tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "`timeout`" in err
+
+
+@pytest.mark.parametrize("args", [("status", "--env", "stagging"), ("status", "stagging")])
+def test_an_unknown_environment_prints_nothing_on_stdout(tmp_path: Path, args: tuple[str]) -> None:
+    code, out, err = _run(tmp_path, *args)
+    assert code == 2
+    assert out == ""  # not the first lines of a status, then an error
+    assert "Unknown environment 'stagging'" in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests._cli import SCRIPT
+
+    assert SCRIPT is not None
+    # `true` exits without reading, long before the CLI has started: every write hits a
+    # closed pipe (what `status | head` does to the lines after the first)
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {SCRIPT} status | true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr  # the CLI's own exit code (pipefail)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr

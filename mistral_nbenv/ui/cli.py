@@ -48,6 +48,10 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
             settings=[{"key": k, "value": v, "source": src} for k, v, src in settings.explain()],
         )
         return 0
+    # everything that can fail first: an error (exit 2) prints nothing on stdout
+    status = collect_status(args.env, with_cache=True)
+    settings = get_settings(args.env)
+    rows = list(settings.explain())
     loaded = project()
     settings_file, secrets_file = loaded.settings_file, loaded.secrets_file
     active = current_environment()
@@ -55,11 +59,9 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     files = [str(p) for p in (settings_file, secrets_file) if p is not None]
     print(f"settings files:     {', '.join(files) or 'none found (packaged defaults)'}", file=out)
     print("", file=out)
-    print(status_text(collect_status(args.env, with_cache=True), ansi=_ansi(out)), file=out)
-    settings = get_settings(args.env)
+    print(status_text(status, ansi=_ansi(out)), file=out)
     print("", file=out)
     print(f"settings for {settings.environment} (value, and where it came from):", file=out)
-    rows = list(settings.explain())
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:
         print(f"  {key:<{width}}  {value:<28} {source}", file=out)
