@@ -313,6 +313,7 @@ class Workspace:
                 return client
         from mistral_nbenv.client import Client
 
+        _warn_unknown(settings)
         new = Client(
             settings,
             self.key_for(settings),
@@ -381,6 +382,37 @@ def list_environments() -> list[str]:
 def environment_name(env: str | None = None) -> str:
     """The canonical name of ``env`` (aliases resolved); None is the active environment."""
     return _workspace.name(env)
+
+
+_unknown_warned: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _warn_unknown(settings: Settings) -> None:
+    """Settings nobody reads (``modle = ...``): one warning per environment and process, at
+    the client's creation, with the closest real name; ``check`` lists them too."""
+    unknown = settings.unknown_keys
+    if not unknown or (settings.environment, unknown) in _unknown_warned:
+        return
+    _unknown_warned.add((settings.environment, unknown))
+    import difflib
+    import warnings
+
+    from mistral_nbenv.config import SCHEMA
+    from mistral_nbenv.errors import MistralEnvWarning
+
+    described = []
+    for key in unknown:
+        guess = difflib.get_close_matches(key, SCHEMA, n=1)
+        where = settings.source_of(key)
+        described.append(
+            f"`{key}` (from {where})" + (f", did you mean `{guess[0]}`?" if guess else "")
+        )
+    warnings.warn(
+        f"mistral_nbenv: environment '{settings.environment}' has settings nobody reads: "
+        + "; ".join(described),
+        MistralEnvWarning,
+        stacklevel=4,
+    )
 
 
 def awaiting_confirmation() -> str | None:

@@ -21,6 +21,7 @@ process state: the keys already resolved and the secrets fetched from stores
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -400,8 +401,13 @@ def resolve(settings: Settings, fetched: SecretCache | None = None) -> ResolvedK
     return check_shape(local)
 
 
+#: The example values this package ships (``.secrets.toml.example``, the README): never a key.
+PLACEHOLDERS = re.compile(r"^(your[-_].*[-_]here|<.*>|changeme|xxx+|\.\.\.)$", re.IGNORECASE)
+
+
 def check_shape(key: ResolvedKey) -> ResolvedKey:
-    """Refuse a key an HTTP header cannot carry: whitespace, control or non-ASCII characters.
+    """Refuse a key an HTTP header cannot carry: whitespace, control or non-ASCII characters;
+    and a placeholder copied from an example (``your-development-key-here``).
 
     A copy-paste often brings a zero-width space or a non-breaking space along; the error
     gives the character's position and Unicode name, never the key.
@@ -409,6 +415,14 @@ def check_shape(key: ResolvedKey) -> ResolvedKey:
     import unicodedata
 
     value = key.value.get_secret_value()
+    if PLACEHOLDERS.match(value):
+        raise MissingAPIKeyError(
+            f"The API key for environment '{key.environment}' (from {key.source}) is a "
+            "placeholder copied from an example, not a key. Put the real key there (or remove "
+            "the line and set the environment's variable).",
+            environment=key.environment,
+            looked=(key.source,),
+        )
     for position, char in enumerate(value, 1):
         code = ord(char)
         if 0x21 <= code <= 0x7E:
@@ -427,6 +441,13 @@ def check_shape(key: ResolvedKey) -> ResolvedKey:
 
 
 def _duplicate(key: ResolvedKey, other: ResolvedKey) -> ConfigurationError:
+    if "[default]" in key.source and "[default]" in other.source:
+        return ConfigurationError(
+            f"api_key is under [default] ({key.source}), so it applies to every environment, "
+            f"'{key.environment}' and '{other.environment}' alike — and each environment needs "
+            "its own key. Move it under [development] (a solo setup starts there), and give "
+            "staging and production their own keys when you use them."
+        )
     return ConfigurationError(
         f"The API key for '{key.environment}' ({key.masked}, from {key.source}) is the same "
         f"as the key for '{other.environment}' (from {other.source}). Each environment needs "

@@ -112,6 +112,29 @@ def _settings_findings(settings: Settings) -> list[Finding]:
     return findings
 
 
+def _section_typos(project: Project) -> list[Finding]:
+    """A section like ``[stagging]`` silently makes a further environment: said, with the
+    environment it probably meant."""
+    from mistral_nbenv.config.names import ALIASES, CANONICAL
+
+    known = [*CANONICAL, *ALIASES]
+    found = []
+    for name in project.environments:
+        if name in CANONICAL:
+            continue
+        guess = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if guess:
+            meant = ALIASES.get(guess[0], guess[0])
+            found.append(
+                Finding(
+                    f"[{name}] is a further environment of its own; did you mean [{meant}]? "
+                    f"Rename the section if so (values under [{name}] do not reach {meant}).",
+                    environments=(name,),
+                )
+            )
+    return found
+
+
 def project_findings(project: Project, settings_list: list[Settings]) -> list[Finding]:
     """Findings about the project's files and the given environments' settings."""
     findings = _file_findings(project.secrets_file)
@@ -122,6 +145,7 @@ def project_findings(project: Project, settings_list: list[Settings]) -> list[Fi
                 f"_STAGING / _PROD or api_key in .secrets.toml."
             )
         )
+    findings += _section_typos(project)
     seen: set[str] = set()
     for settings in settings_list:
         for finding in _settings_findings(settings):
