@@ -154,12 +154,23 @@ def _cache_on(client: Any, kwargs: dict[str, Any]) -> bool:
 
 def ask(client: Any, **kwargs: Any) -> ChatAnswer:
     """``client.chat.complete(**kwargs)``, timed, noting whether the cache answered it."""
-    sent, reason = _context(client, kwargs)
-    key = client.request_key("chat.complete", **kwargs)
-    hits_before = client.stats.hits
-    started = time.perf_counter()
+    hits_before, started = client.stats.hits, time.perf_counter()
     response = client.chat.complete(**kwargs)
+    return _answer(client, "chat.complete", kwargs, response, hits_before, started)
+
+
+def _answer(
+    client: Any,
+    operation: str,
+    kwargs: dict[str, Any],
+    response: Any,
+    hits_before: int,
+    started: float,
+    **extra: Any,
+) -> ChatAnswer:
+    """The :class:`ChatAnswer` of a call that started at ``started`` (perf_counter)."""
     elapsed_ms = (time.perf_counter() - started) * 1000
+    sent, reason = _context(client, kwargs)
     return ChatAnswer(
         response,
         environment=client.environment,
@@ -167,9 +178,10 @@ def ask(client: Any, **kwargs: Any) -> ChatAnswer:
         model_reason=reason,
         cached=client.stats.hits > hits_before,
         elapsed_ms=elapsed_ms,
-        request_key=key,
+        request_key=client.request_key(operation, **kwargs),
         cost_usd=_cost(client, getattr(response, "model", None) or sent, response),
         cache_on=_cache_on(client, kwargs),
+        **extra,
     )
 
 
@@ -182,10 +194,8 @@ def ask_stream(
     ``KeyboardInterrupt`` (Ctrl-C, a notebook's interrupt) stops the stream and keeps what
     arrived (``.interrupted``); a stream cut short is not cached.
     """
-    sent, reason = _context(client, kwargs)
-    key = client.request_key("chat.stream", **kwargs)
-    hits_before = client.stats.hits
-    started = time.perf_counter()
+    sent, _reason = _context(client, kwargs)
+    hits_before, started = client.stats.hits, time.perf_counter()
     pieces: list[str] = []
     last: Any = None
     usage: Any = None
@@ -205,18 +215,14 @@ def ask_stream(
     except KeyboardInterrupt:
         interrupted = True
         stream.close()
-    elapsed_ms = (time.perf_counter() - started) * 1000
     response = _response(last, "".join(pieces), usage, sent)
-    return ChatAnswer(
+    return _answer(
+        client,
+        "chat.stream",
+        kwargs,
         response,
-        environment=client.environment,
-        model=sent,
-        model_reason=reason,
-        cached=client.stats.hits > hits_before,
-        elapsed_ms=elapsed_ms,
-        request_key=key,
-        cost_usd=_cost(client, getattr(response, "model", None) or sent, response),
-        cache_on=_cache_on(client, kwargs),
+        hits_before,
+        started,
         streamed=True,
         interrupted=interrupted,
     )

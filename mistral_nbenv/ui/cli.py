@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO, cast
 
-from mistral_nbenv.errors import ConfigurationError, MistralEnvError
+from mistral_nbenv.errors import MistralEnvError
 from mistral_nbenv.secrets import scrub
 
 __all__ = ["main"]
@@ -121,42 +121,22 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 def _models(args: argparse.Namespace, out: TextIO) -> int:
     from mistral_nbenv.ui import models
     from mistral_nbenv.ui.display import changes_text, models_text
-    from mistral_nbenv.workspace import environment_name, list_environments
 
     envs = [*args.envs, *([args.env] if args.env else [])]
-    if args.action == "list":
-        if len(envs) > 1 or args.all:
-            raise ConfigurationError("models list takes one environment (default: the active one)")
-        env = environment_name(envs[0] if envs else None)
-        rows = models.list_models(env)
+    what, result = models.run(args.action, envs, every=args.all, confirm=args.confirm)
+    if what != "changes":
+        rows = cast("list[models.ModelRow]", result)
         if args.json:
-            _json(out, "models", environment=env, models=[asdict(r) for r in rows])
-            return 0
-        print(models_text(env, rows), file=out)
+            _json(out, "models", environment=what, models=[asdict(r) for r in rows])
+        else:
+            print(models_text(what, rows), file=out)
         return 0
-    if args.action == "lock":
-        if args.all and envs:
-            raise ConfigurationError("models lock: give environments or --all, not both")
-        names = list_environments() if args.all else [environment_name(e) for e in envs or [None]]
-        changes = models.lock(names, confirm=args.confirm)
-    else:
-        if len(envs) != 2 or args.all:
-            raise ConfigurationError(
-                "models promote takes two environments: SOURCE TARGET "
-                "(e.g. models promote staging production --confirm)"
-            )
-        changes = models.promote(envs[0], envs[1], confirm=args.confirm)
     if args.json:
-        _json(
-            out,
-            f"models-{args.action}",
-            changes=[
-                {"environment": c.environment, "name": c.name, "before": c.before, "after": c.after}
-                for c in changes
-            ],
-        )
+        fields = ("environment", "name", "before", "after")
+        changes = [{f: getattr(c, f) for f in fields} for c in result]
+        _json(out, f"models-{args.action}", changes=changes)
         return 0
-    print(changes_text(changes), file=out)
+    print(changes_text(result), file=out)
     return 0
 
 

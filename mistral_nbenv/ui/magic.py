@@ -243,31 +243,14 @@ class MistralMagics(Magics):
     def _models(self, args: argparse.Namespace) -> None:
         from mistral_nbenv.ui import models
         from mistral_nbenv.ui.display import changes_html, changes_text, models_html, models_text
-        from mistral_nbenv.workspace import environment_name, list_environments
 
         envs = [*args.envs, *([args.env] if args.env else [])]
-        if args.action == "list":
-            if len(envs) > 1 or args.all:
-                raise UsageError("%mistral_env models list takes one environment")
-            name = environment_name(envs[0] if envs else None)
-            rows = models.list_models(name)
-            _show(models_text(name, rows), models_html(name, rows))
-            return
-        if args.action == "lock":
-            if args.all and envs:
-                raise UsageError("%mistral_env models lock: give environments or --all, not both")
-            names = (
-                list_environments() if args.all else [environment_name(e) for e in envs or [None]]
-            )
-            changes = models.lock(names, confirm=args.confirm)
+        what, result = models.run(args.action, envs, every=args.all, confirm=args.confirm)
+        if what == "changes":
+            _show(changes_text(result), changes_html(result))
         else:
-            if len(envs) != 2 or args.all:
-                raise UsageError(
-                    "%mistral_env models promote takes SOURCE TARGET "
-                    "(e.g. models promote staging production --confirm)"
-                )
-            changes = models.promote(envs[0], envs[1], confirm=args.confirm)
-        _show(changes_text(changes), changes_html(changes))
+            rows = cast("list[models.ModelRow]", result)
+            _show(models_text(what, rows), models_html(what, rows))
 
     def _use(self, env: str, confirm: bool) -> None:
         from mistral_nbenv.workspace import use_environment

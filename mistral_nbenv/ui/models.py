@@ -42,6 +42,7 @@ __all__ = [
     "lock",
     "model_findings",
     "promote",
+    "run",
 ]
 
 #: The settings that name a model, and the endpoint each is the default of.
@@ -102,9 +103,10 @@ def _names(settings: Settings) -> dict[str, list[str]]:
     return names
 
 
-def list_models(env: str) -> list[ModelRow]:
-    """Every model ``env``'s server lists, the ones its settings use first."""
-    settings = get_settings(env)
+def list_models(env: str | None) -> list[ModelRow]:
+    """Every model ``env``'s server lists (None or "": the active environment's), the ones
+    its settings use first."""
+    settings = get_settings(env or None)
     used = _names(settings)
     rows = []
     for card in _cards(settings.environment):
@@ -203,6 +205,34 @@ def promote(source: str, target: str, *, confirm: bool = False) -> list[Change]:
     pins[dst] = {**current, **{c.name: c.pin for c in changes}}
     write_lock(path, {env: MappingProxyType(table) for env, table in pins.items()})
     return changes
+
+
+def run(
+    action: str, envs: list[str], *, every: bool = False, confirm: bool = False
+) -> tuple[str, list[ModelRow] | list[Change]]:
+    """``models ACTION ENV...`` as both front ends parse it: ``("list", rows)`` for
+    ``list [ENV]``, ``(ENV, rows)``; ``("changes", changes)`` for ``lock`` and ``promote``.
+    A wrong number of environments is a ConfigurationError saying the form."""
+    from mistral_nbenv.workspace import environment_name, list_environments
+
+    if action == "list":
+        if len(envs) > 1 or every:
+            raise ConfigurationError("models list takes one environment (default: the active)")
+        return environment_name(envs[0] if envs else None), list_models(envs[0] if envs else "")
+    if action == "lock":
+        if every and envs:
+            raise ConfigurationError("models lock: give environments or --all, not both")
+        if every:
+            names = list_environments()
+        else:
+            names = [environment_name(e) for e in envs] if envs else [environment_name(None)]
+        return "changes", lock(names, confirm=confirm)
+    if len(envs) != 2 or every:
+        raise ConfigurationError(
+            "models promote takes two environments: SOURCE TARGET "
+            "(e.g. models promote staging production --confirm)"
+        )
+    return "changes", promote(envs[0], envs[1], confirm=confirm)
 
 
 # --------------------------------------------------------------------------- check
