@@ -32,6 +32,7 @@ from mistral_nbenv.errors import ConfigurationError
 __all__ = [
     "LOCK_FILENAME",
     "Pin",
+    "card_field",
     "deprecation_problem",
     "read_lock",
     "resolve",
@@ -154,7 +155,8 @@ def write_lock(path: Path, pins: Mapping[str, Pins]) -> None:
         raise
 
 
-def _field(card: Any, name: str) -> Any:
+def card_field(card: Any, name: str) -> Any:
+    """A field of a ``models.list`` card (an SDK model or a dict); None when unset."""
     value = card.get(name) if isinstance(card, Mapping) else getattr(card, name, None)
     return None if type(value).__name__ == "Unset" else value
 
@@ -170,7 +172,7 @@ def resolve(name: str, cards: Iterable[Any], *, now: dt.datetime | None = None) 
     matches = [
         card
         for card in cards
-        if _field(card, "id") == name or name in (_field(card, "aliases") or ())
+        if card_field(card, "id") == name or name in (card_field(card, "aliases") or ())
     ]
     if not matches:
         raise ConfigurationError(
@@ -179,21 +181,25 @@ def resolve(name: str, cards: Iterable[Any], *, now: dt.datetime | None = None) 
         )
     candidates: list[str] = []
     for card in matches:
-        for ident in (_field(card, "name"), _field(card, "id"), *(_field(card, "aliases") or ())):
+        for ident in (
+            card_field(card, "name"),
+            card_field(card, "id"),
+            *(card_field(card, "aliases") or ()),
+        ):
             if isinstance(ident, str) and ident and ident not in candidates:
                 candidates.append(ident)
     dated = [c for c in candidates if c != name and not c.endswith("-latest")]
-    exact = next((card for card in matches if _field(card, "id") == name), None)
-    canonical = _field(exact, "name") if exact is not None else None
+    exact = next((card for card in matches if card_field(card, "id") == name), None)
+    canonical = card_field(exact, "name") if exact is not None else None
     if isinstance(canonical, str) and canonical and canonical != name:
         chosen = canonical  # the API lists ``name`` as another name of ``canonical``
     elif exact is None or name.endswith("-latest"):
         chosen = dated[0] if dated else name
     else:
         chosen = name  # an ID the API lists (its aliases are other names for it)
-    card = next((c for c in matches if _field(c, "id") == chosen), matches[0])
-    deprecation = _field(card, "deprecation")
-    replacement = _field(card, "deprecation_replacement_model")
+    card = next((c for c in matches if card_field(c, "id") == chosen), matches[0])
+    deprecation = card_field(card, "deprecation")
+    replacement = card_field(card, "deprecation_replacement_model")
     return Pin(
         name=name,
         id=chosen,

@@ -25,6 +25,7 @@ from mistral_nbenv.config import Settings
 from mistral_nbenv.config.pins import (
     LOCK_FILENAME,
     Pin,
+    card_field,
     deprecation_problem,
     read_lock,
     resolve,
@@ -84,11 +85,6 @@ class Change:
         return f"[{self.environment}] {self.name} -> {self.after}{was}"
 
 
-def _field(card: Any, name: str) -> Any:
-    value = getattr(card, name, None)
-    return None if type(value).__name__ == "Unset" else value
-
-
 def _cards(env: str) -> list[Any]:
     """``models.list`` of ``env``, asked now (never the cache)."""
     listing = get_client(env).models.list(cache=False)
@@ -110,16 +106,16 @@ def list_models(env: str | None) -> list[ModelRow]:
     used = _names(settings)
     rows = []
     for card in _cards(settings.environment):
-        ident = str(_field(card, "id"))
-        name = _field(card, "name")
-        when = _field(card, "deprecation")
+        ident = str(card_field(card, "id"))
+        name = card_field(card, "name")
+        when = card_field(card, "deprecation")
         rows.append(
             ModelRow(
                 id=ident,
                 points_to=name if isinstance(name, str) and name != ident else "",
-                aliases=tuple(_field(card, "aliases") or ()),
+                aliases=tuple(card_field(card, "aliases") or ()),
                 deprecation=when.date().isoformat() if isinstance(when, dt.datetime) else "",
-                replacement=str(_field(card, "deprecation_replacement_model") or ""),
+                replacement=str(card_field(card, "deprecation_replacement_model") or ""),
                 used_by=tuple(used.get(ident, ())),
                 pinned=settings.pins[ident].id if ident in settings.pins else "",
             )
