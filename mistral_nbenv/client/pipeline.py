@@ -121,20 +121,18 @@ class Pipeline:
                 "retries= is not supported: mistral_nbenv retries itself "
                 "(max_retries / retry_max_wait in the settings; retry= per call)"
             )
-        read_once(kwargs)  # generators and iterators: one list, keyed and sent
-        if ep.default_model is not None and kwargs.get("model") is None:
-            kwargs["model"] = getattr(self.settings, ep.default_model)
-        if self.settings.pins and isinstance(kwargs.get("model"), str):
-            kwargs["model"] = self.settings.send(kwargs["model"])  # models.lock.toml
+        self._fill(ep, kwargs)
         read, write = self._default_modes if option is None else self._cache_modes(option)
         if not ep.cacheable or (option is None and not ep.policy.caches(kwargs)):
             read = write = read and self.offline and ep.cacheable
         write = write and self.cache_storable
         call = Prepared(ep, kwargs, retry=retry_mode(ep.policy, retry, kwargs))
         key = None
+        params: dict[str, Any] = {}
         if read or write:
             try:
-                key = self.cache.key(ep.name, canonical(kwargs))
+                params = canonical(kwargs)
+                key = self.cache.key(ep.name, params)
             except (TypeError, ValueError, RecursionError):
                 # no stable form (an open file, a cycle): not cached; the SDK judges the input
                 read = write = False
@@ -150,7 +148,7 @@ class Pipeline:
                     call.cached = True
                     return call
             else:
-                call.hit = self._twin_hit(ep, kwargs)
+                call.hit = self._twin_hit(ep, params)
                 if call.hit is not None:
                     self.stats.add(hits=1)
                     call.cached = True
@@ -185,15 +183,20 @@ class Pipeline:
             )
         return call
 
+    def _fill(self, ep: Endpoint, kwargs: dict[str, Any]) -> None:
+        """The request as it is sent, in place: every iterable read once (a generator is
+        keyed and sent as one list), the default model, the pinned model ID."""
+        read_once(kwargs)
+        if ep.default_model is not None and kwargs.get("model") is None:
+            kwargs["model"] = getattr(self.settings, ep.default_model)
+        if self.settings.pins and isinstance(kwargs.get("model"), str):
+            kwargs["model"] = self.settings.send(kwargs["model"])  # models.lock.toml
+
     def key_of(self, ep: Endpoint, kwargs: dict[str, Any]) -> str | None:
         """The cache key :meth:`prepare` gives a request (whether or not the cache is on):
         defaults and pins applied, per-call options left out; None without a stable form."""
         params = {k: v for k, v in kwargs.items() if k not in ("cache", "retry")}
-        read_once(params)
-        if ep.default_model is not None and params.get("model") is None:
-            params["model"] = getattr(self.settings, ep.default_model)
-        if isinstance(params.get("model"), str):
-            params["model"] = self.settings.send(params["model"])
+        self._fill(ep, params)
         try:
             return self.cache.key(ep.name, canonical(params))
         except (TypeError, ValueError, RecursionError):
@@ -209,7 +212,7 @@ class Pipeline:
             return False, True
         raise ValueError(f"cache= must be True, False or 'refresh', not {option!r}")
 
-    def _twin_hit(self, ep: Endpoint, kwargs: dict[str, Any]) -> Any:
+    def _twin_hit(self, ep: Endpoint, params: dict[str, Any]) -> Any:
         """The same request answered by the streaming (or plain) twin of ``ep``: a stream
         replays a cached plain answer, a plain call is a streamed answer put together (plain
         text answers only; None otherwise). ``%%mistral`` streams; a script's
@@ -217,10 +220,7 @@ class Pipeline:
         twin_name = twins.TWINS.get(ep.name)
         if twin_name is None:
             return None
-        try:
-            text = self.cache.get(self.cache.key(twin_name, canonical(kwargs)))
-        except (TypeError, ValueError, RecursionError):
-            return None
+        text = self.cache.get(self.cache.key(twin_name, params))  # the same canonical form
         if text is None:
             return None
         converted = twins.as_events(text) if ep.stream else twins.as_body(text)
