@@ -225,16 +225,23 @@ _SEQUENCES: tuple[type, ...] = (tuple, range, type({}.keys()), type({}.values())
 def _once(value: Any, depth: int = 0) -> Any:
     """``value`` with every one-shot iterable in it (a generator, ``iter()``, ``map``) and
     every tuple, range or dict view made a list, so it can be read twice (for the cache
-    key, then by the SDK); a file and anything else is left as it is."""
+    key, then by the SDK); a file and anything else is left as it is. A list or dict with
+    nothing to change is returned as it is (no copy: this runs on every call)."""
     if depth > 50 or isinstance(value, str | bytes | bytearray):
         return value
     kind = type(value)
     if kind is list:
-        items = [_once(item, depth + 1) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        for index, item in enumerate(value):
+            fixed = _once(item, depth + 1)
+            if fixed is not item:  # the first change: copy from here on
+                return [*value[:index], fixed, *(_once(i, depth + 1) for i in value[index + 1 :])]
+        return value
     if kind is dict:
-        fixed = {k: _once(v, depth + 1) for k, v in value.items()}
-        return value if all(fixed[k] is v for k, v in value.items()) else fixed
+        for name, item in value.items():
+            fixed = _once(item, depth + 1)
+            if fixed is not item:
+                return {k: (fixed if k == name else _once(v, depth + 1)) for k, v in value.items()}
+        return value
     if isinstance(value, _SEQUENCES) and not hasattr(value, "_fields"):  # not a namedtuple
         sequence = cast(Iterable[Any], value)
         return [_once(item, depth + 1) for item in sequence]
