@@ -16,7 +16,14 @@ import pytest
 
 from mistral_nbenv._forksafe import Lock, PerProcess, RLock
 from mistral_nbenv.policies.ratelimit import RateLimiter
-from mistral_nbenv.store import Budget, CacheUnavailableWarning, KeyValue, Ledger, UnreadableEntry
+from mistral_nbenv.store import (
+    Budget,
+    CacheUnavailableWarning,
+    KeyValue,
+    Ledger,
+    Locked,
+    UnreadableEntry,
+)
 from mistral_nbenv.store.local import DiskStore, MemoryStore, close_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,3 +230,60 @@ def test_a_per_process_value_is_made_again_in_a_child_and_kept_in_the_parent() -
     os.waitpid(pid, 0)
     assert os.read(read, 16) == b"2"  # the child built its own
     assert value.get() == 1  # the parent's is unchanged
+
+
+class _LockedOnce:
+    """A ledger/store whose first ``n`` writes find the lock held by a stopped process."""
+
+    def __init__(self, inner: MemoryStore, location: str, n: int = 1) -> None:
+        self.inner = inner
+        self.location = location  # warnings are once per location and process
+        self.n = n
+
+    def add(self, bucket: str, amounts: dict[str, float]) -> None:
+        if self.n > 0:
+            self.n -= 1
+            raise Locked("test-ledger was locked by another process for more than 2 s")
+        self.inner.add(bucket, amounts)
+
+    def set(self, key: str, value: str, ttl: float | None) -> None:
+        if self.n > 0:
+            self.n -= 1
+            raise Locked("test-cache was locked by another process for more than 2 s")
+        self.inner.set(key, value, ttl)
+
+    def get(self, key: str) -> str | None:
+        return self.inner.get(key)
+
+
+def test_usage_a_locked_ledger_could_not_take_is_added_with_the_next_write() -> None:
+    from mistral_nbenv.policies.usage import UsageRecorder
+
+    ledger = MemoryStore()
+    recorder = UsageRecorder(
+        _LockedOnce(ledger, "locked-ledger"), "staging", clock=lambda: 1_764_892_800.0
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        recorder.record("m", requests=1, prompt_tokens=5)  # locked: kept
+    assert ledger.totals() == {}
+    assert any("keeps its counts" in str(w.message) for w in seen)
+    recorder.record("m", requests=1, prompt_tokens=7)  # free again: both counted, once
+    assert ledger.totals() == {"2025-12-05|staging|m": {"requests": 2.0, "prompt_tokens": 12.0}}
+    recorder.record("m", requests=1)
+    assert ledger.totals()["2025-12-05|staging|m"]["requests"] == 3.0
+
+
+def test_a_locked_cache_skips_one_write_and_stays_on() -> None:
+    from mistral_nbenv.policies.cache import ResponseCache
+
+    store = _LockedOnce(MemoryStore(), "locked-cache")
+    cache = ResponseCache(store, namespace="staging", ttl_seconds=60)  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cache.set("k", '{"a": 1}')  # locked: not stored
+    assert cache.get("k") is None
+    assert cache.available  # not given up for the rest of the process
+    assert any("are again after" in str(w.message) for w in seen)
+    cache.set("k", '{"a": 1}')
+    assert cache.get("k") == '{"a": 1}'

@@ -88,10 +88,7 @@ class UsageRecorder:
         except Busy:
             raise  # to be written where waiting is allowed (store.without_waiting)
         except Locked as exc:  # a stopped process holds it: kept, written with the next call
-            with self._owed_lock:
-                owed = self._owed.setdefault(bucket, {})
-                for name, amount in amounts.items():
-                    owed[name] = owed.get(name, 0.0) + amount
+            self._owe(bucket, amounts)
             warn_once(
                 f"{getattr(self._ledger, 'location', 'usage')} (locked)",
                 str(exc),
@@ -118,7 +115,10 @@ class UsageRecorder:
             try:
                 self._ledger.add(bucket, amounts)
             except Exception:  # still locked (or Busy on a loop): owed again
-                with self._owed_lock:
-                    again = self._owed.setdefault(bucket, {})
-                    for name, amount in amounts.items():
-                        again[name] = again.get(name, 0.0) + amount
+                self._owe(bucket, amounts)
+
+    def _owe(self, bucket: str, amounts: Mapping[str, float]) -> None:
+        with self._owed_lock:
+            owed = self._owed.setdefault(bucket, {})
+            for name, amount in amounts.items():
+                owed[name] = owed.get(name, 0.0) + amount

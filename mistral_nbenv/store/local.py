@@ -350,7 +350,7 @@ class DiskStore:
                 except ValueError:
                     data = {}
                 out[key[len(_BATCH_PREFIX) :]] = {
-                    str(b): _counters(json.dumps(c)) for b, c in data.items() if isinstance(c, dict)
+                    str(b): _numbers(c) for b, c in data.items() if isinstance(c, dict)
                 }
         return out
 
@@ -427,13 +427,19 @@ class MemoryStore:
 
 
 def _counters(text: str | None) -> dict[str, float]:
+    """A bucket stored as one JSON text (an earlier release's form) as its counters."""
     try:
         data = json.loads(text) if text else {}
     except ValueError:
         return {}
+    return _numbers(data)
+
+
+def _numbers(data: Any) -> dict[str, float]:
+    """The counters of a stored table: the values a ledger could have written, only."""
     if not isinstance(data, dict):
         return {}
-    values = {k: counter_value(v) for k, v in data.items()}
+    values = {str(k): counter_value(v) for k, v in data.items()}
     return {k: v for k, v in values.items() if v is not None}
 
 
