@@ -38,19 +38,8 @@ def as_events(body_text: str) -> str | None:
     content = message.get("content")
     if not isinstance(content, str) or message.get("tool_calls"):
         return None
-    chunk = {
-        "id": body.get("id") or "cached",
-        "object": "chat.completion.chunk",
-        "created": body.get("created"),
-        "model": body.get("model"),
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": content},
-                "finish_reason": choice.get("finish_reason") or "stop",
-            }
-        ],
-    }
+    delta = {"role": "assistant", "content": content}
+    chunk = _answer(body, "chat.completion.chunk", "delta", delta, choice.get("finish_reason"))
     if body.get("usage") is not None:
         chunk["usage"] = body["usage"]
     return json.dumps({"data": chunk})
@@ -83,18 +72,21 @@ def as_body(events_text: str) -> str | None:
         return None
     if first is None:
         return None
-    body = {
-        "id": first.get("id") or "cached",
-        "object": "chat.completion",
-        "created": first.get("created"),
-        "model": first.get("model"),
-        "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces), "tool_calls": None},
-                "finish_reason": finish or "stop",
-            }
-        ],
-    }
+    message = {"role": "assistant", "content": "".join(pieces), "tool_calls": None}
+    body = _answer(first, "chat.completion", "message", message, finish)
+    body["usage"] = usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return json.dumps(body)
+
+
+def _answer(
+    source: dict[str, Any], kind: str, field: str, content: dict[str, Any], finish: Any
+) -> dict[str, Any]:
+    """One answer of one choice (``kind``: a body or a chunk; ``field``: message or delta),
+    its id, time and model taken from ``source``."""
+    return {
+        "id": source.get("id") or "cached",
+        "object": kind,
+        "created": source.get("created"),
+        "model": source.get("model"),
+        "choices": [{"index": 0, field: content, "finish_reason": finish or "stop"}],
+    }

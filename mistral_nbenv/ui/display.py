@@ -485,8 +485,10 @@ def usage_text(report: UsageReport, *, days: int = 14) -> str:
 
 def _environment_order(names: Iterable[str]) -> list[str]:
     """development, staging, production (the picker's order), then the others by name."""
+    from mistral_nbenv.config.names import CANONICAL
+
     names = set(names)
-    known = [n for n in ("development", "staging", "production") if n in names]
+    known = [n for n in CANONICAL if n in names]
     return known + sorted(names - set(known))
 
 

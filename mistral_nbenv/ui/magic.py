@@ -431,10 +431,9 @@ def _announce_wait(environment: str, seconds: float) -> None:
         from mistral_nbenv.workspace import get_settings
 
         limits = get_settings(environment).rate_limits
-        parts = [f"{limits.requests_per_minute:,} requests/min"] * bool(
-            limits.requests_per_minute
-        ) + [f"{limits.tokens_per_minute:,} tokens/min"] * bool(limits.tokens_per_minute)
-        budget = ", ".join(parts) or "rate limit"
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        parts = [f"{rpm:,} requests/min" if rpm else "", f"{tpm:,} tokens/min" if tpm else ""]
+        budget = ", ".join(p for p in parts if p) or "rate limit"
     except MistralEnvError:
         budget = "rate limit"
     text = f"waiting {seconds:.1f} s for {environment}'s {budget}"
