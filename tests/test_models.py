@@ -444,9 +444,23 @@ def test_a_token_file_is_read_on_every_request(
     assert "file:run/token from .secrets.toml [staging]; read on every request" in out
     assert "SaTokenVersion" not in out
 
-    for content, why in ((None, "does not exist"), ("  \n", "is empty")):
+    cases = (
+        (None, "does not exist"),
+        ("  \n", "is empty"),
+        ("Bearer \n", "holds only 'Bearer'"),
+        (b"\xff\xfe", "is not UTF-8 text"),
+        ("dir", "is a directory"),  # unreadable (root reads any file, so not by its mode)
+    )
+    for content, why in cases:
+        if token.is_dir():
+            token.rmdir()
         if content is None:
             token.unlink()
+        elif content == "dir":
+            token.unlink(missing_ok=True)
+            token.mkdir()
+        elif isinstance(content, bytes):
+            token.write_bytes(content)
         else:
             token.write_text(content)
         with pytest.raises(MissingAPIKeyError) as info:

@@ -55,6 +55,8 @@ def test_initial_state_shows_the_active_environment(switcher: EnvironmentSwitche
     assert "…0001" in switcher.status.value
     assert "settings.toml" in switcher.status.value  # the key's source
     assert "mistral-medium-latest" in switcher.status.value
+    # the model sent, with why it is not `model` (issue 35: wherever a model is shown)
+    assert "new_model, because features.use_new_model is on" in switcher.status.value
     assert "req/min" in switcher.status.value
     # development's cache is off by default: said, and nothing to clear
     assert "cache off in development" in switcher.cache_info.value

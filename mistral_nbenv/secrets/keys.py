@@ -124,9 +124,10 @@ def read_token(path: Path, env: str, source: str) -> SecretStr:
     setting it came from.
     """
     text, why = _read_secret_file(path)
-    if text[:7].lower() == "bearer ":
-        text = text[7:].strip()
-        why = "" if text else "holds only 'Bearer'"
+    scheme, _, rest = text.partition(" ")
+    if scheme.lower() == "bearer":  # an Authorization value: the token after it
+        text = rest.strip()
+        why = why or ("" if text else "holds only 'Bearer'")
     if why:
         raise MissingAPIKeyError(
             f"No API key for environment '{env}': the token file {path} ({source}) {why}. "
