@@ -76,6 +76,7 @@ class Workspace:
         self.interactive = False  # a notebook kernel / IPython shell (set by %load_ext)
         self._awaiting: str | None = None  # protected, entered by detection, not confirmed
         self._by_user = False  # the active environment was switched to in this process
+        self._unknown_warned: set[tuple[str, tuple[str, ...]]] = set()  # see _warn_unknown
 
     @property
     def secrets(self) -> SecretCache:
@@ -313,7 +314,11 @@ class Workspace:
                 return client
         from mistral_nbenv.client import Client
 
-        _warn_unknown(settings)
+        with self._lock:
+            first = (settings.environment, settings.unknown_keys) not in self._unknown_warned
+            self._unknown_warned.add((settings.environment, settings.unknown_keys))
+        if first and settings.unknown_keys:
+            _warn_unknown(settings)
         new = Client(
             settings,
             self.key_for(settings),
@@ -347,6 +352,7 @@ class Workspace:
             self._active = None
             self._awaiting = None
             self._by_user = False
+            self._unknown_warned.clear()
             self.interactive = False
             self._project = self._fingerprint = None
         if self._secrets is not None:
@@ -384,16 +390,11 @@ def environment_name(env: str | None = None) -> str:
     return _workspace.name(env)
 
 
-_unknown_warned: set[tuple[str, tuple[str, ...]]] = set()
-
-
 def _warn_unknown(settings: Settings) -> None:
-    """Settings nobody reads (``modle = ...``): one warning per environment and process, at
-    the client's creation, with the closest real name; ``check`` lists them too."""
+    """Settings nobody reads (``modle = ...``): the warning given once per environment (the
+    workspace keeps which) when a client is made, with the closest real name; ``check``
+    lists them too."""
     unknown = settings.unknown_keys
-    if not unknown or (settings.environment, unknown) in _unknown_warned:
-        return
-    _unknown_warned.add((settings.environment, unknown))
     import difflib
     import warnings
 
