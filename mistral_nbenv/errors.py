@@ -12,6 +12,7 @@ Every error this package raises on purpose is a ``MistralEnvError``::
     │   ├── RateLimitError            429 / Retry-After beyond the cap (retry_after)
     │   └── APIConnectionError        no response at all
     │       └── APITimeoutError       the request timed out
+    ├── BudgetExceededError           a spending cap (budget.*) would be crossed: nothing sent
     ├── ConcurrencyLimitError         no concurrency slot within timeout (also a TimeoutError)
     ├── StreamExpiredError            an unread stream gave its slot away and was closed
     ├── CacheMissError                offline mode and the answer is not cached
@@ -30,6 +31,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "BudgetExceededError",
     "CacheMissError",
     "CacheUnavailableError",
     "ConcurrencyLimitError",
@@ -131,12 +133,54 @@ class APIError(MistralEnvError):
 
 
 class RateLimitError(APIError):
-    """HTTP 429 that retries could not absorb; ``retry_after`` is the server's wish in seconds."""
+    """HTTP 429 that retries could not absorb; ``retry_after`` is the server's wish in seconds.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object):
+    ``limit`` says which: ``"minute"`` (the per-minute limits: retried, then this), or
+    ``"monthly"`` (the key's monthly limit: never retried).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        limit: str = "minute",
+        **kwargs: object,
+    ):
         kwargs.setdefault("status_code", 429)
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.limit = limit
+
+
+class BudgetExceededError(MistralEnvError):
+    """A call would cross one of its environment's spending caps, or was not confirmed
+    (``budget.confirm_above_usd``): nothing was sent.
+
+    ``cap`` is the setting (``budget.daily_usd`` ...), ``limit`` its value, ``spent`` what
+    the period has spent (reservations of calls in flight included), ``needed`` the call's
+    worst-case cost and ``resets`` when the period ends (ISO 8601, UTC; empty for a
+    per-call cap or a refusal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        environment: str = "",
+        cap: str = "",
+        limit: float = 0.0,
+        spent: float = 0.0,
+        needed: float = 0.0,
+        resets: str = "",
+    ):
+        super().__init__(message)
+        self.environment = environment
+        self.cap = cap
+        self.limit = limit
+        self.spent = spent
+        self.needed = needed
+        self.resets = resets
 
 
 class APIConnectionError(APIError):

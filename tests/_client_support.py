@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mistral_nbenv.config import (
+    BudgetSettings,
     CacheSettings,
     FeatureFlags,
     RateLimitSettings,
@@ -31,6 +32,10 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
     limits.update(overrides.pop("rate_limits", {}))
     flags = dict(use_new_model=False, enable_function_calling=True, max_concurrent_requests=10)
     flags.update(overrides.pop("features", {}))
+    budget: dict[str, Any] = dict(
+        daily_usd=0.0, monthly_usd=0.0, per_call_usd=0.0, confirm_above_usd=0.0
+    )
+    budget.update(overrides.pop("budget", {}))
     base = Settings(
         environment="staging",
         model="mistral-small-latest",
@@ -49,6 +54,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         api_key=None,
         cache=CacheSettings(**cache),
         rate_limits=RateLimitSettings(**limits),
+        budget=BudgetSettings(**budget),
         features=FeatureFlags(**flags),  # type: ignore[arg-type]
         secrets=SecretsSettings(300, "", None, "", "", "", ""),
         shared=SharedSettings(None, True, True, "local", 0.5),

@@ -23,9 +23,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
 }
 # The loopback test server is for users' test suites: the standard library, itself, the
 # one mask (secrets, stdlib-only) and the SDK's discovered surface (for its generated
-# routes; mistralai only lazily) and nothing else; the ui layer (the demo) may use it.
+# routes; mistralai only lazily), the packaged price table (to say what it served would
+# cost) and nothing else; the ui layer (the demo) may use it.
 STANDALONE = ("testing",)
-STANDALONE_MAY_IMPORT = ("secrets", "client.surface")
+STANDALONE_MAY_IMPORT = ("secrets", "client.surface", "config.prices")
 
 
 def _modules() -> dict[str, Path]:

@@ -91,7 +91,7 @@ def test_streamed_interpolated_chatted_and_recorded(
     first = recorded[0]
     assert first["environment"] == "development"
     assert first["model_sent"] == "mistral-medium-latest"
-    assert first["model_answered"] == "mistral-medium-latest"
+    assert first["model_answered"] == "mistral-medium-2508"  # the ID the alias stands for
     assert first["source"] == "api"
     assert first["cache_on"] is False
     assert first["streamed"] is True

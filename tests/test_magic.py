@@ -378,10 +378,14 @@ def test_cell_magic_badge_names_the_model_sent_and_why(
         "new_model, because features.use_new_model is on: packaged defaults [development]"
     )
     line = out.text.splitlines()[-1]
-    assert line.startswith("[development] mistral-medium-latest — new_model, because")
+    assert line.startswith(
+        "[development] mistral-medium-latest (answered as mistral-medium-2508) — new_model, because"
+    )
     assert "packaged defaults [development]" in out.html
     ip.run_cell("%%mistral -m mistral-small-latest\nWhich model?")  # named: no reason
-    assert out.text.splitlines()[-1].startswith("[development] mistral-small-latest · from API")
+    assert out.text.splitlines()[-1].startswith(
+        "[development] mistral-small-latest (answered as mistral-small-2506) · from API"
+    )
 
 
 def test_cell_magic_second_run_comes_from_the_cache(

@@ -69,7 +69,7 @@ def test_two_limiters_on_one_directory_share_the_budget(tmp_path: Path) -> None:
 
 
 def _shared_state(rl: RateLimiter) -> tuple[float, float]:
-    req, tok, _last = rl._store.update("bucket", lambda raw: (None, rl._parse(raw, 0.0)))
+    req, tok, _last, _until = rl._store.update("bucket", lambda raw: (None, rl._parse(raw, 0.0)))
     return req, tok
 
 

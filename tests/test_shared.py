@@ -142,7 +142,7 @@ def test_cache_budget_and_ledger_live_in_redis(
     # the budget: one hash-tagged key per environment and key fingerprint, no key inside
     (budget,) = redis.keys("mistral-nbenv:{development:*}:budget")
     assert KEYS["development"] not in budget
-    assert set(redis.hgetall(budget)) == {"req", "tok", "last"}
+    assert set(redis.hgetall(budget)) == {"req", "tok", "last", "until"}
     # one admission, and the token estimate corrected with the answer's usage, written through
     assert redis_server.calls("evalsha") + redis_server.calls("eval") == 2
     (bucket,) = redis.keys("mistral-nbenv:usage:*")
@@ -405,7 +405,17 @@ def test_usage_is_counted_on_local_disk_without_a_shared_store(
 
     report = collect_usage()
     (row,) = report.rows
-    assert (row.environment, row.requests, row.hits, row.cost) == ("development", 1, 1, None)
+    assert (row.environment, row.requests, row.hits) == ("development", 1, 1)
+    # priced when the answer came, at the packaged price of the model the answer names
+    from mistral_nbenv.config.prices import packaged
+
+    price = packaged().price(row.model)
+    assert price is not None
+    expected = (row.prompt_tokens * price.input + row.completion_tokens * price.output) / 1e6
+    assert row.cost == pytest.approx(expected)
+    assert expected > 0
+    assert row.priced_with == (packaged().version,)
+    assert row.saved == pytest.approx(expected)  # the hit saved one answer's cost
     assert report.ledgers["development"] == str(tmp_path / "p" / "cache" / "development" / "usage")
     from mistral_nbenv.ui.display import usage_chart_svg
 

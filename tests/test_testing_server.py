@@ -106,7 +106,7 @@ def test_chat_complete_echoes_the_last_user_message(
         {"role": "user", "content": [{"type": "text", "text": "second question"}]},
     ]
     response = sdk.chat.complete(model="mistral-large-latest", messages=messages)
-    assert response.model == "mistral-large-latest"
+    assert response.model == "mistral-large-2512"  # the dated ID the alias stands for
     assert response.choices[0].message.content == "Echo: second question"
     assert response.choices[0].finish_reason == "stop"
     usage = response.usage

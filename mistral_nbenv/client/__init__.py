@@ -30,6 +30,7 @@ from mistral_nbenv.client.transport import Transport, response_json
 
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
+    from mistral_nbenv.policies.spend import Spending
     from mistral_nbenv.secrets.keys import ResolvedKey
     from mistral_nbenv.store.shared import Shared
 
@@ -66,9 +67,12 @@ class Client:
         fast_sdk: bool | None = None,
         shared: Shared | None = None,
         gate: Callable[[], None] | None = None,
+        confirm: Callable[[str], bool] | None = None,
     ) -> None:
         """``gate`` runs before every call and may refuse it by raising (the workspace's
-        check that a protected environment a notebook started in was confirmed)."""
+        check that a protected environment a notebook started in was confirmed);
+        ``confirm(question)`` asks before a call above ``budget.confirm_above_usd`` (a
+        notebook's one-line prompt; without it nobody is asked)."""
         from mistral_nbenv.client.namespaces import build_namespaces
 
         self.settings = settings
@@ -76,7 +80,9 @@ class Client:
         self._key = api_key
         fast = settings.fast_sdk if fast_sdk is None else fast_sdk
         self._transport = Transport(settings, api_key, fast_sdk=fast)
-        self._pipeline = Pipeline(settings, api_key, self._transport, shared, gate=gate)
+        self._pipeline = Pipeline(
+            settings, api_key, self._transport, shared, gate=gate, confirm=confirm
+        )
         self.stats: ClientStats = self._pipeline.stats
         # the pipeline's parts, named as tests and benchmarks know them
         self._cache = self._pipeline.cache
@@ -126,6 +132,22 @@ class Client:
         if found is None:
             raise ValueError(f"request_key: {operation!r} is not one of the keyed operations")
         return self._pipeline.key_of(found, dict(kwargs))
+
+    @property
+    def spending(self) -> Spending:
+        """This environment's prices and caps; ``spending.spent()`` is ``(today, this month)``
+        in USD, as the caps count it (every process, and every host through Redis)."""
+        return self._pipeline.spending
+
+    def cost_of(self, response: Any) -> float | None:
+        """USD of one answer at this environment's prices (by the model it names); None
+        when that model has no price."""
+        from mistral_nbenv.client.request import usage_of
+
+        prompt, completion, _total = usage_of(response)
+        model = getattr(response, "model", None)
+        named = model if isinstance(model, str) else None
+        return self._pipeline.spending.table.cost(named, prompt, completion)
 
     def close(self) -> None:
         """Release HTTP connections and the stores' file descriptors; the client reopens

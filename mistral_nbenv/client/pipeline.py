@@ -26,6 +26,7 @@ from mistral_nbenv.client.request import (
     Endpoint,
     Prepared,
     canonical,
+    estimate_prompt,
     estimate_tokens,
     read_once,
     usage_of,
@@ -34,12 +35,19 @@ from mistral_nbenv.client.sdkpatch import SCOPE as FAST_SCOPE
 from mistral_nbenv.client.stats import ClientStats
 from mistral_nbenv.client.translate import quotes_secret, translate_error
 from mistral_nbenv.client.transport import RESPONSES, Transport, response_json
-from mistral_nbenv.errors import APIError, CacheMissError, RateLimitError, SecretNotCachedWarning
+from mistral_nbenv.errors import (
+    APIError,
+    BudgetExceededError,
+    CacheMissError,
+    RateLimitError,
+    SecretNotCachedWarning,
+)
 from mistral_nbenv.policies.cache import ResponseCache
 from mistral_nbenv.policies.concurrency import ConcurrencyLimiter
 from mistral_nbenv.policies.ratelimit import RateLimiter
-from mistral_nbenv.policies.retry import RetryPolicy
-from mistral_nbenv.policies.usage import UsageRecorder
+from mistral_nbenv.policies.retry import RetryPolicy, is_monthly_limit, retry_after_of, status_of
+from mistral_nbenv.policies.spend import Spending
+from mistral_nbenv.policies.usage import PRICED, UsageRecorder
 from mistral_nbenv.secrets import known, shows_secret
 from mistral_nbenv.store import without_waiting
 from mistral_nbenv.store.layout import open_stores
@@ -68,9 +76,12 @@ class Pipeline:
         shared: Shared | None = None,
         *,
         gate: Callable[[], None] | None = None,
+        confirm: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.gate = gate
+        #: Asks the user (a notebook) before a call above ``budget.confirm_above_usd``.
+        self.confirm = confirm
         self.shared = shared
         self.environment = settings.environment
         self.key = key
@@ -93,6 +104,7 @@ class Pipeline:
             shared=stores.shared_budget,
         )
         self.usage = UsageRecorder(stores.ledger, settings.environment)
+        self.spending = Spending(settings, stores.spend, stores.shared_spend)
         self.concurrency = ConcurrencyLimiter(
             settings.features.max_concurrent_requests, environment=settings.environment
         )
@@ -181,7 +193,76 @@ class Pipeline:
                 attempts=0,
                 environment=self.environment,
             )
+        self._price(call)
         return call
+
+    def _price(self, call: Prepared) -> None:
+        """A call's worst-case cost, checked against the per-call cap and, in a notebook,
+        confirmed above ``budget.confirm_above_usd`` (the day's and month's caps are
+        :meth:`reserve`'s, just before sending)."""
+        spending = self.spending
+        asks = self.confirm is not None and spending.confirm_above > 0
+        if not (spending.capped or asks) or not call.endpoint.policy.tokens:
+            return
+        model = call.kwargs.get("model")
+        model = model if isinstance(model, str) else None
+        prompt = estimate_prompt(call.kwargs)
+        max_tokens = call.kwargs.get("max_tokens")
+        call.worst = spending.worst_case(model, prompt, max_tokens)
+        spending.check_per_call(call.worst, model or "the API", prompt, max_tokens)
+        if asks and call.worst > spending.confirm_above:
+            assert self.confirm is not None
+            question = (
+                f"This call to {model} in '{self.environment}' may cost up to "
+                f"${call.worst:.4f} (budget.confirm_above_usd = ${spending.confirm_above:.2f}). "
+                "Send it?"
+            )
+            if not self.confirm(question):
+                raise BudgetExceededError(
+                    f"Not sent: a call to {model} that may cost up to ${call.worst:.4f} was "
+                    f"not confirmed (budget.confirm_above_usd in '{self.environment}').",
+                    environment=self.environment,
+                    cap="budget.confirm_above_usd",
+                    limit=spending.confirm_above,
+                    needed=call.worst,
+                )
+
+    def reserve(self, call: Prepared) -> None:
+        """Reserve the call's worst case from the day's and month's caps (refused: a
+        :class:`BudgetExceededError`, nothing sent)."""
+        if call.worst > 0 and self.spending.counts:
+            self.spending.reserve(call.worst, model=str(call.kwargs.get("model") or ""))
+            call.reserved = call.worst
+
+    async def reserve_async(self, call: Prepared) -> None:
+        """:meth:`reserve` with the event loop free."""
+        if call.worst > 0 and self.spending.counts:
+            await self.spending.reserve_async(call.worst, model=str(call.kwargs.get("model") or ""))
+            call.reserved = call.worst
+
+    def _slot(self, call: Prepared) -> None:
+        """The reservation, then a concurrency slot (no slot: the reservation is given back)."""
+        self.reserve(call)
+        try:
+            self.concurrency.acquire(call.seconds)
+        except BaseException:
+            self.release(call)
+            raise
+
+    async def _slot_async(self, call: Prepared) -> None:
+        """:meth:`_slot`, awaited."""
+        await self.reserve_async(call)
+        try:
+            await self.concurrency.acquire_async(call.seconds)
+        except BaseException:
+            await without_waiting(lambda: self.release(call))
+            raise
+
+    def release(self, call: Prepared) -> None:
+        """Give a failed call's reservation back (one atomic write)."""
+        if call.reserved:
+            reserved, call.reserved = call.reserved, 0.0
+            self.spending.settle(reserved, 0.0)
 
     def _fill(self, ep: Endpoint, kwargs: dict[str, Any]) -> None:
         """The request as it is sent, in place: every iterable read once (a generator is
@@ -255,7 +336,7 @@ class Pipeline:
             with _attempt(call):
                 return method(**call.kwargs)
 
-        self.concurrency.acquire(call.seconds)
+        self._slot(call)
         try:
             result, _attempts = self.policy.call(attempt, mode=call.retry)
         except Exception as exc:
@@ -278,12 +359,13 @@ class Pipeline:
             with _attempt(call):  # around the await: the response hooks run inside it
                 return await method(**call.kwargs)
 
-        await self.concurrency.acquire_async(call.seconds)
+        await self._slot_async(call)
         try:
             result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
             self.stats.add(errors=1)
-            await without_waiting(lambda: self.record_failure(call))
+            failure = exc
+            await without_waiting(lambda: self.record_failure(call, failure))
             await without_waiting(lambda: self.refund(call))
             self.raise_as_ours(exc, call)
         finally:
@@ -317,7 +399,7 @@ class Pipeline:
             finally:
                 FAST_SCOPE.reset(scope)
 
-        self.concurrency.acquire(call.seconds)  # released by the Stream when it ends
+        self._slot(call)  # the slot is released by the Stream when it ends
         try:
             (events, first), _attempts = self.policy.call(attempt, mode=call.retry)
         except BaseException as exc:
@@ -352,7 +434,7 @@ class Pipeline:
             finally:
                 FAST_SCOPE.reset(scope)
 
-        await self.concurrency.acquire_async(call.seconds)  # released by the stream
+        await self._slot_async(call)  # the slot is released by the stream
         try:
             (events, first), _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except BaseException as exc:
@@ -365,9 +447,23 @@ class Pipeline:
     # -- finish --------------------------------------------------------------------------
 
     def served(self, call: Prepared) -> Any:
-        """A hit: count it in the usage ledger; its answer."""
-        self.usage.record(call.kwargs.get("model"), hits=1)
+        """A hit: count it in the usage ledger, with what it would have cost; its answer."""
+        saved = self._saved(call.hit)
+        if saved:
+            self.stats.add(saved_usd=saved)
+        self.usage.record(call.kwargs.get("model"), hits=1, saved_usd=saved)
         return call.hit
+
+    def _saved(self, hit: Any) -> float:
+        """What a cached answer would have cost if sent again (0 without usage or price)."""
+        answer = hit[-1] if isinstance(hit, list) and hit else hit
+        answer = getattr(answer, "data", answer)  # a stream's event holds the chunk
+        prompt, completion, _total = usage_of(answer)
+        if not (prompt or completion):
+            return 0.0
+        model = getattr(answer, "model", None)
+        named = model if isinstance(model, str) else None
+        return self.spending.table.cost(named, prompt, completion) or 0.0
 
     def finish(self, call: Prepared, result: Any) -> Any:
         """Account the usage, correct the budget and store the body as received."""
@@ -399,11 +495,31 @@ class Pipeline:
         if isinstance(model, str):
             self.stats.sent(model)
         deprecation.note(call.seen, model, result, self.environment)
-        steps: list[Callable[[], None]] = [
-            lambda: self.usage.record(
-                model, requests=1, prompt_tokens=prompt, completion_tokens=completion
-            )
-        ]
+        answered = getattr(result, "model", None)  # the ID the API resolved the name to
+        priced = answered if isinstance(answered, str) and answered else model
+        pages = _pages(result)
+        cost = self.spending.cost(
+            priced if isinstance(priced, str) else None, prompt, completion, pages
+        )
+        counts: dict[str, float] = {
+            "requests": 1,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+        }
+        if cost is None:
+            counts["unpriced"] = 1
+        else:
+            self.stats.add(cost_usd=cost)
+            counts["cost_usd"] = cost
+            counts[PRICED + self.spending.table.version] = 1
+        call.cost = cost
+        steps: list[Callable[[], None]] = [lambda: self.usage.record(model, **counts)]
+        if call.reserved or (cost and self.spending.counts):
+            reserved, call.reserved = call.reserved, 0.0
+            steps.append(lambda: self.spending.settle(reserved, cost))
+        headers = _limit_headers(call.seen)
+        if headers:
+            steps.append(lambda: self._observe(headers))
         if total or call.admitted > 1:  # every admitted attempt debited the estimate
             debited = call.estimate * max(1, call.admitted)
             used = total or call.estimate  # no usage in the answer: the estimate stands
@@ -434,19 +550,44 @@ class Pipeline:
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
         self.stats.add(errors=1)
-        self.record_failure(call)
+        self.record_failure(call, exc)
         self.refund(call)
         self.raise_as_ours(exc, call)
 
-    def record_failure(self, call: Prepared) -> None:
-        """A failed call in the usage ledger (one atomic write: see ``without_waiting``)."""
+    def record_failure(self, call: Prepared, exc: BaseException | None = None) -> None:
+        """A failed call in the usage ledger (one atomic write: see ``without_waiting``); a
+        final 429 also pauses the shared budget for its ``Retry-After``."""
         self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
+        if exc is not None:
+            self._paused_by(exc)
 
     def refund(self, call: Prepared) -> None:
-        """A call that failed gives back the tokens its attempts reserved (one atomic write):
-        the server rejected it or never saw it, so it used none of the budget's tokens."""
+        """A call that failed gives back the tokens its attempts reserved and its spending
+        reservation (atomic writes): the server rejected it or never saw it, so it used
+        none of the budget."""
         if call.estimate and call.admitted:
             self.limiter.reconcile(call.estimate * call.admitted, 0)
+        self.release(call)
+
+    def _observe(self, headers: dict[str, str]) -> None:
+        """The API's rate-limit headers: kept for ``status``; what remains of its per-minute
+        limits can only lower this environment's budget."""
+        self.spending.observe(headers)
+        self.limiter.observe(
+            _number(headers.get("x-ratelimit-remaining-req-minute")),
+            _number(headers.get("x-ratelimit-remaining-tokens-minute")),
+        )
+
+    def _paused_by(self, exc: BaseException) -> None:
+        """A 429 with ``Retry-After`` (not the monthly limit) pauses every process and host
+        sharing this budget until it has passed."""
+        if status_of(exc) == 429 and not is_monthly_limit(exc):
+            wait = retry_after_of(exc)
+            if wait:
+                try:
+                    self.limiter.pause(wait)
+                except Exception:  # bookkeeping: never fails the call
+                    log.debug("mistral_nbenv: pause not recorded", exc_info=True)
 
     def raise_as_ours(self, exc: Exception, call: Prepared) -> NoReturn:
         """Raise ``exc`` as the package's error, ``from`` the SDK's (its text scrubbed)."""
@@ -484,6 +625,7 @@ class Pipeline:
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.stats.add(retries=1)
+        self._paused_by(exc)
         log.debug(
             "mistral_nbenv: %s: attempt %d failed (%s), retrying in %.2f s",
             self.environment,
@@ -504,6 +646,35 @@ def _attempt(call: Prepared) -> Iterator[None]:
     finally:
         FAST_SCOPE.reset(scope)
         RESPONSES.reset(token)
+
+
+def _limit_headers(seen: list[Any]) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers of the last response of an attempt."""
+    if not seen:
+        return {}
+    headers = getattr(seen[-1], "headers", None)
+    if headers is None:
+        return {}
+    try:
+        return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+    except Exception:
+        return {}
+
+
+def _number(text: str | None) -> float | None:
+    """A header's number (None when absent or not a finite number >= 0)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < float("inf") else None
+
+
+def _pages(result: Any) -> float:
+    """OCR pages an answer was billed for (``usage_info.pages_processed``), else 0."""
+    info = getattr(result, "usage_info", None)
+    pages = getattr(info, "pages_processed", None)
+    return float(pages) if isinstance(pages, int | float) and not isinstance(pages, bool) else 0.0
 
 
 def _seconds_of(timeout_ms: Any, default_ms: int) -> float:

@@ -28,6 +28,7 @@ __all__ = [
     "Prepared",
     "canonical",
     "endpoint_for",
+    "estimate_prompt",
     "estimate_tokens",
     "usage_of",
 ]
@@ -201,6 +202,9 @@ class Prepared:
     seconds: float = 0.0  # the deadline of one attempt (and a stream's idle limit)
     ends: float | None = None  # a stream's total deadline (time.monotonic()), if any
     retry: RetryMode = "always"  # what is retried (the policy's, or the call's retry=)
+    worst: float = 0.0  # USD this call can cost at most (computed when caps or asking apply)
+    reserved: float = 0.0  # USD reserved from the spending caps (given back on failure)
+    cost: float | None = None  # USD the answer cost (None: no price), set by the accounting
 
 
 def _simple_messages(messages: Any) -> bool:
@@ -282,6 +286,12 @@ def canonical(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def estimate_tokens(params: Mapping[str, Any]) -> int:
     """Rough token count of a request: characters / 4 of its text plus ``max_tokens``."""
+    max_tokens = params.get("max_tokens")
+    return estimate_prompt(params) + (max_tokens if isinstance(max_tokens, int) else 0)
+
+
+def estimate_prompt(params: Mapping[str, Any]) -> int:
+    """Rough token count of a request's text: its characters / 4."""
     chars = 0
     for name in ("messages", "prompt", "suffix", "inputs", "input"):
         value = params.get(name)
@@ -300,8 +310,7 @@ def estimate_tokens(params: Mapping[str, Any]) -> int:
                         else getattr(item, "content", None)
                     )
                     chars += len(content) if isinstance(content, str) else len(str(content or ""))
-    max_tokens = params.get("max_tokens")
-    return chars // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
+    return chars // 4
 
 
 def usage_of(result: Any) -> tuple[int, int, int]:

@@ -32,6 +32,8 @@ class ClientStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cost_usd: float = 0.0  # what the answers cost (models with a price)
+    saved_usd: float = 0.0  # what the cache hits would have cost
     _lock: Lock = field(default_factory=Lock, repr=False, compare=False)
 
     def add(self, **amounts: float) -> None:

@@ -8,6 +8,7 @@ their reprs), in the exception and everything it was raised from.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from mistral_nbenv.errors import (
 from mistral_nbenv.policies.retry import (
     is_local,
     is_malformed_body,
+    is_monthly_limit,
     is_timeout,
     is_transport,
     retry_after_of,
@@ -165,6 +167,17 @@ def _seconds(value: float) -> str:
 def _rate_limited(f: _Failure) -> MistralEnvError:
     retry_after = retry_after_of(f.exc)
     cap = f.retry_max_wait
+    if is_monthly_limit(f.exc):
+        from mistral_nbenv.policies.spend import resets_at
+
+        when = resets_at("monthly", time.time())
+        msg = (
+            f"The monthly limit of the API key used by environment {f.env} is reached "
+            f"(HTTP 429), so the call was not retried: waiting minutes cannot help. It resets "
+            f"at the start of next month ({when}, if the limit follows the calendar month). "
+            "Raise the limit in the Mistral console (Workspace > Limits) or use another key."
+        )
+        return RateLimitError(msg, retry_after=None, limit="monthly", body=f.body, **f.common())
     if retry_after is not None and cap is not None and retry_after > cap:
         msg = (
             f"Rate limited by the Mistral API ({f.env}): the server asks to wait "

@@ -34,6 +34,7 @@ from mistral_nbenv.config.schema import (
     SCHEMA,
     SECRET_KEYS,
     TABLES,
+    BudgetSettings,
     CacheSettings,
     FeatureFlags,
     RateLimitSettings,
@@ -49,6 +50,7 @@ from mistral_nbenv.secrets import SecretStr, describe, url_without_password
 
 __all__ = [
     "SCHEMA",
+    "BudgetSettings",
     "CacheSettings",
     "FeatureFlags",
     "Project",

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mistral_nbenv.config.pins import Pin
+from mistral_nbenv.config.prices import FIELDS as PRICE_FIELDS
 from mistral_nbenv.secrets import SecretStr
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SCHEMA",
     "SECRET_KEYS",
     "TABLES",
+    "BudgetSettings",
     "CacheSettings",
     "FeatureFlags",
     "RateLimitSettings",
@@ -107,13 +109,13 @@ def one_of(*choices: str) -> Rule:
 
 
 def _price_table(value: Any) -> bool:
-    """``prices``: ``{model = {input = USD, output = USD}}`` per million tokens."""
+    """``prices``: ``{model = {input = USD, output = USD, ...}}`` (:data:`prices.FIELDS`)."""
     if not isinstance(value, Mapping):
         return False
     for model, price in value.items():
         if not isinstance(model, str) or not model.strip() or not isinstance(price, Mapping):
             return False
-        if not price or set(price) - {"input", "output"}:
+        if not price or set(price) - set(PRICE_FIELDS):
             return False
         for amount in price.values():
             if isinstance(amount, bool) or not isinstance(amount, int | float):
@@ -151,7 +153,8 @@ SHARED_URL = Rule(
 )
 PRICES = Rule(
     (dict, Mapping),
-    "a table of model = { input = USD, output = USD } per million tokens (numbers >= 0)",
+    "a table of model = { input = USD, output = USD } per million tokens (numbers >= 0; "
+    "also per_page, per_minute, max_output)",
     valid=_price_table,
     convert=_prices,
 )
@@ -203,6 +206,22 @@ class RateLimitSettings:
     requests_per_minute: int = setting(count(10_000_000), 60, "requests per minute (0: no limit)")
     tokens_per_minute: int = setting(
         count(10_000_000_000), 500_000, "tokens per minute (0: no limit)"
+    )
+
+
+#: An amount in US dollars.
+USD = Rule((int, float), "a number of US dollars >= 0", gte=0, most=1e9, convert=float)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """``budget.*``: what one environment may spend, enforced before each call (0 = no cap)."""
+
+    daily_usd: float = setting(USD, 0, "USD per UTC day, reserved before each call (0: no cap)")
+    monthly_usd: float = setting(USD, 0, "USD per UTC month (0: no cap)")
+    per_call_usd: float = setting(USD, 0, "USD one call may cost at worst (0: no cap)")
+    confirm_above_usd: float = setting(
+        USD, 0, "in a notebook, ask before a call that may cost more (0: never ask)"
     )
 
 
@@ -284,11 +303,14 @@ class Settings:
     api_key: SecretStr | None = setting(SECRET, None, "literal key or a secret reference")
     cache: CacheSettings = table(CacheSettings)
     rate_limits: RateLimitSettings = table(RateLimitSettings)
+    budget: BudgetSettings = table(BudgetSettings)
     features: FeatureFlags = table(FeatureFlags)
     secrets: SecretsSettings = table(SecretsSettings)
     shared: SharedSettings = table(SharedSettings)
     prices: Mapping[str, Mapping[str, float]] = setting(
-        PRICES, {}, "USD per million tokens by model: { input = ..., output = ... }"
+        PRICES,
+        {},
+        "USD per million tokens by model: { input = ..., output = ... } over the packaged table",
     )
     fast_sdk: bool = setting(BOOL, True, "the SDK speed-up in the wrapper's own calls")
     confirm_in_notebooks: bool = setting(

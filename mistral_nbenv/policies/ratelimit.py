@@ -54,7 +54,7 @@ from mistral_nbenv.store import Budget, Busy, Locked, warn_once, without_waiting
 from mistral_nbenv.store.local import MemoryStore
 
 if TYPE_CHECKING:
-    from mistral_nbenv.store.shared import SharedBudget
+    from mistral_nbenv.store.shared import SharedScript
 
 __all__ = [
     "LONG_WAIT",
@@ -121,7 +121,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        shared: SharedBudget | None = None,
+        shared: SharedScript | None = None,
     ) -> None:
         self._store: Budget = store if store is not None else MemoryStore()
         self._shared = shared
@@ -185,30 +185,34 @@ class RateLimiter:
         self._store = MemoryStore()
         return self._store.update(_STATE_KEY, change)
 
-    def _parse(self, raw: str | None, now: float) -> tuple[float, float, float]:
-        """``(requests, tokens, last)``; anything unreadable is a full budget as of now.
+    def _parse(self, raw: str | None, now: float) -> tuple[float, float, float, float]:
+        """``(requests, tokens, last, paused until)``; anything unreadable is a full budget
+        as of now.
 
         ``last`` may be a little ahead of ``now`` (another host's clock on a shared
         directory): it is kept, so time is never credited twice.  Far ahead (a clock that
         stepped back), it counts as now: the step costs at most one refill period.
 
         A state no admission could have written — more than a bucket holds, a time before
-        1970, a debt the buckets would take more than :data:`MAX_WAIT` to refill — is a full
-        budget too, with one
-        warning naming the environment and where the state is (tampered with, or written
-        by something else): never a long sleep.
+        1970, a debt the buckets would take more than :data:`MAX_WAIT` to refill, a pause
+        longer than that — is a full budget too, with one warning naming the environment and
+        where the state is (tampered with, or written by something else): never a long sleep.
         """
         if not raw:
-            return self._req_cap, self._tok_cap, now
+            return self._req_cap, self._tok_cap, now, 0.0
         try:
-            req_text, tok_text, last_text = raw.split(",")
+            parts = raw.split(",")
+            if len(parts) == 3:  # written before pauses existed
+                parts.append("0")
+            req_text, tok_text, last_text, until_text = parts
             req, tok, last = float(req_text), float(tok_text), float(last_text)
+            until = float(until_text)
         except (ValueError, TypeError, AttributeError):
-            req = tok = last = float("nan")
-        if self._plausible(req, tok, last):
+            req = tok = last = until = float("nan")
+        if self._plausible(req, tok, last) and isfinite(until) and until - now <= MAX_WAIT:
             if last - now > CLOCK_SKEW:
                 last = now
-            return min(req, self._req_cap), min(tok, self._tok_cap), last
+            return min(req, self._req_cap), min(tok, self._tok_cap), last, until
         whose = f" of environment '{self.environment}'" if self.environment else ""
         warn_once(
             f"{self._store.location} (rate-limit state)",
@@ -217,7 +221,7 @@ class RateLimiter:
             then="it counts as a full budget, and the next admission writes a valid one",
             fix="Check who can write to that directory.",
         )
-        return self._req_cap, self._tok_cap, now
+        return self._req_cap, self._tok_cap, now, 0.0
 
     def _plausible(self, req: float, tok: float, last: float) -> bool:
         """Whether an admission could have left this state (finite, bounded debt)."""
@@ -229,7 +233,15 @@ class RateLimiter:
             return False
         return not (self._tok_rate > 0 and -tok / self._tok_rate > MAX_WAIT)
 
-    def _shared_args(self, cost: float, adjust: float = 0.0, *, admit: bool = True) -> list[Any]:
+    def _shared_args(
+        self,
+        cost: float,
+        adjust: float = 0.0,
+        *,
+        admit: bool = True,
+        seen: tuple[float, float] = (-1.0, -1.0),
+        pause: float = 0.0,
+    ) -> list[Any]:
         """The shared admission script's arguments (:data:`~mistral_nbenv.store.redis.ADMIT`)."""
         return [
             repr(self._req_rate if self.rpm > 0 else 0.0),
@@ -239,12 +251,21 @@ class RateLimiter:
             repr(float(cost)),
             repr(float(adjust)),
             1 if admit else 0,
+            repr(float(seen[0])),
+            repr(float(seen[1])),
+            repr(float(pause)),
         ]
+
+    def _run_shared(self, args: list[Any]) -> tuple[float, float] | None:
+        """The admission script in Redis: ``(wait, Redis time)``, or None while it is down."""
+        assert self._shared is not None
+        got = self._shared.run(args)
+        return None if got is None else (float(got[0]), float(got[1]))
 
     def _try(self, cost: float) -> tuple[float, float]:
         """Debit the buckets if possible: ``(0, now)`` on success, else ``(seconds, now)``."""
         if self._shared is not None:
-            got = self._shared.admit(self._shared_args(cost))
+            got = self._run_shared(self._shared_args(cost))
             if got is not None:
                 return _bounded(got[0]), self.clock()
         result: tuple[float, float] = self._update(self._admission(cost))
@@ -253,9 +274,9 @@ class RateLimiter:
     async def _try_async(self, cost: float) -> tuple[float, float]:
         """:meth:`_try` with the event loop free: Redis awaited, the disk in a worker thread."""
         if self._shared is not None:
-            got = await self._shared.admit_async(self._shared_args(cost))
-            if got is not None:
-                return _bounded(got[0]), self.clock()
+            reply = await self._shared.run_async(self._shared_args(cost))
+            if reply is not None:
+                return _bounded(float(reply[0])), self.clock()
         change = self._admission(cost)
         result: tuple[float, float] = await without_waiting(lambda: self._update(change))
         return result
@@ -267,7 +288,7 @@ class RateLimiter:
 
         def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
             now = self.clock()  # inside the transaction: ordered with every other process
-            req, tok, last = self._parse(raw, now)
+            req, tok, last, until = self._parse(raw, now)
             elapsed = max(0.0, now - last)
             stamp = max(now, last)  # the stored time never moves backwards
             req = min(self._req_cap, req + elapsed * self._req_rate)
@@ -280,25 +301,38 @@ class RateLimiter:
                 need = min(cost, self._tok_cap)
                 if tok < need - _EPSILON * max(1.0, need):
                     wait = max(wait, (need - tok) / self._tok_rate)
+            if until > now:  # a 429's Retry-After: every process sharing the budget waits
+                wait = max(wait, until - now)
             if wait <= 0:
                 if self.rpm > 0:
                     req -= 1.0
                 if self.tpm > 0:
                     tok -= cost
-            return f"{req!r},{tok!r},{stamp!r}", (min(wait, MAX_WAIT), now)
+            return f"{req!r},{tok!r},{stamp!r},{until!r}", (min(wait, MAX_WAIT), now)
 
         return change
 
-    def _correction(self, adjust: float) -> Callable[[str | None], tuple[str, None]]:
-        """The state change debiting ``adjust`` more tokens (negative: crediting them)."""
+    def _correction(
+        self, adjust: float, seen: tuple[float, float] = (-1.0, -1.0), pause: float = 0.0
+    ) -> Callable[[str | None], tuple[str, None]]:
+        """The state change debiting ``adjust`` more tokens (negative: crediting them),
+        lowering the buckets to what the API says remains (``seen``: requests, tokens; -1
+        unknown) and pausing every admission for ``pause`` seconds."""
 
         def change(raw: str | None) -> tuple[str, None]:
-            req, tok, last = self._parse(raw, self.clock())
+            now = self.clock()
+            req, tok, last, until = self._parse(raw, now)
             # a debt is never more than one window's refill (MAX_WAIT): a wild correction
             # (a usage far above the estimate) must not block the budget for longer
             floor = -self._tok_rate * MAX_WAIT
             tok = max(floor, min(self._tok_cap, tok - adjust))
-            return f"{req!r},{tok!r},{last!r}", None
+            if self.rpm > 0 and seen[0] >= 0:
+                req = min(req, seen[0])
+            if self.tpm > 0 and seen[1] >= 0:
+                tok = min(tok, seen[1])
+            if pause > 0:
+                until = max(until, now + min(pause, MAX_WAIT))
+            return f"{req!r},{tok!r},{last!r},{until!r}", None
 
         return change
 
@@ -346,8 +380,34 @@ class RateLimiter:
         if self.tpm <= 0 or actual < 0 or actual == estimated:
             return
         adjust = actual - estimated
+        self._correct(adjust)
+
+    def observe(self, remaining_requests: float | None, remaining_tokens: float | None) -> None:
+        """What the API says remains of its own per-minute limits (``x-ratelimit-remaining-*``):
+        it can only lower the buckets, never raise them past the configured limits."""
+        if not self.enabled:
+            return
+        seen = (
+            -1.0 if remaining_requests is None else max(0.0, remaining_requests),
+            -1.0 if remaining_tokens is None else max(0.0, remaining_tokens),
+        )
+        if seen == (-1.0, -1.0):
+            return
+        self._correct(0.0, seen=seen)
+
+    def pause(self, seconds: float) -> None:
+        """A 429 said to come back in ``seconds``: every process (and host) sharing this
+        budget waits that long before its next admission (at most :data:`MAX_WAIT`)."""
+        if not seconds > 0:
+            return
+        self._correct(0.0, pause=seconds)
+
+    def _correct(
+        self, adjust: float, *, seen: tuple[float, float] = (-1.0, -1.0), pause: float = 0.0
+    ) -> None:
+        """One correction without an admission: in Redis when shared (and up), else here."""
         if self._shared is not None:
-            got = self._shared.admit(self._shared_args(0.0, adjust, admit=False))
-            if got is not None:
+            args = self._shared_args(0.0, adjust, admit=False, seen=seen, pause=pause)
+            if self._run_shared(args) is not None:
                 return
-        self._update(self._correction(adjust))
+        self._update(self._correction(adjust, seen, pause))

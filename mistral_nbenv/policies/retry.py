@@ -33,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "is_local",
     "is_malformed_body",
+    "is_monthly_limit",
     "is_retryable",
     "is_timeout",
     "is_transport",
@@ -129,6 +130,27 @@ def retry_after_of(exc: BaseException, *, now: float | None = None) -> float | N
     return parse_retry_after(raw, now=now)
 
 
+#: The API's header for what remains of a key's monthly tokens.
+MONTH_REMAINING = "x-ratelimit-remaining-tokens-month"
+
+
+def is_monthly_limit(exc: BaseException) -> bool:
+    """A 429 that says the monthly limit is reached (no tokens left this month, or a body
+    that says so): waiting minutes cannot help, so it is never retried."""
+    if status_of(exc) != 429:
+        return False
+    headers = getattr(exc, "headers", None)
+    try:
+        remaining = headers.get(MONTH_REMAINING) if headers is not None else None
+        if remaining is not None and float(remaining) <= 0:
+            return True
+    except (TypeError, ValueError, AttributeError):
+        pass
+    body = getattr(exc, "body", None)
+    text = body if isinstance(body, str) else str(getattr(exc, "message", "") or "")
+    return "month" in text.lower()
+
+
 def is_retryable(exc: BaseException, *, retry_max_wait: float = float("inf")) -> bool:
     """Whether ``exc`` is worth another attempt under this module's rules."""
     if isinstance(exc, MistralEnvError) or is_malformed_body(exc) or is_local(exc):
@@ -136,6 +158,8 @@ def is_retryable(exc: BaseException, *, retry_max_wait: float = float("inf")) ->
     status = status_of(exc)
     if status is not None:
         if status not in RETRYABLE_STATUS and status < 500:
+            return False
+        if is_monthly_limit(exc):
             return False
         retry_after = retry_after_of(exc)
         return retry_after is None or retry_after <= retry_max_wait
@@ -156,6 +180,8 @@ def is_unsent(exc: BaseException, *, retry_max_wait: float = float("inf")) -> bo
     status = status_of(exc)
     if status is not None:
         retry_after = retry_after_of(exc)
+        if is_monthly_limit(exc):
+            return False
         return status in _COME_BACK and retry_after is not None and retry_after <= retry_max_wait
     return any(_is_httpx_error(exc, name) for name in _UNSENT_HTTPX)
 

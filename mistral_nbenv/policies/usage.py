@@ -21,7 +21,7 @@ from mistral_nbenv.store import Busy, Locked, warn_once
 if TYPE_CHECKING:
     from mistral_nbenv.store import Ledger
 
-__all__ = ["COUNTERS", "UsageRecorder", "bucket_parts", "cost_of"]
+__all__ = ["COUNTERS", "PRICED", "UsageRecorder", "bucket_parts", "cost_of"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,12 @@ COUNTERS = (
     "completion_tokens",
     "waits",
     "wait_seconds",
+    "cost_usd",  # what the answers cost, priced when they came (policies.spend)
+    "saved_usd",  # what the cache hits would have cost
+    "unpriced",  # answers of a model with no price (their cost is unknown)
 )
+#: ``priced@<version>``: answers priced with that price table (config.prices).
+PRICED = "priced@"
 
 
 def bucket_parts(bucket: str) -> tuple[str, str, str] | None:
@@ -46,15 +51,26 @@ def bucket_parts(bucket: str) -> tuple[str, str, str] | None:
 
 def cost_of(
     model: str, counters: Mapping[str, float], prices: Mapping[str, Mapping[str, float]]
-) -> float | None:
-    """USD for a bucket from ``prices`` (per million tokens); None when the model has none."""
-    price = prices.get(model)
-    if price is None:
-        return None
-    return (
-        counters.get("prompt_tokens", 0.0) * price.get("input", 0.0)
-        + counters.get("completion_tokens", 0.0) * price.get("output", 0.0)
-    ) / 1e6
+) -> tuple[float | None, tuple[str, ...]]:
+    """USD of a bucket and the price tables that priced it.
+
+    The cost recorded with each answer (``cost_usd``, with ``priced@<version>``) when there
+    is one; None when its answers had no price; for a bucket an earlier release wrote
+    (tokens, no cost) the current table's price, marked ``now``.
+    """
+    versions = tuple(sorted(k[len(PRICED) :] for k in counters if k.startswith(PRICED)))
+    if versions:
+        return counters.get("cost_usd", 0.0), versions
+    if counters.get("unpriced", 0.0) > 0 or not (
+        counters.get("prompt_tokens") or counters.get("completion_tokens")
+    ):
+        return (None if counters.get("unpriced", 0.0) > 0 else 0.0), ()
+    from mistral_nbenv.config.prices import table_for
+
+    found = table_for(prices).cost(
+        model, counters.get("prompt_tokens", 0.0), counters.get("completion_tokens", 0.0)
+    )
+    return found, (("now",) if found is not None else ())
 
 
 class UsageRecorder:

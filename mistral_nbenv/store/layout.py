@@ -8,6 +8,9 @@ that is what the provider limits:
 * ``<project>/<environment>/usage/``: the usage ledger;
 * ``<project>/<environment>/usage-pending/``: with ``[E.shared]``, the usage recorded while
   Redis was down, until it is merged there;
+* ``<project>/<environment>/spend/``: what the spending caps (``budget.*``) count: the UTC
+  day's and month's USD (with ``[E.shared]``, in Redis, and here while it is down), and the
+  rate-limit headers the API last sent;
 * ``<root>/budgets/<key fingerprint>/``: the rate budget (requests/min, tokens/min), shared
   by every project and process using that key with that server, and by no other.
 
@@ -39,7 +42,7 @@ from mistral_nbenv.store.local import DiskStore, MemoryStore
 if TYPE_CHECKING:
     from mistral_nbenv.config import Settings
     from mistral_nbenv.store import Budget, KeyValue, Ledger
-    from mistral_nbenv.store.shared import Shared, SharedBudget
+    from mistral_nbenv.store.shared import Shared, SharedScript
 
 __all__ = [
     "Stores",
@@ -95,11 +98,15 @@ class Stores:
     budget: Budget
     ledger: Ledger
     #: The budget's admission in Redis (``[E.shared] rate_limits``), else None.
-    shared_budget: SharedBudget | None
+    shared_budget: SharedScript | None
+    #: The spending caps' day and month, and the API's last rate-limit headers.
+    spend: Budget
+    #: The spending caps in Redis (``[E.shared]``), else None.
+    shared_spend: SharedScript | None = None
 
     def close(self) -> None:
         """Release the local stores' file descriptors (they reopen when used again)."""
-        for store in (self.cache, self.budget, self.ledger):
+        for store in (self.cache, self.budget, self.ledger, self.spend):
             for each in (store, getattr(store, "local", None)):
                 close = getattr(each, "close", None)
                 if callable(close):
@@ -117,8 +124,11 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
     wait = float(settings.timeout)  # no call waits longer than its timeout on a lock
     cache: KeyValue = DiskStore(directory, size_limit=limit, wait=wait)
     ledger: Ledger = DiskStore(directory / "usage", wait=wait)
-    shared_budget = None
+    shared_budget = shared_spend = None
+    spend: Budget = DiskStore(directory / "spend", wait=wait)
     if shared is not None:
+        if api_key:
+            shared_spend = shared.spend(f"{api_key}\0{settings.base_url}")
         if shared.share_cache:
             cache = shared.cache(cache)
         if shared.share_budget and api_key:
@@ -128,4 +138,4 @@ def open_stores(settings: Settings, shared: Shared | None = None, api_key: str =
     budget: Budget = (
         DiskStore(budget_dir(settings, api_key), wait=wait) if api_key else MemoryStore()
     )
-    return Stores(cache, budget, ledger, shared_budget)
+    return Stores(cache, budget, ledger, shared_budget, spend, shared_spend)

@@ -7,9 +7,9 @@ per event loop from ``redis.asyncio``), and three views of it:
   prefix (``mistral-nbenv:cache:<environment>:``), TTL kept by Redis (``SET ... PX``);
 * :class:`RedisLedger`: the :class:`~mistral_nbenv.store.Ledger` protocol, one hash per
   bucket (``HINCRBYFLOAT``, one pipelined round trip per call);
-* :class:`RedisBudget`: the rate budget's admission as one Lua script (:data:`ADMIT`), run
-  atomically with Redis's own clock (``TIME``), so the hosts' clocks do not matter; one
-  round trip (``EVALSHA``) per admission.
+* :class:`RedisScript`: the rate budget's admission (:data:`ADMIT`) and the spending caps
+  (:data:`SPEND`), each one Lua script run atomically with Redis's own clock (``TIME``), so
+  the hosts' clocks do not matter; one round trip (``EVALSHA``) per admission.
 
 Commands are never retried by redis-py (``retries=0``): a script whose reply was lost is
 not sent twice, so nothing is counted twice after a reconnect. Connect and read wait at most
@@ -28,22 +28,35 @@ from typing import Any
 from mistral_nbenv._forksafe import Lock
 from mistral_nbenv.store import counter_value, warn_tampered
 
-__all__ = ["ADMIT", "Connection", "RedisBudget", "RedisKeyValue", "RedisLedger", "connect"]
+__all__ = [
+    "ADMIT",
+    "SPEND",
+    "Connection",
+    "RedisKeyValue",
+    "RedisLedger",
+    "RedisScript",
+    "connect",
+]
 
 #: The admission: two token buckets (requests, tokens) in one hash, refilled from Redis's
-#: clock. ARGV: request rate/s, request cap, token rate/s, token cap, this request's token
-#: estimate, a token correction (actual - estimated, from earlier calls), admit (1) or only
-#: correct (0). The state expires once both buckets would be full again. Returns {wait
-#: seconds, Redis time} as strings (a Lua number would be truncated to an integer).
+#: clock, and a pause every admission waits out (a 429's ``Retry-After``). ARGV: request
+#: rate/s, request cap, token rate/s, token cap, this request's token estimate, a token
+#: correction (actual - estimated, from earlier calls), admit (1) or only correct (0), the
+#: requests and tokens the API says remain (-1: not known; they only lower the buckets), and
+#: seconds to pause from now (0: none). The state expires once both buckets would be full
+#: again and the pause is over. Returns {wait seconds, Redis time} as strings (a Lua number
+#: would be truncated to an integer).
 ADMIT = """
 local key = KEYS[1]
 local req_rate, req_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tok_rate, tok_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cost, adjust, admit = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local seen_req, seen_tok, pause = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local s = redis.call('HMGET', key, 'req', 'tok', 'last')
+local s = redis.call('HMGET', key, 'req', 'tok', 'last', 'until')
 local req, tok, last = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local paused = tonumber(s[4]) or 0
 local function bad(x) return x == nil or x ~= x or x == math.huge or x == -math.huge end
 -- a state no admission could have written (tampered with): a full budget, never a long wait
 if bad(req) or bad(tok) or bad(last) or last < 0 or req > req_cap + 1 or tok > tok_cap + 1
@@ -51,10 +64,14 @@ if bad(req) or bad(tok) or bad(last) or last < 0 or req > req_cap + 1 or tok > t
    or (tok_rate > 0 and -tok / tok_rate > 60) then
   req, tok, last = req_cap, tok_cap, now
 end
+if bad(paused) or paused - now > 60 then paused = 0 end
 if last > now then last = now end
 local elapsed = now - last
 req = math.min(req_cap, req + elapsed * req_rate)
 tok = math.max(-tok_rate * 60, math.min(tok_cap, tok + elapsed * tok_rate - adjust))
+if req_rate > 0 and seen_req >= 0 then req = math.min(req, seen_req) end
+if tok_rate > 0 and seen_tok >= 0 then tok = math.min(tok, seen_tok) end
+if pause > 0 then paused = math.max(paused, now + math.min(pause, 60)) end
 local wait = 0
 if admit then
   if req_rate > 0 and req < 1 - 1e-6 then wait = (1 - req) / req_rate end
@@ -64,19 +81,69 @@ if admit then
       wait = math.max(wait, (need - tok) / tok_rate)
     end
   end
+  if paused > now then wait = math.max(wait, paused - now) end
   if wait <= 0 then
     if req_rate > 0 then req = req - 1 end
     if tok_rate > 0 then tok = tok - cost end
   end
 end
 redis.call('HSET', key, 'req', string.format('%.17g', req),
-           'tok', string.format('%.17g', tok), 'last', string.format('%.17g', now))
+           'tok', string.format('%.17g', tok), 'last', string.format('%.17g', now),
+           'until', string.format('%.17g', paused))
 -- kept until both buckets would be full again (then a missing state means the same)
-local full = 1
+local full = math.max(1, paused - now)
 if req_rate > 0 then full = math.max(full, (req_cap - req) / req_rate) end
 if tok_rate > 0 then full = math.max(full, (tok_cap - tok) / tok_rate) end
 redis.call('PEXPIRE', key, math.ceil((full + 1) * 1000))
 return {string.format('%.17g', wait), string.format('%.17g', now)}
+"""
+
+#: The spending caps of one environment: what the current UTC day and month have spent,
+#: checked and added to in one step with Redis's clock. ARGV: the amount in USD (a
+#: reservation, or a correction when negative), the daily and monthly caps (0: none), check
+#: (1: refuse an amount that would cross a cap; 0: only add). Returns {'' or the cap that
+#: refused ('daily' / 'monthly'), spent today, spent this month, Redis time} as strings.
+SPEND = """
+local key = KEYS[1]
+local amount, daily, monthly = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local check = ARGV[4] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local days = math.floor(now / 86400)
+-- the civil month of a day count (H. Hinnant's days_from_civil, inverted)
+local z = days + 719468
+local era = math.floor(z / 146097)
+local doe = z - era * 146097
+local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                        - math.floor(doe / 146096)) / 365)
+local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+local mp = math.floor((5 * doy + 2) / 153)
+local m = mp < 10 and mp + 3 or mp - 9
+local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+local month = y * 100 + m
+local s = redis.call('HMGET', key, 'day', 'day_usd', 'month', 'month_usd')
+local function usd(x)
+  x = tonumber(x)
+  if x == nil or x ~= x or x < 0 or x > 1e12 then return 0 end
+  return x
+end
+local d = (tonumber(s[1]) == days) and usd(s[2]) or 0
+local mo = (tonumber(s[3]) == month) and usd(s[4]) or 0
+local refused = ''
+if check and amount > 0 then
+  local slack = 1e-9
+  if monthly > 0 and mo + amount > monthly + slack then refused = 'monthly'
+  elseif daily > 0 and d + amount > daily + slack then refused = 'daily' end
+end
+if refused == '' then
+  d = math.max(0, d + amount)
+  mo = math.max(0, mo + amount)
+  redis.call('HSET', key, 'day', days, 'day_usd', string.format('%.17g', d),
+             'month', month, 'month_usd', string.format('%.17g', mo))
+  redis.call('EXPIRE', key, 40 * 86400)
+end
+return {refused, string.format('%.17g', d), string.format('%.17g', mo),
+        string.format('%.17g', now)}
 """
 
 _SCAN_COUNT = 500
@@ -295,12 +362,14 @@ class RedisLedger:
         return out
 
 
-class RedisBudget:
-    """One rate budget in Redis: :data:`ADMIT` on one key (hash-tagged: one cluster slot)."""
+class RedisScript:
+    """One Lua script run atomically on one key (hash-tagged: one cluster slot): the rate
+    budget's :data:`ADMIT`, the spending caps' :data:`SPEND`."""
 
-    def __init__(self, connection: Connection, key: str) -> None:
+    def __init__(self, connection: Connection, key: str, source: str) -> None:
         self.connection = connection
         self.key = key
+        self.source = source
         self._script: Any = None
         self._async_scripts: dict[int, Any] = {}
 
@@ -309,22 +378,20 @@ class RedisBudget:
         """The URL without its password."""
         return self.connection.location
 
-    def admit(self, args: Sequence[float | int | str]) -> tuple[float, float]:
-        """Run the admission; ``(seconds to wait, Redis time)`` (0 wait: admitted)."""
+    def run(self, args: Sequence[float | int | str]) -> list[str]:
+        """Run the script (``EVALSHA``, loaded on first use); its reply."""
         script = self._script
         if script is None:
-            script = self._script = self.connection.sync().register_script(ADMIT)
-        wait, now = script(keys=[self.key], args=list(args))
-        return float(wait), float(now)
+            script = self._script = self.connection.sync().register_script(self.source)
+        return list(script(keys=[self.key], args=list(args)))
 
-    async def admit_async(self, args: Sequence[float | int | str]) -> tuple[float, float]:
-        """:meth:`admit` on the running loop's async client."""
+    async def run_async(self, args: Sequence[float | int | str]) -> list[str]:
+        """:meth:`run` on the running loop's async client."""
         client = self.connection.async_()
         script = self._async_scripts.get(id(client))
         if script is None:
-            script = self._async_scripts[id(client)] = client.register_script(ADMIT)
-        wait, now = await script(keys=[self.key], args=list(args))
-        return float(wait), float(now)
+            script = self._async_scripts[id(client)] = client.register_script(self.source)
+        return list(await script(keys=[self.key], args=list(args)))
 
 
 def _scan(connection: Connection, prefix: str) -> list[str]:

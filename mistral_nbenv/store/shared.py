@@ -13,7 +13,8 @@ when Redis cannot be reached within ``shared.timeout``:
 
 The budget of one environment is keyed by a fingerprint of its API key too
 (``mistral-nbenv:{<environment>:<fingerprint>}:budget``; the braces are a hash tag, so a
-Redis Cluster keeps it on one slot): the provider's limit belongs to the key. Cache keys are
+Redis Cluster keeps it on one slot): the provider's limit belongs to the key. So is what the
+spending caps count (``...:spend``: the UTC day's and month's USD). Cache keys are
 the disk cache's keys under ``mistral-nbenv:cache:<environment>:``; usage buckets
 (``day|environment|model``) under ``mistral-nbenv:usage:``.
 """
@@ -44,7 +45,7 @@ __all__ = [
     "FailoverKeyValue",
     "FailoverLedger",
     "Shared",
-    "SharedBudget",
+    "SharedScript",
     "SharedStoreWarning",
     "fingerprint",
 ]
@@ -175,12 +176,22 @@ class Shared:
         prefix = f"{PREFIX}:cache:{self.environment}:"
         return FailoverKeyValue(self, RedisKeyValue(self.connection, prefix), local)
 
-    def budget(self, api_key: str) -> SharedBudget:
+    def budget(self, api_key: str) -> SharedScript:
         """The rate budget's admission in Redis (keyed by environment and key fingerprint)."""
-        from mistral_nbenv.store.redis import RedisBudget
+        from mistral_nbenv.store.redis import ADMIT, RedisScript
 
         key = f"{PREFIX}:{{{self.environment}:{fingerprint(api_key)}}}:budget"
-        return SharedBudget(self, RedisBudget(self.connection, key))
+        script = RedisScript(self.connection, key, ADMIT)
+        return SharedScript(self, script, "taking from the rate budget")
+
+    def spend(self, api_key: str) -> SharedScript:
+        """The spending caps' state in Redis (keyed like the budget: every host sending this
+        key from this environment adds to the same day and month)."""
+        from mistral_nbenv.store.redis import SPEND, RedisScript
+
+        key = f"{PREFIX}:{{{self.environment}:{fingerprint(api_key)}}}:spend"
+        script = RedisScript(self.connection, key, SPEND)
+        return SharedScript(self, script, "reserving from the spending caps")
 
     def ledger(self, local: Ledger) -> FailoverLedger:
         """The usage ledger: Redis, else ``local``."""
@@ -304,34 +315,29 @@ class FailoverLedger:
         return result
 
 
-class SharedBudget:
-    """The admission of :class:`~mistral_nbenv.policies.ratelimit.RateLimiter` in Redis.
+class SharedScript:
+    """A Redis script of one environment (the rate budget's admission, the spending caps)
+    behind the failover rule: :meth:`run` returns its reply, or None when Redis is
+    unavailable and the caller should use its local state for this request."""
 
-    :meth:`admit` returns ``(wait, now)``, or None when Redis is unavailable and the
-    limiter should use its local budget for this request.
-    """
-
-    def __init__(self, shared: Shared, budget: Any) -> None:
+    def __init__(self, shared: Shared, script: Any, what: str) -> None:
         self.shared = shared
-        self.budget = budget
+        self.script = script
+        self.what = what
 
     @property
     def location(self) -> str:
         """The URL without its password."""
         return self.shared.url
 
-    def admit(self, args: list[float | int | str]) -> tuple[float, float] | None:
-        """One admission (or correction) in one round trip."""
-        return self.shared.run(
-            "taking from the rate budget", lambda: self.budget.admit(args), lambda: None
-        )
+    def run(self, args: list[float | int | str]) -> list[str] | None:
+        """One run in one round trip."""
+        return self.shared.run(self.what, lambda: self.script.run(args), lambda: None)
 
-    async def admit_async(self, args: list[float | int | str]) -> tuple[float, float] | None:
-        """:meth:`admit` with ``redis.asyncio``."""
+    async def run_async(self, args: list[float | int | str]) -> list[str] | None:
+        """:meth:`run` with ``redis.asyncio``."""
 
         async def local() -> None:
             return None
 
-        return await self.shared.run_async(
-            "taking from the rate budget", lambda: self.budget.admit_async(args), local
-        )
+        return await self.shared.run_async(self.what, lambda: self.script.run_async(args), local)

@@ -36,6 +36,7 @@ __all__ = [
     "ModelSpec",
     "RecordedRequest",
     "Responder",
+    "ServerLimits",
     "echo_answer",
     "estimate_tokens",
     "fake_embedding",
@@ -96,6 +97,23 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "codestral-2508",
     "mistral-embed-2312",
 )
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The limits the server enforces and announces, as the API does (0: none).
+
+    Per minute (a sliding 60 s window): requests and tokens; past either, a 429 with
+    ``Retry-After`` (seconds until the window has room). Per month (the server's life):
+    tokens; past it, a 429 that says the monthly limit is reached and
+    ``x-ratelimit-remaining-tokens-month: 0``. Every answer carries the
+    ``x-ratelimit-limit-*`` / ``x-ratelimit-remaining-*`` headers of the limits set.
+    """
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_month: int = 0
+
 
 FaultKind = Literal["status", "slow", "drop", "drop_mid_stream", "malformed"]
 
@@ -443,7 +461,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
         if bad_json:
             return self._send_json(400, {"object": "error", "message": "Invalid JSON body"})
+        refused = app._over_limit(record)
+        if refused is not None:
+            return self._send_json(refused.status, refused.body, refused.headers)
         reply = app._route(record)
+        app._charge(record, reply)
         if fault is not None and fault.kind == "malformed":
             reply = _Reply(
                 body=fault.body, events=[fault.body] if reply.events is not None else None
@@ -541,6 +563,8 @@ class MistralTestServer:
         catalog: Iterable[ModelSpec] = DEFAULT_CATALOG,
         embedding_dimensions: int = 16,
         verbose: bool = False,
+        limits: ServerLimits | None = None,
+        resolve_aliases: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -560,6 +584,14 @@ class MistralTestServer:
         self.embedding_dimensions = embedding_dimensions
         #: Log one line per request (never headers) to stderr.
         self.verbose = verbose
+        #: Rate limits enforced and announced in ``x-ratelimit-*`` headers (None: none).
+        self.limits = limits
+        #: Answer with the dated ID an alias stands for (``response.model``), as the API does.
+        self.resolve_aliases = resolve_aliases
+        self._window: list[tuple[float, int]] = []  # (when, tokens) of answers, last 60 s
+        self._month_tokens = 0
+        self._cost_usd = 0.0
+        self._unpriced: set[str] = set()
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._faults: list[tuple[str | None, Fault]] = []
@@ -750,6 +782,98 @@ class MistralTestServer:
                     return fault
         return None
 
+    # -- limits and charges -----------------------------------------------------------------
+
+    @property
+    def cost_usd(self) -> float:
+        """What the answers served would cost at the packaged list prices (by the model each
+        answer names); models without a price are in :attr:`unpriced_models`."""
+        with self._lock:
+            return self._cost_usd
+
+    @property
+    def unpriced_models(self) -> frozenset[str]:
+        """Models answered that have no packaged price."""
+        with self._lock:
+            return frozenset(self._unpriced)
+
+    @property
+    def tokens_this_month(self) -> int:
+        """Tokens served since the server started (what ``tokens_per_month`` counts)."""
+        with self._lock:
+            return self._month_tokens
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        """``x-ratelimit-*`` of the limits set (caller holds the lock)."""
+        limits = self.limits
+        if limits is None:
+            return {}
+        self._window = [(t, n) for t, n in self._window if now - t < 60.0]
+        used_req, used_tok = len(self._window), sum(n for _t, n in self._window)
+        headers = {}
+        if limits.requests_per_minute:
+            headers["x-ratelimit-limit-req-minute"] = str(limits.requests_per_minute)
+            left = max(0, limits.requests_per_minute - used_req)
+            headers["x-ratelimit-remaining-req-minute"] = str(left)
+        if limits.tokens_per_minute:
+            headers["x-ratelimit-limit-tokens-minute"] = str(limits.tokens_per_minute)
+            left = max(0, limits.tokens_per_minute - used_tok)
+            headers["x-ratelimit-remaining-tokens-minute"] = str(left)
+        if limits.tokens_per_month:
+            headers["x-ratelimit-limit-tokens-month"] = str(limits.tokens_per_month)
+            left = max(0, limits.tokens_per_month - self._month_tokens)
+            headers["x-ratelimit-remaining-tokens-month"] = str(left)
+        return headers
+
+    def _over_limit(self, record: RecordedRequest) -> _Reply | None:
+        """A 429 when a limit is used up (per month first: it is not worth retrying)."""
+        limits = self.limits
+        if limits is None or record.path.rstrip("/") not in _CHARGED:
+            return None
+        with self._lock:
+            now = time.time()
+            headers = self._limit_headers(now)
+            if limits.tokens_per_month and self._month_tokens >= limits.tokens_per_month:
+                body = {
+                    "object": "error",
+                    "message": "Monthly token limit exceeded for this workspace.",
+                    "type": "rate_limited",
+                    "code": "3505",
+                }
+                return _Reply(429, body, headers=headers)
+            used_req = len(self._window)
+            used_tok = sum(n for _t, n in self._window)
+            over_req = limits.requests_per_minute and used_req >= limits.requests_per_minute
+            over_tok = limits.tokens_per_minute and used_tok >= limits.tokens_per_minute
+            if not (over_req or over_tok):
+                return None
+            oldest = self._window[0][0] if self._window else now
+            headers["Retry-After"] = str(max(1, math.ceil(60.0 - (now - oldest))))
+            return _Reply(429, _error_body(429), headers=headers)
+
+    def _charge(self, record: RecordedRequest, reply: _Reply) -> None:
+        """Count an answer's tokens against the limits, price it, and add the headers."""
+        if record.path.rstrip("/") not in _CHARGED or not 200 <= reply.status < 300:
+            return
+        usage = _usage_of(reply)
+        tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        model = _answer_model(reply)
+        from mistral_nbenv.config.prices import packaged
+
+        cost = packaged().cost(
+            model, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        )
+        with self._lock:
+            now = time.time()
+            self._window.append((now, tokens))
+            self._month_tokens += tokens
+            if cost is None:
+                if model:
+                    self._unpriced.add(model)
+            else:
+                self._cost_usd += cost
+            reply.headers.update(self._limit_headers(now))
+
     # -- routes -----------------------------------------------------------------------------
 
     def _route(self, record: RecordedRequest) -> _Reply:
@@ -801,7 +925,7 @@ class MistralTestServer:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        model = str(body["model"])
+        model = self._answered_as(str(body["model"]), spec)
         ident, created = uuid.uuid4().hex, int(time.time())
         message: dict[str, Any] = {"role": "assistant", "content": answer}
         finish = "stop"
@@ -868,7 +992,7 @@ class MistralTestServer:
             body={
                 "id": uuid.uuid4().hex,
                 "object": "list",
-                "model": str(body["model"]),
+                "model": self._answered_as(str(body["model"]), spec),
                 "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
                 "data": [
                     {
@@ -880,6 +1004,10 @@ class MistralTestServer:
                 ],
             },
         )
+
+    def _answered_as(self, model: str, spec: ModelSpec | None) -> str:
+        """The model an answer names: the dated ID behind an alias (``resolve_aliases``)."""
+        return spec.id if spec is not None and self.resolve_aliases else model
 
     def spec(self, model: str) -> ModelSpec | None:
         """The catalog entry ``model`` names (its ID or one of its aliases), if any."""
@@ -937,6 +1065,24 @@ class MistralTestServer:
         if model_id not in self.models:
             return _Reply(404, {"detail": f"Model {model_id!r} not found"})
         return _Reply(body=self._model_card(model_id))
+
+
+_CHARGED = frozenset({CHAT_PATH, FIM_PATH, EMBEDDINGS_PATH})
+
+
+def _usage_of(reply: _Reply) -> dict[str, Any]:
+    """The ``usage`` of an answer (a stream's: its last event's)."""
+    sources = [reply.body] if reply.events is None else list(reversed(reply.events))
+    for source in sources:
+        if isinstance(source, Mapping) and isinstance(source.get("usage"), Mapping):
+            return dict(source["usage"])
+    return {}
+
+
+def _answer_model(reply: _Reply) -> str | None:
+    source = reply.body if reply.events is None else (reply.events or [None])[-1]
+    model = source.get("model") if isinstance(source, Mapping) else None
+    return model if isinstance(model, str) else None
 
 
 def _generated(record: RecordedRequest, path: str) -> _Reply:

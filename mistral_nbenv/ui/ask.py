@@ -135,16 +135,6 @@ def _context(client: Any, kwargs: dict[str, Any]) -> tuple[str, str]:
     return sent, settings.model_reason if named is None else ""
 
 
-def _cost(client: Any, model: str, response: Any) -> float | None:
-    from mistral_nbenv.client.request import usage_of
-    from mistral_nbenv.policies.usage import cost_of
-
-    prompt, completion, _total = usage_of(response)
-    return cost_of(
-        model, {"prompt_tokens": prompt, "completion_tokens": completion}, client.settings.prices
-    )
-
-
 def _cache_on(client: Any, kwargs: dict[str, Any]) -> bool:
     option = kwargs.get("cache")
     cache = client.settings.cache
@@ -179,7 +169,7 @@ def _answer(
         cached=client.stats.hits > hits_before,
         elapsed_ms=elapsed_ms,
         request_key=client.request_key(operation, **kwargs),
-        cost_usd=_cost(client, getattr(response, "model", None) or sent, response),
+        cost_usd=client.cost_of(response),
         cache_on=_cache_on(client, kwargs),
         **extra,
     )

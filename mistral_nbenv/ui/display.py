@@ -226,8 +226,12 @@ def _answer_detail(answer: ChatAnswer) -> str:
     tokens = answer.tokens["total"]
     if tokens:
         parts.append(f"{tokens} tokens")
-    if answer.cost_usd is not None:
-        parts.append(f"${answer.cost_usd:.6f}" if not answer.cached else "$0 (saved)")
+    if answer.cost_usd is None:
+        parts.append("cost unknown (no price)")
+    elif answer.cached:
+        parts.append(f"$0 (saved ${answer.cost_usd:.6f})")
+    else:
+        parts.append(f"${answer.cost_usd:.6f}")
     if not answer.cache_on and not answer.cached:
         parts.append(f"not cached: the cache is off in {answer.environment}")
     if answer.interrupted:

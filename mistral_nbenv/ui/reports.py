@@ -55,7 +55,9 @@ class UsageRow:
     completion_tokens: int = 0
     waits: int = 0
     wait_seconds: float = 0.0
-    cost: float | None = None  # USD, from the environment's `prices` (None: no price)
+    cost: float | None = None  # USD, priced when each answer came (None: no price)
+    saved: float = 0.0  # USD the cache hits would have cost
+    priced_with: tuple[str, ...] = ()  # the price tables' versions ("now": priced today)
 
     @property
     def tokens(self) -> int:
@@ -125,6 +127,7 @@ def collect_usage(env: str | None = None, *, all_environments: bool = True) -> U
             if parts is None or parts[1] != name:
                 continue
             day, _, model = parts
+            cost, versions = cost_of(model, counters, settings.prices)
             rows.append(
                 UsageRow(
                     day,
@@ -132,7 +135,9 @@ def collect_usage(env: str | None = None, *, all_environments: bool = True) -> U
                     model,
                     **{k: int(counters.get(k, 0)) for k in _COUNTS},
                     wait_seconds=round(counters.get("wait_seconds", 0.0), 3),
-                    cost=cost_of(model, counters, settings.prices),
+                    cost=cost,
+                    saved=counters.get("saved_usd", 0.0),
+                    priced_with=versions,
                 )
             )
     rows.sort(key=lambda r: (_negated(r.day), r.environment, r.model))
