@@ -77,6 +77,9 @@ class Workspace:
         self._awaiting: str | None = None  # protected, entered by detection, not confirmed
         self._by_user = False  # the active environment was switched to in this process
         self._unknown_warned: set[tuple[str, tuple[str, ...]]] = set()  # see _warn_unknown
+        #: Asks the user before a call above ``budget.confirm_above_usd`` (set by
+        #: ``%load_ext``: one line in the notebook); None: nobody to ask, calls go on.
+        self.confirmer: Callable[[str], bool] | None = None
 
     @property
     def secrets(self) -> SecretCache:
@@ -154,10 +157,17 @@ class Workspace:
         with self._lock:
             self.interactive = False
             self._awaiting = None
+            self.confirmer = None
 
     def awaiting_confirmation(self) -> str | None:
         """The protected environment this kernel started in and has not confirmed yet."""
         return self._awaiting
+
+    def _confirm_cost(self, question: str) -> bool:
+        """``budget.confirm_above_usd``: the notebook asks; a script has nobody to ask (its
+        caps still hold)."""
+        confirmer = self.confirmer
+        return True if confirmer is None else confirmer(question)
 
     def _check_confirmed(self, name: str) -> None:
         if self._awaiting == name:
@@ -324,6 +334,7 @@ class Workspace:
             self.key_for(settings),
             shared=self.shared(settings),
             gate=lambda: self._check_confirmed(name),  # every call, however it got the client
+            confirm=self._confirm_cost,
         )
         with self._lock:
             old = self._clients.get(name)

@@ -576,6 +576,8 @@ class Pipeline:
         self.limiter.observe(
             _number(headers.get("x-ratelimit-remaining-req-minute")),
             _number(headers.get("x-ratelimit-remaining-tokens-minute")),
+            limit_requests=_number(headers.get("x-ratelimit-limit-req-minute")),
+            limit_tokens=_number(headers.get("x-ratelimit-limit-tokens-minute")),
         )
 
     def _paused_by(self, exc: BaseException) -> None:

@@ -69,6 +69,10 @@ LONG_WAIT = 1.0
 _TOKEN_BUCKET_SECONDS = 10.0
 _STATE_KEY = "bucket"
 _EPSILON = 1e-6
+#: More than any bucket of the largest settings holds (requests_per_minute <= 10^7 and
+#: tokens_per_minute <= 10^10): a state above these is not one an admission wrote.
+_MOST_REQUESTS = 1e6
+_MOST_TOKENS = 1e10
 #: A stored time at most this far ahead of the clock is another host's skew (kept); further
 #: ahead, the clock stepped back (the stored time counts as now).
 CLOCK_SKEW = 1.0
@@ -126,17 +130,12 @@ class RateLimiter:
         self._store: Budget = store if store is not None else MemoryStore()
         self._shared = shared
         self.environment = environment
-        self.rpm = float(requests_per_minute or 0)
-        self.tpm = float(tokens_per_minute or 0)
         #: False when neither budget is set (both 0): every request is admitted at once.
-        self.enabled = self.rpm > 0 or self.tpm > 0
+        self.enabled = False
+        self._set_limits(float(requests_per_minute or 0), float(tokens_per_minute or 0))
         self.clock = clock
         self.sleep = sleep
         self.async_sleep = async_sleep
-        self._req_rate = self.rpm / 60.0
-        self._req_cap = max(1.0, self._req_rate)
-        self._tok_rate = self.tpm / 60.0
-        self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
         #: The clock reading at which this limiter last admitted a request.
         self.admitted_at = 0.0
         self._private: MemoryStore | None = None  # while the shared state is locked
@@ -227,7 +226,9 @@ class RateLimiter:
         """Whether an admission could have left this state (finite, bounded debt)."""
         if not (isfinite(req) and isfinite(tok) and isfinite(last)) or last < 0:
             return False
-        if req > self._req_cap + 1 or tok > self._tok_cap + 1:
+        # above what any bucket holds (another environment's or a learnt limit's larger
+        # bucket is only clamped to this one's)
+        if req > _MOST_REQUESTS or tok > _MOST_TOKENS:
             return False
         if self._req_rate > 0 and (1.0 - req) / self._req_rate > MAX_WAIT:
             return False
@@ -382,9 +383,18 @@ class RateLimiter:
         adjust = actual - estimated
         self._correct(adjust)
 
-    def observe(self, remaining_requests: float | None, remaining_tokens: float | None) -> None:
-        """What the API says remains of its own per-minute limits (``x-ratelimit-remaining-*``):
-        it can only lower the buckets, never raise them past the configured limits."""
+    def observe(
+        self,
+        remaining_requests: float | None,
+        remaining_tokens: float | None,
+        *,
+        limit_requests: float | None = None,
+        limit_tokens: float | None = None,
+    ) -> None:
+        """What the API says of its own per-minute limits (``x-ratelimit-*``): a lower limit
+        than the configured one becomes this limiter's (never a higher one), and what
+        remains of it can only lower the buckets."""
+        self._learn(limit_requests, limit_tokens)
         if not self.enabled:
             return
         seen = (
@@ -394,6 +404,31 @@ class RateLimiter:
         if seen == (-1.0, -1.0):
             return
         self._correct(0.0, seen=seen)
+
+    def _learn(self, limit_requests: float | None, limit_tokens: float | None) -> None:
+        """Adopt an API limit below the configured one (0 configured: no limit, so any)."""
+        rpm, tpm = self.rpm, self.tpm
+        if limit_requests and limit_requests > 0 and (rpm <= 0 or limit_requests < rpm):
+            rpm = float(limit_requests)
+        if limit_tokens and limit_tokens > 0 and (tpm <= 0 or limit_tokens < tpm):
+            tpm = float(limit_tokens)
+        if (rpm, tpm) != (self.rpm, self.tpm):
+            log.info(
+                "mistral_nbenv: %s: the API's limits (%g requests/min, %g tokens/min) are "
+                "below the configured ones; using them",
+                self.environment,
+                rpm,
+                tpm,
+            )
+            self._set_limits(rpm, tpm)
+
+    def _set_limits(self, rpm: float, tpm: float) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self.enabled = self.rpm > 0 or self.tpm > 0
+        self._req_rate = self.rpm / 60.0
+        self._req_cap = max(1.0, self._req_rate)
+        self._tok_rate = self.tpm / 60.0
+        self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
 
     def pause(self, seconds: float) -> None:
         """A 429 said to come back in ``seconds``: every process (and host) sharing this

@@ -59,7 +59,7 @@ local req, tok, last = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
 local paused = tonumber(s[4]) or 0
 local function bad(x) return x == nil or x ~= x or x == math.huge or x == -math.huge end
 -- a state no admission could have written (tampered with): a full budget, never a long wait
-if bad(req) or bad(tok) or bad(last) or last < 0 or req > req_cap + 1 or tok > tok_cap + 1
+if bad(req) or bad(tok) or bad(last) or last < 0 or req > 1e6 or tok > 1e10
    or (req_rate > 0 and (1 - req) / req_rate > 60)
    or (tok_rate > 0 and -tok / tok_rate > 60) then
   req, tok, last = req_cap, tok_cap, now

@@ -10,13 +10,14 @@ library is needed. Nothing here imports IPython or ipywidgets.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mistral_nbenv.secrets import scrub
 from mistral_nbenv.ui.ask import ChatAnswer
 from mistral_nbenv.ui.models import ModelRow
-from mistral_nbenv.ui.reports import UsageReport, UsageRow
+from mistral_nbenv.ui.reports import SpendReport, UsageReport, UsageRow
 from mistral_nbenv.ui.status import CheckResult, EnvironmentStatus
 
 __all__ = [
@@ -93,6 +94,56 @@ def _limits_text(st: EnvironmentStatus) -> str:
     )
 
 
+def _spend_text(spend: SpendReport) -> str:
+    """``$0.0123 of $5.00 today (UTC), $1.20 of $100.00 this month; ≤ $0.50 per call``."""
+
+    def part(spent: float | None, cap: float, period: str) -> str | None:
+        if not cap and spent is None:
+            return None
+        shown = "$0" if spent is None else f"${spent:,.4f}"
+        if not cap:
+            return f"{shown} {period}"
+        left = cap - (spent or 0.0)
+        return f"{shown} of ${cap:,.2f} {period} (${max(0.0, left):,.4f} left)"
+
+    parts = [
+        p
+        for p in (
+            part(spend.spent_today, spend.daily_usd, "today (UTC)"),
+            part(spend.spent_month, spend.monthly_usd, "this month"),
+        )
+        if p
+    ]
+    if spend.per_call_usd:
+        parts.append(f"at most ${spend.per_call_usd:,.2f} per call")
+    return "; ".join(parts) if parts else "no caps (budget.daily_usd, budget.monthly_usd)"
+
+
+def _api_limits_text(limits: Mapping[str, Any]) -> str:
+    """The API's ``x-ratelimit-*`` headers last seen: ``720 req/min (717 left), ...``."""
+    parts = []
+    for what, unit in (
+        ("req-minute", "req/min"),
+        ("tokens-minute", "tokens/min"),
+        ("tokens-month", "tokens/month"),
+    ):
+        limit = limits.get(f"x-ratelimit-limit-{what}")
+        left = limits.get(f"x-ratelimit-remaining-{what}")
+        if limit is not None:
+            parts.append(f"{_int(limit)} {unit}" + (f" ({_int(left)} left)" if left else ""))
+    seen = limits.get("seen_at")
+    if parts and isinstance(seen, int | float):
+        parts.append(time.strftime("seen %Y-%m-%d %H:%M UTC", time.gmtime(seen)))
+    return ", ".join(parts)
+
+
+def _int(text: Any) -> str:
+    try:
+        return f"{int(float(text)):,}"
+    except (TypeError, ValueError):
+        return str(text)
+
+
 def _rows(st: EnvironmentStatus) -> list[tuple[str, str]]:
     rows = [
         ("model", f"{st.model} ({st.model_reason})" if st.model_reason else st.model),
@@ -101,6 +152,11 @@ def _rows(st: EnvironmentStatus) -> list[tuple[str, str]]:
         ("cache", _cache_text(st)),
         ("limits", _limits_text(st)),
     ]
+    if st.spend is not None:
+        rows.append(("spend", _spend_text(st.spend)))
+        api = _api_limits_text(st.spend.api_limits)
+        if api:
+            rows.append(("api", api))
     if st.offline:
         rows.append(("offline", "answers come from the cache only"))
     if st.protected:
@@ -477,10 +533,14 @@ def usage_text(report: UsageReport, *, days: int = 14) -> str:
                 lines.append(f"{label:<10}  {env:<{env_width}}  {bar} {tokens:,}")
         lines.append("")
         for env, t in report.totals().items():
+            saved = f" (the cache saved {_cost(t['saved'])})" if t["saved"] else ""
             lines.append(
                 f"{env}: {int(t['requests']):,} requests, {int(t['hits']):,} cache hits, "
-                f"{int(t['tokens']):,} tokens, cost {_cost(t['cost'])}"
+                f"{int(t['tokens']):,} tokens, cost {_cost(t['cost'])}{saved}"
             )
+        versions = sorted({v for r in report.rows for v in r.priced_with})
+        if versions:
+            lines.append(f"priced with: {', '.join(versions)} (the price tables' versions)")
     for env, where in report.ledgers.items():
         lines.append(f"ledger of {env}: {where}")
     lines.extend(f"problem: {p}" for p in report.problems)
@@ -570,6 +630,7 @@ def usage_html(report: UsageReport, *, days: int = 14) -> str:
         totals = "<br>".join(
             f"{_E(env)}: {int(t['requests']):,} requests, {int(t['hits']):,} hits, "
             f"{int(t['tokens']):,} tokens, cost {_E(_cost(t['cost']))}"
+            + (f" (the cache saved {_E(_cost(t['saved']))})" if t["saved"] else "")
             for env, t in report.totals().items()
         )
         body = (

@@ -285,6 +285,12 @@ class MistralMagics(Magics):
     @argument("-s", "--system", help="system prompt ({{name}} is replaced, as in the cell)")
     @argument("--no-cache", action="store_true", help="skip the response cache for this call")
     @argument("-t", "--temperature", type=float, help="sampling temperature")
+    @argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="longest answer in tokens (bounds what the call can cost)",
+    )
     @argument("--no-stream", action="store_true", help="wait for the whole answer, then show it")
     @argument("--chat", metavar="NAME", help="continue the conversation NAME (see mistral_chat)")
     @argument("--reset", action="store_true", help="with --chat: start NAME over")
@@ -321,6 +327,8 @@ class MistralMagics(Magics):
             kwargs["model"] = args.model
         if args.temperature is not None:
             kwargs["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            kwargs["max_tokens"] = args.max_tokens
         if args.no_cache:
             kwargs["cache"] = False
         try:
@@ -513,10 +521,26 @@ def load_ipython_extension(ip: Any) -> None:
     _announce_protected_start()
 
 
+def ask_before_spending(question: str) -> bool:
+    """``budget.confirm_above_usd`` in a notebook: one line, answered y (sent) or anything
+    else (not sent). A front end that cannot ask (no stdin) counts as no."""
+    try:
+        answer = input(f"{question} [y/N] ")
+    except Exception:  # StdinNotImplementedError (a kernel run without stdin), EOFError
+        print(
+            "mistral_nbenv: this front end cannot ask for confirmation, so the call was not "
+            "sent (budget.confirm_above_usd).",
+            file=sys.stderr,
+        )
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def _announce_protected_start() -> None:
     """A kernel started in a protected environment: the red banner, and calls wait."""
     from mistral_nbenv.workspace import workspace
 
+    workspace().confirmer = ask_before_spending
     try:
         waiting = workspace().enter_notebook()
     except MistralEnvError as exc:  # broken settings: the first command will say so

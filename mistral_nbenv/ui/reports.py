@@ -16,7 +16,15 @@ from mistral_nbenv import environments
 from mistral_nbenv.errors import MistralEnvError
 from mistral_nbenv.workspace import get_settings, list_environments, workspace
 
-__all__ = ["UsageReport", "UsageRow", "cache_stats", "clear_cache", "collect_usage"]
+__all__ = [
+    "SpendReport",
+    "UsageReport",
+    "UsageRow",
+    "cache_stats",
+    "clear_cache",
+    "collect_spend",
+    "collect_usage",
+]
 
 
 def cache_stats(env: str | None = None) -> dict[str, Any]:
@@ -39,6 +47,73 @@ def clear_cache(env: str | None = None, *, confirm: bool = False) -> int:
     settings = get_settings(env)
     environments.check_destructive(settings, "clearing its response cache", confirm=confirm)
     return clear_for(settings, workspace().shared(settings))
+
+
+@dataclass(frozen=True)
+class SpendReport:
+    """One environment's caps, what its UTC day and month have spent (as the caps count it:
+    every process, every host through Redis) and the API's rate-limit headers last seen."""
+
+    daily_usd: float = 0.0
+    monthly_usd: float = 0.0
+    per_call_usd: float = 0.0
+    spent_today: float | None = None  # None: not counted (no cap, nothing recorded)
+    spent_month: float | None = None
+    api_limits: dict[str, Any] = field(default_factory=dict)
+    prices: str = ""  # the price table's version, date and source
+
+    @property
+    def capped(self) -> bool:
+        """Whether any cap is set."""
+        return bool(self.daily_usd or self.monthly_usd or self.per_call_usd)
+
+
+def collect_spend(env: str | None = None) -> SpendReport:
+    """The spending caps and counts of ``env`` (None: the active one); the key decides
+    where a shared count lives, so without a key only the local state is read."""
+    from mistral_nbenv.policies.spend import Spending
+    from mistral_nbenv.store.layout import cache_dir, open_stores
+    from mistral_nbenv.workspace import get_api_key
+
+    settings = get_settings(env)
+    budget = settings.budget
+    spending_dir = cache_dir(settings) / "spend"
+    try:
+        identity = get_api_key(settings.environment).identity
+    except MistralEnvError:
+        identity = ""
+    shared = workspace().shared(settings) if identity else None
+    report = SpendReport(
+        daily_usd=float(budget.daily_usd),
+        monthly_usd=float(budget.monthly_usd),
+        per_call_usd=float(budget.per_call_usd),
+    )
+    if shared is None and not spending_dir.is_dir():
+        from mistral_nbenv.config.prices import table_for
+
+        return _with_prices(report, table_for(settings.prices))
+    stores = open_stores(settings, shared, identity)
+    try:
+        spending = Spending(settings, stores.spend, stores.shared_spend)
+        today, month = spending.spent()
+        limits = spending.last_limits()
+    finally:
+        stores.close()
+    report = SpendReport(
+        daily_usd=report.daily_usd,
+        monthly_usd=report.monthly_usd,
+        per_call_usd=report.per_call_usd,
+        spent_today=today,
+        spent_month=month,
+        api_limits=limits,
+    )
+    return _with_prices(report, spending.table)
+
+
+def _with_prices(report: SpendReport, table: Any) -> SpendReport:
+    from dataclasses import replace
+
+    return replace(report, prices=f"{table.version} (as of {table.as_of}, {table.source})")
 
 
 @dataclass(frozen=True)
@@ -83,12 +158,15 @@ class UsageReport:
         return sorted(by_day.items())[-days:]
 
     def totals(self) -> dict[str, dict[str, float]]:
-        """Per environment: requests, hits, tokens and cost (None when a model has no price)."""
+        """Per environment: requests, hits, tokens, cost (None when a model has no price)
+        and what the cache hits saved."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.rows:
             t = out.setdefault(
-                row.environment, {"requests": 0, "hits": 0, "tokens": 0, "cost": 0.0}
+                row.environment,
+                {"requests": 0, "hits": 0, "tokens": 0, "cost": 0.0, "saved": 0.0},
             )
+            t["saved"] += row.saved
             t["requests"] += row.requests
             t["hits"] += row.hits
             t["tokens"] += row.tokens

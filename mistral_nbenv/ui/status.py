@@ -13,7 +13,7 @@ from typing import Any
 
 from mistral_nbenv.errors import MistralEnvError
 from mistral_nbenv.ui.checks import project_findings
-from mistral_nbenv.ui.reports import cache_stats
+from mistral_nbenv.ui.reports import SpendReport, cache_stats, collect_spend
 from mistral_nbenv.workspace import (
     current_environment,
     environment_name,
@@ -54,6 +54,7 @@ class EnvironmentStatus:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     max_concurrent_requests: int = 0
+    spend: SpendReport | None = None  # caps, spent today / this month, the API's limits
     problem: str | None = None
 
     @property
@@ -78,6 +79,22 @@ class CheckResult:
         return not self.problems
 
 
+def caps_text(budget: Any) -> str:
+    """``caps: $5.00/day, $100.00/month, $0.50/call`` (``caps: none``)."""
+    parts = [
+        f"${value:,.2f}/{unit}"
+        for value, unit in (
+            (budget.daily_usd, "day"),
+            (budget.monthly_usd, "month"),
+            (budget.per_call_usd, "call"),
+        )
+        if value
+    ]
+    if budget.confirm_above_usd:
+        parts.append(f"ask above ${budget.confirm_above_usd:,.2f} in notebooks")
+    return "caps: " + (", ".join(parts) if parts else "none (budget.daily_usd ... not set)")
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (its type name if the message is empty)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -100,6 +117,13 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         key_source = resolved.source
     except MistralEnvError as exc:
         key_problem = one_line(exc)
+    spend: SpendReport | None = None
+    b = s.budget
+    if with_cache or b.daily_usd or b.monthly_usd or b.per_call_usd:
+        try:
+            spend = collect_spend(s.environment)
+        except Exception:  # status display must never fail because a store is unreadable
+            spend = None
     entries: int | None = None
     if with_cache:
         try:
@@ -124,6 +148,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         requests_per_minute=int(s.rate_limits.requests_per_minute),
         tokens_per_minute=int(s.rate_limits.tokens_per_minute),
         max_concurrent_requests=int(s.features.max_concurrent_requests),
+        spend=spend,
     )
 
 
@@ -141,6 +166,7 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
             )
             resolved = get_api_key(name)
             notes.append(f"key {resolved.value.masked} from {resolved.source}")
+            notes.append(caps_text(s.budget))
         except MistralEnvError as exc:
             problems.append(one_line(exc))
         results.append(CheckResult(name, tuple(problems), tuple(notes)))
