@@ -497,9 +497,9 @@ class Pipeline:
         deprecation.note(call.seen, model, result, self.environment)
         answered = getattr(result, "model", None)  # the ID the API resolved the name to
         priced = answered if isinstance(answered, str) and answered else model
-        pages = _pages(result)
+        pages, minutes = _billed(result)
         cost = self.spending.cost(
-            priced if isinstance(priced, str) else None, prompt, completion, pages
+            priced if isinstance(priced, str) else None, prompt, completion, pages, minutes
         )
         counts: dict[str, float] = {
             "requests": 1,
@@ -672,11 +672,17 @@ def _number(text: str | None) -> float | None:
     return value if value is not None and 0 <= value < float("inf") else None
 
 
-def _pages(result: Any) -> float:
-    """OCR pages an answer was billed for (``usage_info.pages_processed``), else 0."""
-    info = getattr(result, "usage_info", None)
-    pages = getattr(info, "pages_processed", None)
-    return float(pages) if isinstance(pages, int | float) and not isinstance(pages, bool) else 0.0
+def _billed(result: Any) -> tuple[float, float]:
+    """OCR pages (``usage_info.pages_processed``) and audio minutes
+    (``usage.prompt_audio_seconds`` / 60) an answer was billed for."""
+
+    def number(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        return float(value) if ok else 0.0
+
+    pages = number(getattr(getattr(result, "usage_info", None), "pages_processed", None))
+    seconds = number(getattr(getattr(result, "usage", None), "prompt_audio_seconds", None))
+    return pages, seconds / 60
 
 
 def _seconds_of(timeout_ms: Any, default_ms: int) -> float:

@@ -78,11 +78,16 @@ class PriceTable:
         return found
 
     def cost(
-        self, model: str | None, prompt: float, completion: float, pages: float = 0.0
+        self,
+        model: str | None,
+        prompt: float,
+        completion: float,
+        pages: float = 0.0,
+        minutes: float = 0.0,
     ) -> float | None:
         """USD for one answer of ``model``; None when the model has no price."""
         price = self.price(model)
-        return None if price is None else price.cost(prompt, completion, pages)
+        return None if price is None else price.cost(prompt, completion, pages, minutes)
 
     def worst_case(self, model: str | None, prompt: float, max_tokens: Any) -> float | None:
         """The most one call can cost: its prompt estimate plus ``max_tokens`` (else the

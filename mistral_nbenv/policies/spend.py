@@ -140,12 +140,17 @@ class Spending:
     # -- prices ----------------------------------------------------------------------------
 
     def cost(
-        self, model: str | None, prompt: float, completion: float, pages: float = 0
+        self,
+        model: str | None,
+        prompt: float,
+        completion: float,
+        pages: float = 0,
+        minutes: float = 0,
     ) -> float | None:
         """USD of one answer of ``model``; None (and one note) when it has no price."""
-        if not (prompt or completion or pages):
+        if not (prompt or completion or pages or minutes):
             return 0.0 if self.table.price(model) is not None else None
-        found = self.table.cost(model, prompt, completion, pages)
+        found = self.table.cost(model, prompt, completion, pages, minutes)
         if found is None and model:
             warn_unpriced(model, self.environment)
         return found
