@@ -14,6 +14,7 @@ import os
 import random
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -378,16 +379,25 @@ def ratelimit_serve(params: Params) -> None:
         start_at, stop_at = float(cmd["start_at"]), float(cmd["stop_at"])
         late = time.time() - start_at
         time.sleep(max(0.0, -late))
-        done = 0
-        while time.time() < stop_at:
-            client.chat.complete(
-                model=MODEL, messages=[{"role": "user", "content": f"{tag}-{done}"}], cache=False
-            )
-            done += 1
+        done = [0]
+
+        def calls(tag: str = tag, stop_at: float = stop_at, done: list[int] = done) -> None:
+            while time.time() < stop_at:
+                client.chat.complete(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": f"{tag}-{done[0]}"}],
+                    cache=False,
+                )
+                done[0] += 1
+
+        # the window admits the limit at once, then the next a minute on: a call still
+        # waiting at stop_at is left waiting (a daemon thread), not waited for
+        threading.Thread(target=calls, daemon=True).start()
+        time.sleep(max(0.0, stop_at - time.time()))
         stats = client.stats
         _emit(
             {
-                "completed": done,
+                "completed": done[0],
                 "late_start_s": max(0.0, late),
                 "rate_limit_waits": stats.rate_limit_waits,
                 "wait_seconds": stats.rate_limit_wait_seconds,
@@ -459,8 +469,9 @@ def _admission(limiter: Any) -> Callable[[], None]:
     usage the answer reported (the pipeline's two steps around every call)."""
 
     def admit() -> None:
-        limiter.acquire(120)
-        limiter.reconcile(120, 100)
+        slots: list[int] = []
+        limiter.acquire(120, slots)
+        limiter.reconcile(120, 100, slots)
 
     return admit
 

@@ -57,7 +57,7 @@ def make_settings(cache_root: Path, server_url: str, **overrides: Any) -> Settin
         budget=BudgetSettings(**budget),
         features=FeatureFlags(**flags),  # type: ignore[arg-type]
         secrets=SecretsSettings(300, "", None, "", "", "", ""),
-        shared=SharedSettings(None, True, True, "local", 0.5),
+        shared=SharedSettings(None, True, True, "local", 0.5, 0.5),
         prices={},
         fast_sdk=True,
         confirm_in_notebooks=True,

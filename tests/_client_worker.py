@@ -42,10 +42,20 @@ def main() -> None:
                 answer = client.chat.complete(messages=[{"role": "user", "content": prompt}])
                 assert answer.choices[0].message.content == f"Echo: {prompt}", answer
                 done += 1
-    else:
-        while time.time() < float(end_at):
-            client.chat.complete(messages=[{"role": "user", "content": "tick"}])
-            done += 1
+    else:  # until END_AT: a call still waiting for the window then is left waiting
+        import threading
+
+        calls = [0]
+
+        def tick() -> None:
+            while time.time() < float(end_at):
+                client.chat.complete(messages=[{"role": "user", "content": "tick"}])
+                calls[0] += 1
+
+        threading.Thread(target=tick, daemon=True).start()
+        time.sleep(max(0.0, float(end_at) - time.time()) + 0.2)
+        print(json.dumps({"done": calls[0], "stats": client.stats.as_dict()}), flush=True)
+        os._exit(0)
     print(json.dumps({"done": done, "stats": client.stats.as_dict()}))
 
 

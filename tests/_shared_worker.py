@@ -3,13 +3,19 @@
 ``python -m tests._shared_worker ask PROMPT``: one chat call; prints the client's counters.
 ``python -m tests._shared_worker budget START SECONDS MAX_TOKENS``: from wall-clock START,
 make uncached chat calls for SECONDS; prints how many were made and the tokens the server
-reported. Settings, key, cache root and HOME come from the environment the test gives.
+reported (a call still waiting for the window at the end is left waiting).
+``python -m tests._shared_worker gather START SECONDS TASKS``: at START, TASKS concurrent
+``complete_async`` calls; after SECONDS prints how many were answered and how often the
+limiter asked its store. Settings, key, cache root and HOME come from the environment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
+import threading
 import time
 
 from mistral_nbenv import get_client
@@ -25,7 +31,11 @@ def main() -> None:
         print(json.dumps({**client.stats.as_dict(), "content": answer.choices[0].message.content}))
         client.close()
         return
-    start, seconds, max_tokens = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    start, seconds, arg = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    if mode == "gather":
+        gather(client, start, seconds, arg)
+        return
+    max_tokens = arg
     # before the start line: one wrapped call of the same operation (its first call in a
     # process discovers the operation and imports what it needs, a quarter of a second that
     # would otherwise be spent after the start line), which also opens the SDK's HTTP
@@ -34,20 +44,52 @@ def main() -> None:
     assert client._limiter._shared is not None, "the budget is not shared"
     client.chat.complete(messages=[{"role": "user", "content": WARM_UP}], max_tokens=1, cache=False)
     time.sleep(max(0.0, start - time.time()))
-    calls = tokens = 0
-    n = 0
-    while time.time() < start + seconds:
-        n += 1
-        answer = client.chat.complete(
-            messages=[{"role": "user", "content": f"count {n} " + "word " * 40}],
-            max_tokens=max_tokens,
-            cache=False,
+    counted = {"calls": 0, "tokens": 0}
+
+    def calls() -> None:
+        n = 0
+        while time.time() < start + seconds:
+            n += 1
+            answer = client.chat.complete(
+                messages=[{"role": "user", "content": f"count {n} " + "word " * 40}],
+                max_tokens=max_tokens,
+                cache=False,
+            )
+            counted["calls"] += 1
+            counted["tokens"] += answer.usage.total_tokens
+
+    threading.Thread(target=calls, daemon=True).start()
+    time.sleep(max(0.0, start + seconds + 0.3 - time.time()))
+    print(json.dumps({**counted, **client.stats.as_dict()}), flush=True)
+    os._exit(0)  # a call waiting for the next minute's window is not waited for
+
+
+def gather(client: object, start: float, seconds: float, tasks: int) -> None:
+    """``tasks`` concurrent calls from START; report after SECONDS (the rest still wait)."""
+    limiter = client._limiter  # type: ignore[attr-defined]
+    answered = [0]
+
+    async def one(i: int) -> None:
+        await client.chat.complete_async(  # type: ignore[attr-defined]
+            messages=[{"role": "user", "content": f"task {i}"}], cache=False
         )
-        if time.time() <= start + seconds + 0.05:
-            calls += 1
-            tokens += answer.usage.total_tokens
-    client.close()
-    print(json.dumps({"calls": calls, "tokens": tokens, **client.stats.as_dict()}))
+        answered[0] += 1
+
+    async def run() -> None:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        calls_before = limiter.store_calls
+        work = asyncio.gather(*(one(i) for i in range(tasks)))
+        await asyncio.sleep(seconds)
+        print(
+            json.dumps(
+                {"answered": answered[0], "store_calls": limiter.store_calls - calls_before}
+            ),
+            flush=True,
+        )
+        os._exit(0)
+        await work
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

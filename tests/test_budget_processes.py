@@ -1,30 +1,24 @@
-"""The shared budget's bound holds exactly across processes (issue 18).
+"""The shared window's bound holds exactly across processes (issues 18 and 37).
 
-Eight real processes share one budget file at 6,000 requests/min for four seconds;
-every admission is stamped with the limiter's own clock reading (taken inside the store's
-transaction).  In every window of W seconds at most ``burst + rpm * W / 60`` requests were
-admitted: no slack beyond float rounding.
+Eight real processes share one budget file at 6,000 requests/min for four seconds, each
+trying to be admitted as fast as it can (one transaction per try, never sleeping): together
+they are admitted exactly 6,000 times, the limit of one minute, however they interleave.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import pytest
-
-from benchmarks.budget_worker import run_processes, worst_window
+from benchmarks.budget_worker import run_processes
 
 PROCESSES = 8
-RPM = 6000.0
+RPM = 6000
 SECONDS = 4.0
 
 
-@pytest.mark.parametrize("rpm", [RPM])
-def test_eight_processes_never_beat_the_bound(tmp_path: Path, rpm: float) -> None:
-    times = run_processes(tmp_path / "budget", rpm, SECONDS, PROCESSES)
-    rate, burst = rpm / 60, max(1.0, rpm / 60)
-    assert len(times) >= rate * SECONDS * 0.8  # the processes really competed for the budget
-    for width in (0.25, 0.5, 1.0, 2.0, 3.0):
-        bound = math.floor(burst + rate * width + 1e-6)
-        assert worst_window(times, width) <= bound, (width, worst_window(times, width), bound)
+def test_eight_processes_are_admitted_exactly_the_limit(tmp_path: Path) -> None:
+    results = run_processes(tmp_path / "budget", RPM, SECONDS, PROCESSES)
+    tries = sum(r["tries"] for r in results)
+    assert tries > RPM  # the processes really competed for more than the window holds
+    assert sum(r["admitted"] for r in results) == RPM
+    assert all(r["admitted"] > 0 for r in results)  # every process got a share

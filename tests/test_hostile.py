@@ -193,13 +193,13 @@ class _Caplog:
 # ----------------------------------------------------------------------------- tampered state
 
 TAMPERED = [
-    "-1e6,500000,{now}",
-    "-1e300,500000,{now}",
-    "1,-1e300,{now}",
-    "1e308,1e308,{now}",
-    "1,1,-1e300",
-    "nan,1,{now}",
-    "not,a,state",
+    '{{"w": [[{slot}, -1e6, 5]], "until": 0}}',
+    '{{"w": [[{slot}, 1, -1e300]], "until": 0}}',
+    '{{"w": [[{slot}, 1e308, 1e308]], "until": 0}}',
+    '{{"w": [[{slot}, NaN, 1]], "until": 0}}',
+    '{{"w": [[{slot}, 1, 1]], "until": 1e300}}',
+    '{{"w": "lots"}}',
+    "not,a,state",  # an earlier release's shape: an empty window, silently
     "1,2",
 ]
 
@@ -231,7 +231,7 @@ def test_a_tampered_local_budget_is_a_full_budget(server: MistralTestServer, sta
 
     settings_ = mistral_nbenv.get_settings("staging")
     stores = open_stores(settings_, None, KEYS["staging"])  # the budget of staging's key
-    _write_state(stores.budget, state.format(now=repr(time.time())))
+    _write_state(stores.budget, state.format(slot=int(time.time())))
     client = mistral_nbenv.get_client("staging")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -240,24 +240,29 @@ def test_a_tampered_local_budget_is_a_full_budget(server: MistralTestServer, sta
     assert server.count("/v1/chat/completions") == 2
     assert client.stats.rate_limit_wait_seconds <= 60
     said = [str(w.message) for w in seen]
-    if state not in ("not,a,state", "1,2"):  # unreadable ones were always a full budget
+    if state not in ("not,a,state", "1,2"):  # an earlier release's: no warning
         assert any("rate-limit state of environment 'staging'" in m for m in said), said
         assert any("tampered with?" in m for m in said), said
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    ("req", "tok", "last"),
-    [("-1e6", "500000", None), ("-1e300", "1", None), ("1", "-1e300", None), ("inf", "1", None)],
+    "state",
+    [
+        '{{"w": [[{slot}, -1e6, 5]], "until": 0}}',
+        '{{"w": [[{slot}, 1e300, 1]], "until": 0}}',
+        '{{"w": [[{slot}, 1, 1]], "until": 1e300}}',
+        '{{"w": 7}}',
+        "not json at all",
+        "hash",  # an earlier release kept the budget in a hash
+    ],
 )
-def test_a_tampered_redis_budget_is_a_full_budget(
+def test_a_tampered_redis_budget_is_an_empty_window(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     server: MistralTestServer,
     redis_server: Any,
-    req: str,
-    tok: str,
-    last: str | None,
+    state: str,
 ) -> None:
     import time
 
@@ -268,14 +273,18 @@ def test_a_tampered_redis_budget_is_a_full_budget(
     client.chat.complete(messages=HELLO, cache=False)  # the budget exists in Redis
     redis = redis_server.client()
     (key,) = redis.keys("mistral-nbenv:{staging:*}:budget")
-    redis.hset(key, mapping={"req": req, "tok": tok, "last": last or repr(time.time())})
+    if state == "hash":
+        redis.delete(key)
+        redis.hset(key, mapping={"req": "-1e6", "tok": "1", "last": repr(time.time())})
+    else:
+        redis.set(key, state.format(slot=int(time.time())))
     client.chat.complete(messages=HELLO, cache=False)
     client.chat.complete(messages=HELLO, cache=False)
     assert server.count("/v1/chat/completions") == 3
     assert client.stats.rate_limit_wait_seconds <= 60
-    state = redis.hgetall(key)
-    assert float(state["req"]) >= -1  # the script wrote a valid state back
-    assert float(state["tok"]) >= -60000
+    written = json.loads(redis.get(key))  # the script wrote a valid state back
+    assert sum(entry[1] for entry in written["w"]) == 2
+    assert written["until"] == 0
 
 
 @pytest.mark.parametrize("value", ["lots", -5, float("nan"), float("inf"), 1e300, True])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -43,34 +44,69 @@ def limiter(tmp_path: Path | None, clock: FakeClock, rpm: float = 0, tpm: float 
     )
 
 
+def _admissions(
+    rl: RateLimiter, clock: FakeClock, seconds: float, tokens: float = 0
+) -> list[float]:
+    """The clock readings at which ``rl`` admitted requests, asked back to back for
+    ``seconds`` (fake time)."""
+    start, times = clock.now, []
+    while True:
+        rl.acquire(tokens)
+        if clock.now - start > seconds:
+            return times
+        times.append(clock.now)
+
+
+def _most_in_any_window(times: list[float], length: float) -> int:
+    """The most admissions in any window of ``length`` seconds."""
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= length:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 @pytest.mark.parametrize("on_disk", [True, False])
-@pytest.mark.parametrize(("rpm", "seconds"), [(120, 30), (60, 20), (600, 5)])
-def test_requests_per_minute_accuracy(
-    tmp_path: Path, on_disk: bool, rpm: int, seconds: int
+@pytest.mark.parametrize("rpm", [10, 60, 600])
+def test_a_per_minute_limit_admits_that_many_at_once_and_never_more_in_any_minute(
+    tmp_path: Path, on_disk: bool, rpm: int
 ) -> None:
     clock = FakeClock()
     rl = limiter(tmp_path if on_disk else None, clock, rpm=rpm)
-    start, admitted = clock.now, 0
-    while True:
-        rl.acquire()
-        if clock.now - start > seconds:
-            break
-        admitted += 1
-    expected = max(1, rpm / 60) + rpm / 60 * seconds  # burst + steady rate
-    assert abs(admitted - expected) <= 1
+    times = _admissions(rl, clock, 200)
+    assert times[rpm - 1] == times[0]  # L at once: nobody waits for the first L
+    assert _most_in_any_window(times, 60.0) == rpm  # never more than L in any minute ...
+    for length in (1.0, 10.0, 30.0, 59.0):
+        assert _most_in_any_window(times, length) <= rpm
+    # ... and the limit is used: within each 61 s (a window and the one-second slot) L more
+    assert len(times) >= rpm * (200 // 61)
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 61.0 + 1e-6
+
+
+def test_ten_a_minute_is_ten_at_once_not_one_every_six_seconds(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=10)
+    assert [rl.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]  # three quick cells: no wait
+    assert clock.slept == []
 
 
 def test_two_limiters_on_one_directory_share_the_budget(tmp_path: Path) -> None:
     clock = FakeClock()
-    a, b = limiter(tmp_path, clock, rpm=60), limiter(tmp_path, clock, rpm=60)
+    a, b = limiter(tmp_path, clock, rpm=2), limiter(tmp_path, clock, rpm=2)
     a.acquire()
-    b.acquire()  # the shared bucket (burst 1) is empty: b waits one second
-    assert clock.slept == [pytest.approx(1.0)]
+    a.acquire()
+    b.acquire()  # the shared window holds two: b waits for the first to leave it
+    assert clock.slept == [pytest.approx(61.0)]
 
 
 def _shared_state(rl: RateLimiter) -> tuple[float, float]:
-    req, tok, _last, _until = rl._store.update("bucket", lambda raw: (None, rl._parse(raw, 0.0)))
-    return req, tok
+    """Requests and tokens counted in the window, as another process reads them."""
+    from mistral_nbenv.policies.ratelimit import _window
+
+    raw = rl._store.update("bucket", lambda raw: (None, raw))
+    window, _until = _window(raw, rl.clock())
+    return sum(e[1] for e in window), sum(e[2] for e in window)
 
 
 def test_every_admission_and_correction_is_in_the_shared_state_at_once(tmp_path: Path) -> None:
@@ -79,24 +115,40 @@ def test_every_admission_and_correction_is_in_the_shared_state_at_once(tmp_path:
     clock = FakeClock()
     rl = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
     other = limiter(tmp_path, clock, rpm=60_000, tpm=6_000_000)
-    req_cap, tok_cap = _shared_state(rl)
+    assert _shared_state(other) == (0, 0)
+    slots: list[int] = []
     for n in range(1, 4):
-        rl.acquire(50)
-        assert _shared_state(other) == (pytest.approx(req_cap - n), pytest.approx(tok_cap - 50 * n))
-    rl.reconcile(estimated=50, actual=80)  # the answer used 30 tokens more
-    assert _shared_state(other) == (pytest.approx(req_cap - 3), pytest.approx(tok_cap - 180))
+        rl.acquire(50, slots)
+        assert _shared_state(other) == (n, 50 * n)
+    rl.reconcile(50, 80, slots[-1:])  # the last answer used 30 tokens more
+    assert _shared_state(other) == (3, 180)
+    rl.reconcile(50, 0, slots[:1])  # the first failed: its estimate is given back
+    assert _shared_state(other) == (3, 130)
     assert clock.slept == []
 
 
 def test_tokens_per_minute_and_reconcile(tmp_path: Path) -> None:
     clock = FakeClock()
-    rl = limiter(tmp_path, clock, tpm=600)  # 10 tokens/s, bucket 100
-    assert rl.acquire(100) == 0
-    rl.reconcile(estimated=100, actual=150)  # 50 more than estimated: debt
-    rl.acquire(10)
-    assert sum(clock.slept) == pytest.approx(6.0)  # 50 debt + 10 needed at 10/s
+    rl = limiter(tmp_path, clock, tpm=600)
+    slots: list[int] = []
+    assert rl.acquire(500, slots) == 0  # 500 of 600 at once
+    rl.reconcile(500, 550, slots)  # 50 more than estimated
+    assert rl.acquire(50) == 0  # exactly the 600
+    clock.now += 30
+    rl.acquire(10)  # the window is full: wait until the first slot leaves it
+    assert sum(clock.slept) == pytest.approx(31.0)
     big = limiter(None, FakeClock(), tpm=60)
-    assert big.acquire(10_000) == 0  # larger than the bucket: admitted when full
+    assert big.acquire(10_000) == 0  # larger than the limit: admitted alone in an empty window
+
+
+def test_a_window_refuses_to_sleep_longer_than_a_minute_and_a_slot(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rl = limiter(tmp_path, clock, rpm=1, tpm=100)
+    rl.acquire(100)
+    rl.acquire(100)
+    rl.pause(3600)  # a Retry-After of an hour pauses one window at most
+    rl.acquire(100)
+    assert max(clock.slept) <= 61.0
 
 
 def test_long_wait_is_announced_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -104,7 +156,7 @@ def test_long_wait_is_announced_once(tmp_path: Path, caplog: pytest.LogCaptureFi
     seen: list[tuple[str, float]] = []
     remove = add_wait_listener(lambda env, s: seen.append((env, s)))
     try:
-        rl = limiter(tmp_path, clock, rpm=10)  # one request per 6 s
+        rl = limiter(tmp_path, clock, rpm=1)
         rl.acquire()
         with caplog.at_level("INFO", logger="mistral_nbenv.ratelimit"):
             rl.acquire()
@@ -204,7 +256,7 @@ def test_async_acquire_waits_like_acquire(caplog: pytest.LogCaptureFixture) -> N
 
     rl = RateLimiter(
         None,
-        requests_per_minute=30,  # one request per 2 s, burst 1
+        requests_per_minute=1,  # one request, then the next a minute (and a slot) later
         tokens_per_minute=0,
         environment="staging",
         clock=clock,
@@ -213,17 +265,18 @@ def test_async_acquire_waits_like_acquire(caplog: pytest.LogCaptureFixture) -> N
     )
     with caplog.at_level("INFO", logger="mistral_nbenv.ratelimit"):
         assert asyncio.run(rl.acquire_async()) == 0.0
-        assert asyncio.run(rl.acquire_async()) == pytest.approx(2.0)
-    assert clock.slept == [pytest.approx(2.0)]
+        assert asyncio.run(rl.acquire_async()) == pytest.approx(61.0)
+    assert clock.slept == [pytest.approx(61.0)]
     assert len([r for r in caplog.records if "waiting" in r.getMessage()]) == 1
 
 
 def test_acquire_returns_the_seconds_waited(tmp_path: Path) -> None:
     clock = FakeClock()
-    rl = limiter(tmp_path, clock, rpm=60)
+    clock.now += 0.25  # a quarter into a slot
+    rl = limiter(tmp_path, clock, rpm=2)
     assert rl.acquire() == 0.0
-    assert rl.acquire() == pytest.approx(1.0)
-    assert rl.acquire() == pytest.approx(1.0)
+    assert rl.acquire() == 0.0
+    assert rl.acquire() == pytest.approx(60.75)  # until the slot of the first has left
 
 
 # ------------------------------------------------- an event loop never waits inside SQLite
@@ -302,7 +355,7 @@ def test_an_async_admission_waits_for_another_processs_transaction_without_block
     assert waited == 0.0  # no rate-limit wait: the burst had room
     assert isinstance(rl._store, DiskStore)  # not fallen back to memory
     # the admission was written to the shared state, after the holder's transaction
-    assert _shared_state(rl)[0] == pytest.approx(8.0, abs=0.1)
+    assert _shared_state(rl)[0] == 2  # both admissions counted
 
 
 def test_an_async_admission_gives_up_on_a_lock_held_too_long_and_keeps_the_loop_running(

@@ -102,6 +102,7 @@ class Pipeline:
             tokens_per_minute=settings.rate_limits.tokens_per_minute,
             environment=settings.environment,
             shared=stores.shared_budget,
+            local_share=float(settings.shared.local_share),
         )
         self.usage = UsageRecorder(stores.ledger, settings.environment)
         self.spending = Spending(settings, stores.spend, stores.shared_spend)
@@ -332,7 +333,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            self._waited(call, self.limiter.acquire(call.estimate))
+            self._waited(call, self.limiter.acquire(call.estimate, call.slots))
             with _attempt(call):
                 return method(**call.kwargs)
 
@@ -355,7 +356,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
-            self._waited(call, await self.limiter.acquire_async(call.estimate))
+            self._waited(call, await self.limiter.acquire_async(call.estimate, call.slots))
             with _attempt(call):  # around the await: the response hooks run inside it
                 return await method(**call.kwargs)
 
@@ -384,7 +385,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
-            self._waited(call, self.limiter.acquire(call.estimate))
+            self._waited(call, self.limiter.acquire(call.estimate, call.slots))
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -419,7 +420,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:
-            self._waited(call, await self.limiter.acquire_async(call.estimate))
+            self._waited(call, await self.limiter.acquire_async(call.estimate, call.slots))
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -520,10 +521,10 @@ class Pipeline:
         headers = _limit_headers(call.seen)
         if headers:
             steps.append(lambda: self._observe(headers))
-        if total or call.admitted > 1:  # every admitted attempt debited the estimate
-            debited = call.estimate * max(1, call.admitted)
+        if total or len(call.slots) > 1:  # every admitted attempt counted the estimate
             used = total or call.estimate  # no usage in the answer: the estimate stands
-            steps.append(lambda: self.limiter.reconcile(debited, used))
+            slots = list(call.slots)
+            steps.append(lambda: self.limiter.reconcile(call.estimate, used, slots))
         return steps
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
@@ -565,8 +566,8 @@ class Pipeline:
         """A call that failed gives back the tokens its attempts reserved and its spending
         reservation (atomic writes): the server rejected it or never saw it, so it used
         none of the budget."""
-        if call.estimate and call.admitted:
-            self.limiter.reconcile(call.estimate * call.admitted, 0)
+        if call.estimate and call.slots:
+            self.limiter.reconcile(call.estimate, 0, call.slots)
         self.release(call)
 
     def _observe(self, headers: dict[str, str]) -> None:

@@ -197,7 +197,8 @@ class Prepared:
     hit: Any = None  # a cache hit, rebuilt: the SDK's response, or a stream's list of events
     cached: bool = False  # whether the cache answered (hit is then set)
     estimate: int = 0
-    admitted: int = 0  # attempts the rate budget admitted (each debited ``estimate``)
+    admitted: int = 0  # attempts the rate budget admitted (each counted at ``estimate``)
+    slots: list[int] = field(default_factory=list)  # the window's slot of each admission
     seen: list[Any] = field(default_factory=list)  # HTTP responses of the current attempt
     seconds: float = 0.0  # the deadline of one attempt (and a stream's idle limit)
     ends: float | None = None  # a stream's total deadline (time.monotonic()), if any

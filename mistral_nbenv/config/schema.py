@@ -266,6 +266,11 @@ class SharedSettings:
     timeout: float = setting(
         seconds(60, positive=True), 0.5, "seconds to connect to or wait for Redis"
     )
+    local_share: float = setting(
+        Rule((int, float), "a number > 0 and <= 1", gt=0, most=1, convert=float),
+        0.5,
+        "while Redis is unreachable, this host admits this share of the rate limits",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,55 +1,52 @@
-"""Client-side budgets: requests/min and tokens/min shared across processes, and concurrency.
+"""Client-side budgets: requests/min and tokens/min shared across processes.
 
-**Rate semantics** (two token buckets, one state, updated in one SQLite transaction):
+**The rule.** ``requests_per_minute = L`` admits up to ``L`` requests at once and never more
+than ``L`` in any 60 s window; ``tokens_per_minute = T`` the same for tokens (each request
+counted at its estimate — prompt characters / 4 plus ``max_tokens`` — corrected to the
+response's ``usage`` by :meth:`RateLimiter.reconcile`). Admissions are counted in 1-second
+slots and a slot counts until every second of it has left the window, so a request may wait
+up to one second longer than an exact sliding window would make it; it never waits longer
+than :data:`MAX_WAIT` (one window and one slot). Ten requests per minute means ten at once,
+then the eleventh when the first has been a minute old — not one every six seconds.
 
-* requests: refills at ``requests_per_minute / 60`` per second and holds at most one
-  second's worth (at least 1).  So after an idle period a short burst of
-  ``max(1, rpm / 60)`` requests goes at once, then requests are spaced evenly.  Over ``T``
-  seconds at most ``burst + rpm * T / 60`` requests are admitted: 120 rpm for 30 s admits
-  62, whatever the number of processes sharing the budget.
-* tokens: refills at ``tokens_per_minute / 60`` per second, holds at most ten seconds'
-  worth.  A request is admitted when the balance covers its estimate (or the balance is
-  full, so one request larger than the bucket still goes); the estimate is then debited,
-  possibly into debt, which later requests wait out.  The estimate (prompt characters / 4
-  plus ``max_tokens``) is corrected with the response's ``usage`` by :meth:`reconcile`.
-* write-through: every admission and every correction is its own transaction, committed
-  before the call goes on, so no process holds budget that the others cannot see.
+**One state, one step.** The window (``{"w": [[slot, requests, tokens], ...], "until": t}``)
+lives in a :class:`~mistral_nbenv.store.Budget` store: by default
+``<cache_root>/budgets/<key fingerprint>`` (one SQLite transaction per step), shared by every
+process using that key; with ``[E.shared]`` in Redis, where every step is one Lua script run
+with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`, the same arithmetic as
+:meth:`RateLimiter._step`). Every admission and correction is committed before the call
+goes on. While Redis is unreachable a host admits against its local window, at
+``shared.local_share`` of the limits (the share the README documents), never the whole.
 
-The state lives in a :class:`~mistral_nbenv.store.Budget` store: by default the diskcache
-directory ``<cache_root>/<environment>/ratelimit`` (each update inside diskcache's
-``transact``), so every process (several notebook kernels, scripts) using the same cache
-root shares one budget; without one, in memory.
-The clock is read *inside* the store's atomic update, so updates from several processes are
-ordered by their clock readings and no interval is credited twice: the stored time never
-moves backwards; one up to ``CLOCK_SKEW`` ahead (another host's clock) is kept, one further
-ahead (a clock stepped back) counts as now. A state that cannot be read (corrupt, written
-by something else) is a full budget; a store that fails switches this limiter to memory
-with one warning. Clock and sleep are injectable. An async admission never waits on the event
-loop: it updates at once when no other transaction holds the state, and otherwise waits for
-it in a worker thread (:func:`~mistral_nbenv.store.without_waiting`).
+**Waiters queue.** Within a process, the calls waiting for one budget wait in line behind
+one admitter (a lock per event loop, and one for threads): only the admitter asks the
+store, and when the window is full it sleeps until the slot that blocks it leaves, so the
+store is asked about once per admission however many tasks wait.
 
-With ``[E.shared]`` (``rate_limits = true``) the same two buckets live in Redis instead and
-every admission is one Lua script run with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`,
-the same arithmetic as :meth:`RateLimiter._admission`): every host using
-that Redis and the same API key shares one budget. While Redis is unavailable a request is
-admitted against the local budget (:mod:`mistral_nbenv.store.shared`).
+**What the API says.** A per-minute limit in the ``x-ratelimit-limit-*`` headers below the
+configured one becomes this limiter's, and what remains of it
+(``x-ratelimit-remaining-*``) can only fill the window further (:meth:`observe`). A 429's
+``Retry-After`` pauses every process and host sharing the budget (:meth:`pause`).
 
-(Concurrency slots are :mod:`mistral_nbenv.policies.concurrency`.)
-
+A state no admission could have written (tampered with, or written by something else) is
+an empty window, with one warning; an earlier release's state is an empty window, silently.
 A wait longer than :data:`LONG_WAIT` seconds is logged once per call at INFO level and
 reported to the callbacks registered with :func:`add_wait_listener` (the notebook layer).
+(Concurrency slots are :mod:`mistral_nbenv.policies.concurrency`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
-from math import isfinite
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mistral_nbenv._forksafe import Lock
 from mistral_nbenv.store import Budget, Busy, Locked, warn_once, without_waiting
 from mistral_nbenv.store.local import MemoryStore
 
@@ -58,6 +55,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LONG_WAIT",
+    "MAX_WAIT",
+    "SLOT",
+    "WINDOW",
     "RateLimiter",
     "add_wait_listener",
 ]
@@ -66,21 +66,22 @@ log = logging.getLogger("mistral_nbenv.ratelimit")  # the name the README gives
 
 #: Waits longer than this many seconds are announced (once per call).
 LONG_WAIT = 1.0
-_TOKEN_BUCKET_SECONDS = 10.0
+#: The window the per-minute limits count in, and the width of one counted slot (seconds).
+WINDOW = 60.0
+SLOT = 1.0
+#: No admission ever waits longer than this: one window and one slot.
+MAX_WAIT = WINDOW + SLOT
 _STATE_KEY = "bucket"
-_EPSILON = 1e-6
-#: More than any bucket of the largest settings holds (requests_per_minute <= 10^7 and
+#: A slot this many slots ahead of the clock is another host's skew (kept where it is);
+#: further ahead, the clock stepped back (its counts move to the current slot).
+CLOCK_SKEW_SLOTS = 1
+#: More than any slot of the largest settings holds (requests_per_minute <= 10^7 and
 #: tokens_per_minute <= 10^10): a state above these is not one an admission wrote.
-_MOST_REQUESTS = 1e6
-_MOST_TOKENS = 1e10
-#: A stored time at most this far ahead of the clock is another host's skew (kept); further
-#: ahead, the clock stepped back (the stored time counts as now).
-CLOCK_SKEW = 1.0
-#: No admission ever waits longer than this: one window of the per-minute budgets. A state
-#: that would ask for more (tampered with, or written by something else) is a full budget.
-MAX_WAIT = 60.0
+_MOST_REQUESTS = 1e7
+_MOST_TOKENS = 1e11
 WaitListener = Callable[[str, float], None]
 _listeners: list[WaitListener] = []
+Window = list[list[float]]  # [[slot, requests, tokens], ...] oldest first
 
 
 def add_wait_listener(callback: WaitListener) -> Callable[[], None]:
@@ -108,12 +109,55 @@ def _announce(environment: str, seconds: float) -> None:
 
 
 def _bounded(wait: float) -> float:
-    """A wait the shared script returned, within ``[0, MAX_WAIT]`` (NaN: no wait)."""
+    """A wait within ``[0, MAX_WAIT]`` (NaN: no wait)."""
     return min(MAX_WAIT, wait) if wait > 0 else 0.0
 
 
+class _Tampered(ValueError):
+    """A stored window no admission could have written."""
+
+
+def _window(raw: str | None, now: float) -> tuple[Window, float]:
+    """``(window, paused until)`` of a stored state, slots that left the window dropped.
+
+    An earlier release's state (``req,tok,last``) is an empty window; anything else that is
+    not a state this module writes raises :class:`_Tampered`.
+    """
+    if not raw:
+        return [], 0.0
+    if not raw.lstrip().startswith("{"):
+        if raw.count(",") in (2, 3):  # the token buckets of an earlier release
+            return [], 0.0
+        raise _Tampered(raw[:40])
+    try:
+        state = json.loads(raw)
+        entries, until = state["w"], float(state.get("until", 0.0))
+        window: Window = []
+        for entry in entries:
+            slot, req, tok = (float(x) for x in entry)
+            window.append([slot, req, tok])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _Tampered(str(exc)) from None
+    now_slot = math.floor(now / SLOT)
+    first = now_slot - int(WINDOW / SLOT)
+    kept: Window = []
+    for slot, req, tok in window:
+        if not all(math.isfinite(x) for x in (slot, req, tok)):
+            raise _Tampered("not a number")
+        if req < 0 or tok < 0 or req > _MOST_REQUESTS or tok > _MOST_TOKENS:
+            raise _Tampered("out of range")
+        if slot > now_slot + CLOCK_SKEW_SLOTS:
+            slot = float(now_slot)  # a clock stepped back: counted as now, gone in a minute
+        if slot >= first:
+            kept.append([slot, req, tok])
+    if not math.isfinite(until) or until < 0 or until > now + MAX_WAIT:
+        raise _Tampered("pause")
+    kept.sort(key=lambda e: e[0])
+    return kept, until
+
+
 class RateLimiter:
-    """Requests/min and tokens/min buckets for one environment, optionally shared on disk."""
+    """Requests/min and tokens/min of one environment (and key), optionally shared."""
 
     def __init__(
         self,
@@ -126,30 +170,169 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         shared: SharedScript | None = None,
+        local_share: float = 1.0,
     ) -> None:
         self._store: Budget = store if store is not None else MemoryStore()
         self._shared = shared
         self.environment = environment
-        #: False when neither budget is set (both 0): every request is admitted at once.
-        self.enabled = False
-        self._set_limits(float(requests_per_minute or 0), float(tokens_per_minute or 0))
+        self.configured = (float(requests_per_minute or 0), float(tokens_per_minute or 0))
+        self.rpm, self.tpm = self.configured
+        #: False when neither limit is set (both 0): every request is admitted at once.
+        self.enabled = self.rpm > 0 or self.tpm > 0
+        #: The part of the limits a host admits against its own window while the shared
+        #: one (Redis) is unreachable.
+        self.local_share = min(1.0, max(0.0, float(local_share))) or 1.0
         self.clock = clock
         self.sleep = sleep
         self.async_sleep = async_sleep
-        #: The clock reading at which this limiter last admitted a request.
-        self.admitted_at = 0.0
         self._private: MemoryStore | None = None  # while the shared state is locked
+        # the line of waiters: one admitter per event loop, one among threads
+        self._thread_turn = Lock()
+        self._loop_turns: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+        self._turns_guard = Lock()
+        #: How many times this limiter asked its store (attempts; benchmarks, tests).
+        self.store_calls = 0
 
     def __repr__(self) -> str:
         where = self._shared.location if self._shared is not None else self._store.location
         return f"RateLimiter({self.environment!r}, rpm={self.rpm:g}, tpm={self.tpm:g}, {where})"
 
-    # -- state -----------------------------------------------------------------------------
+    # -- one step of the window -------------------------------------------------------------
 
-    def _update(self, change: Callable[[str | None], tuple[str | None, Any]]) -> Any:
-        """One atomic update of the shared state; a failing store falls back to memory."""
+    def _step(
+        self,
+        raw: str | None,
+        now: float,
+        *,
+        cost: float,
+        admit: bool,
+        share: float = 1.0,
+        corrections: Sequence[Sequence[float]] = (),
+        seen: tuple[float, float] = (-1.0, -1.0),
+        pause: float = 0.0,
+    ) -> tuple[str | None, tuple[float, float]]:
+        """The state change of one admission or correction (the Lua :data:`ADMIT`'s twin):
+        ``(new state, (seconds to wait, slot admitted in or -1))``."""
+        now_slot = math.floor(now / SLOT)
         try:
-            return self._store.update(_STATE_KEY, change)
+            window, until = _window(raw, now)
+        except _Tampered:
+            self._warn_tampered()
+            window, until = [], 0.0
+        by_slot = {int(e[0]): e for e in window}
+        for slot, tokens in corrections:  # a token estimate corrected (or given back)
+            entry = by_slot.get(int(slot))
+            if entry is not None:
+                entry[2] = max(0.0, entry[2] + tokens)
+        rpm, tpm = self.rpm * share, self.tpm * share
+        used_r = sum(e[1] for e in window)
+        used_t = sum(e[2] for e in window)
+        extra_r = extra_t = 0.0
+        if rpm > 0 and seen[0] >= 0:  # what the API says remains can only fill the window
+            extra_r = max(0.0, (rpm - used_r) - seen[0])
+        if tpm > 0 and seen[1] >= 0:
+            extra_t = max(0.0, (tpm - used_t) - seen[1])
+        if pause > 0:
+            until = max(until, now + min(pause, WINDOW))
+        wait, admitted = 0.0, -1.0
+        if admit:
+            wait = self._wait(window, now, cost, rpm, tpm, used_r + extra_r, used_t + extra_t)
+            if until > now:
+                wait = max(wait, until - now)
+        if extra_r or extra_t or (admit and wait <= 0):
+            current = by_slot.get(now_slot)
+            if current is None:
+                current = [float(now_slot), 0.0, 0.0]
+                window.append(current)
+            current[1] += extra_r
+            current[2] += extra_t
+            if admit and wait <= 0:
+                current[1] += 1.0
+                current[2] += cost
+                admitted = float(now_slot)
+        state = {"w": [[int(s), r, t] for s, r, t in window if r or t], "until": until}
+        return json.dumps(state, separators=(",", ":")), (_bounded(wait), admitted)
+
+    @staticmethod
+    def _wait(
+        window: Window,
+        now: float,
+        cost: float,
+        rpm: float,
+        tpm: float,
+        used_r: float,
+        used_t: float,
+    ) -> float:
+        """0 when one more request of ``cost`` tokens fits in the window; else the seconds
+        until enough of its oldest slots have left it."""
+
+        def fits(r: float, t: float) -> bool:
+            return (rpm <= 0 or r + 1 <= rpm + 1e-9) and (
+                tpm <= 0 or t + cost <= tpm * (1 + 1e-12) or t <= 0
+            )
+
+        if fits(used_r, used_t):
+            return 0.0
+        for slot, req, tok in window:
+            used_r -= req
+            used_t -= tok
+            if fits(used_r, used_t):
+                return max(0.0, (slot + 1) * SLOT + WINDOW - now)
+        return MAX_WAIT
+
+    def _warn_tampered(self) -> None:
+        whose = f" of environment '{self.environment}'" if self.environment else ""
+        warn_once(
+            f"{self._store.location} (rate-limit state)",
+            "the stored state is not one this package writes: tampered with?",
+            what=f"the rate-limit state{whose}",
+            then="it counts as an empty window, and the next admission writes a valid one",
+            fix="Check who can write to that directory.",
+        )
+
+    # -- where the step runs ------------------------------------------------------------------
+
+    def _args(self, **step: Any) -> list[Any]:
+        """The shared script's arguments (:data:`~mistral_nbenv.store.redis.ADMIT`)."""
+        seen = step.get("seen", (-1.0, -1.0))
+        return [
+            repr(self.rpm),
+            repr(self.tpm),
+            repr(float(step.get("cost", 0.0))),
+            1 if step.get("admit") else 0,
+            json.dumps([[int(s), float(t)] for s, t in step.get("corrections", ())]),
+            repr(float(seen[0])),
+            repr(float(seen[1])),
+            repr(float(step.get("pause", 0.0))),
+        ]
+
+    def _run(self, **step: Any) -> tuple[float, float]:
+        """One step: in Redis when shared (and up), else in the local store."""
+        self.store_calls += 1
+        if self._shared is not None:
+            got = self._shared.run(self._args(**step))
+            if got is not None:
+                return _bounded(float(got[0])), float(got[1])
+            step["share"] = self.local_share
+        return self._local(step)
+
+    async def _run_async(self, **step: Any) -> tuple[float, float]:
+        """:meth:`_run` with the event loop free: Redis awaited, the disk in a worker thread."""
+        self.store_calls += 1
+        if self._shared is not None:
+            got = await self._shared.run_async(self._args(**step))
+            if got is not None:
+                return _bounded(float(got[0])), float(got[1])
+            step["share"] = self.local_share
+        return await without_waiting(lambda: self._local(step))
+
+    def _local(self, step: dict[str, Any]) -> tuple[float, float]:
+        def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
+            return self._step(raw, self.clock(), **step)  # the clock read inside the lock
+
+        try:
+            result: tuple[float, float] = self._store.update(_STATE_KEY, change)
+            return result
         except Busy:
             raise  # to be run where waiting is allowed (store.without_waiting)
         except Locked as exc:  # a stopped process holds it: this call only, on our own
@@ -166,222 +349,84 @@ class RateLimiter:
             )
             if self._private is None:
                 self._private = MemoryStore()
-            return self._private.update(_STATE_KEY, change)
+            private: tuple[float, float] = self._private.update(_STATE_KEY, change)
+            return private
         except Exception as exc:
-            return self._fall_back(exc, change)
-
-    def _fall_back(
-        self, exc: Exception, change: Callable[[str | None], tuple[str | None, Any]]
-    ) -> Any:
-        """The store failed: warn once, keep the budget in memory, apply ``change`` there."""
-        whose = f" of environment '{self.environment}'" if self.environment else ""
-        warn_once(
-            self._store.location,
-            f"{type(exc).__name__}: {exc}",
-            what=f"the rate-limit state{whose}",
-            then="this process keeps its budget in memory, no longer shared with others",
-        )
-        self._store = MemoryStore()
-        return self._store.update(_STATE_KEY, change)
-
-    def _parse(self, raw: str | None, now: float) -> tuple[float, float, float, float]:
-        """``(requests, tokens, last, paused until)``; anything unreadable is a full budget
-        as of now.
-
-        ``last`` may be a little ahead of ``now`` (another host's clock on a shared
-        directory): it is kept, so time is never credited twice.  Far ahead (a clock that
-        stepped back), it counts as now: the step costs at most one refill period.
-
-        A state no admission could have written — more than a bucket holds, a time before
-        1970, a debt the buckets would take more than :data:`MAX_WAIT` to refill, a pause
-        longer than that — is a full budget too, with one warning naming the environment and
-        where the state is (tampered with, or written by something else): never a long sleep.
-        """
-        if not raw:
-            return self._req_cap, self._tok_cap, now, 0.0
-        try:
-            parts = raw.split(",")
-            if len(parts) == 3:  # written before pauses existed
-                parts.append("0")
-            req_text, tok_text, last_text, until_text = parts
-            req, tok, last = float(req_text), float(tok_text), float(last_text)
-            until = float(until_text)
-        except (ValueError, TypeError, AttributeError):
-            req = tok = last = until = float("nan")
-        if self._plausible(req, tok, last) and isfinite(until) and until - now <= MAX_WAIT:
-            if last - now > CLOCK_SKEW:
-                last = now
-            return min(req, self._req_cap), min(tok, self._tok_cap), last, until
-        whose = f" of environment '{self.environment}'" if self.environment else ""
-        warn_once(
-            f"{self._store.location} (rate-limit state)",
-            "the stored state is not one this package writes: tampered with?",
-            what=f"the rate-limit state{whose}",
-            then="it counts as a full budget, and the next admission writes a valid one",
-            fix="Check who can write to that directory.",
-        )
-        return self._req_cap, self._tok_cap, now, 0.0
-
-    def _plausible(self, req: float, tok: float, last: float) -> bool:
-        """Whether an admission could have left this state (finite, bounded debt)."""
-        if not (isfinite(req) and isfinite(tok) and isfinite(last)) or last < 0:
-            return False
-        # above what any bucket holds (another environment's or a learnt limit's larger
-        # bucket is only clamped to this one's)
-        if req > _MOST_REQUESTS or tok > _MOST_TOKENS:
-            return False
-        if self._req_rate > 0 and (1.0 - req) / self._req_rate > MAX_WAIT:
-            return False
-        return not (self._tok_rate > 0 and -tok / self._tok_rate > MAX_WAIT)
-
-    def _shared_args(
-        self,
-        cost: float,
-        adjust: float = 0.0,
-        *,
-        admit: bool = True,
-        seen: tuple[float, float] = (-1.0, -1.0),
-        pause: float = 0.0,
-    ) -> list[Any]:
-        """The shared admission script's arguments (:data:`~mistral_nbenv.store.redis.ADMIT`)."""
-        return [
-            repr(self._req_rate if self.rpm > 0 else 0.0),
-            repr(self._req_cap),
-            repr(self._tok_rate if self.tpm > 0 else 0.0),
-            repr(self._tok_cap),
-            repr(float(cost)),
-            repr(float(adjust)),
-            1 if admit else 0,
-            repr(float(seen[0])),
-            repr(float(seen[1])),
-            repr(float(pause)),
-        ]
-
-    def _run_shared(self, args: list[Any]) -> tuple[float, float] | None:
-        """The admission script in Redis: ``(wait, Redis time)``, or None while it is down."""
-        assert self._shared is not None
-        got = self._shared.run(args)
-        return None if got is None else (float(got[0]), float(got[1]))
-
-    def _try(self, cost: float) -> tuple[float, float]:
-        """Debit the buckets if possible: ``(0, now)`` on success, else ``(seconds, now)``."""
-        if self._shared is not None:
-            got = self._run_shared(self._shared_args(cost))
-            if got is not None:
-                return _bounded(got[0]), self.clock()
-        result: tuple[float, float] = self._update(self._admission(cost))
-        return result
-
-    async def _try_async(self, cost: float) -> tuple[float, float]:
-        """:meth:`_try` with the event loop free: Redis awaited, the disk in a worker thread."""
-        if self._shared is not None:
-            reply = await self._shared.run_async(self._shared_args(cost))
-            if reply is not None:
-                return _bounded(float(reply[0])), self.clock()
-        change = self._admission(cost)
-        result: tuple[float, float] = await without_waiting(lambda: self._update(change))
-        return result
-
-    def _admission(
-        self, cost: float
-    ) -> Callable[[str | None], tuple[str | None, tuple[float, float]]]:
-        """The state change admitting one request of ``cost`` tokens (``(wait, now)``)."""
-
-        def change(raw: str | None) -> tuple[str | None, tuple[float, float]]:
-            now = self.clock()  # inside the transaction: ordered with every other process
-            req, tok, last, until = self._parse(raw, now)
-            elapsed = max(0.0, now - last)
-            stamp = max(now, last)  # the stored time never moves backwards
-            req = min(self._req_cap, req + elapsed * self._req_rate)
-            tok = min(self._tok_cap, tok + elapsed * self._tok_rate)
-            wait = 0.0
-            # _EPSILON: float refills land a hair below the threshold after an exact wait
-            if self.rpm > 0 and req < 1.0 - _EPSILON:
-                wait = (1.0 - req) / self._req_rate
-            if self.tpm > 0:
-                need = min(cost, self._tok_cap)
-                if tok < need - _EPSILON * max(1.0, need):
-                    wait = max(wait, (need - tok) / self._tok_rate)
-            if until > now:  # a 429's Retry-After: every process sharing the budget waits
-                wait = max(wait, until - now)
-            if wait <= 0:
-                if self.rpm > 0:
-                    req -= 1.0
-                if self.tpm > 0:
-                    tok -= cost
-            return f"{req!r},{tok!r},{stamp!r},{until!r}", (min(wait, MAX_WAIT), now)
-
-        return change
-
-    def _correction(
-        self, adjust: float, seen: tuple[float, float] = (-1.0, -1.0), pause: float = 0.0
-    ) -> Callable[[str | None], tuple[str, None]]:
-        """The state change debiting ``adjust`` more tokens (negative: crediting them),
-        lowering the buckets to what the API says remains (``seen``: requests, tokens; -1
-        unknown) and pausing every admission for ``pause`` seconds."""
-
-        def change(raw: str | None) -> tuple[str, None]:
-            now = self.clock()
-            req, tok, last, until = self._parse(raw, now)
-            # a debt is never more than one window's refill (MAX_WAIT): a wild correction
-            # (a usage far above the estimate) must not block the budget for longer
-            floor = -self._tok_rate * MAX_WAIT
-            tok = max(floor, min(self._tok_cap, tok - adjust))
-            if self.rpm > 0 and seen[0] >= 0:
-                req = min(req, seen[0])
-            if self.tpm > 0 and seen[1] >= 0:
-                tok = min(tok, seen[1])
-            if pause > 0:
-                until = max(until, now + min(pause, MAX_WAIT))
-            return f"{req!r},{tok!r},{last!r},{until!r}", None
-
-        return change
+            whose = f" of environment '{self.environment}'" if self.environment else ""
+            warn_once(
+                self._store.location,
+                f"{type(exc).__name__}: {exc}",
+                what=f"the rate-limit state{whose}",
+                then="this process keeps its budget in memory, no longer shared with others",
+            )
+            self._store = MemoryStore()
+            fallback: tuple[float, float] = self._store.update(_STATE_KEY, change)
+            return fallback
 
     # -- public ----------------------------------------------------------------------------
 
-    def _admitted(self, wait: float, now: float, started: float, announced: list[bool]) -> bool:
-        """True when admitted; announces the first long wait of a call."""
-        if wait <= 0:
-            self.admitted_at = now
-            return True
-        if not announced[0] and (now - started) + wait > LONG_WAIT:
-            announced[0] = True
-            _announce(self.environment, wait)
-        return False
+    def _loop_turn(self) -> asyncio.Lock:
+        """The running loop's line of waiters."""
+        loop = asyncio.get_running_loop()
+        with self._turns_guard:
+            found = self._loop_turns.get(id(loop))
+            if found is not None and found[0] is loop:
+                return found[1]
+            for key in [k for k, (lp, _) in self._loop_turns.items() if lp.is_closed()]:
+                del self._loop_turns[key]
+            turn = asyncio.Lock()
+            self._loop_turns[id(loop)] = (loop, turn)
+            return turn
 
-    def acquire(self, tokens: float = 0) -> float:
-        """Block until one request of ``tokens`` estimated tokens fits; return seconds waited."""
+    def acquire(self, tokens: float = 0, slots: list[int] | None = None) -> float:
+        """Wait in line until one request of ``tokens`` estimated tokens fits; return the
+        seconds waited. ``slots`` gets the slot it was admitted in (for :meth:`reconcile`)."""
         if not self.enabled:
             return 0.0
-        started, announced, slept = self.clock(), [False], False
-        while True:
-            wait, now = self._try(tokens)
-            if self._admitted(wait, now, started, announced):
-                break
-            slept = True
-            self.sleep(wait)
+        started, announced, slept = self.clock(), False, False
+        with self._thread_turn:
+            while True:
+                wait, slot = self._run(cost=tokens, admit=True)
+                if wait <= 0:
+                    break
+                if not announced and (self.clock() - started) + wait > LONG_WAIT:
+                    announced = True
+                    _announce(self.environment, wait)
+                slept = True
+                self.sleep(wait)
+        if slots is not None and slot >= 0:
+            slots.append(int(slot))
         return self.clock() - started if slept else 0.0
 
-    async def acquire_async(self, tokens: float = 0) -> float:
+    async def acquire_async(self, tokens: float = 0, slots: list[int] | None = None) -> float:
         """Async twin of :meth:`acquire` (the event loop keeps running while waiting)."""
         if not self.enabled:
             return 0.0
-        started, announced, slept = self.clock(), [False], False
-        while True:
-            wait, now = await self._try_async(tokens)
-            if self._admitted(wait, now, started, announced):
-                break
-            slept = True
-            await self.async_sleep(wait)
+        started, announced, slept = self.clock(), False, False
+        async with self._loop_turn():
+            while True:
+                wait, slot = await self._run_async(cost=tokens, admit=True)
+                if wait <= 0:
+                    break
+                if not announced and (self.clock() - started) + wait > LONG_WAIT:
+                    announced = True
+                    _announce(self.environment, wait)
+                slept = True
+                await self.async_sleep(wait)
+        if slots is not None and slot >= 0:
+            slots.append(int(slot))
         return self.clock() - started if slept else 0.0
 
-    def reconcile(self, estimated: float, actual: float) -> None:
-        """Correct the token bucket with the response's ``usage``, now (one update); an
-        ``actual`` of 0 gives the whole estimate back (a request that failed)."""
-        if self.tpm <= 0 or actual < 0 or actual == estimated:
+    def reconcile(self, estimated: float, actual: float, slots: Sequence[int] = ()) -> None:
+        """Correct the tokens counted for a call's admissions (``slots``, one per attempt,
+        each counted at ``estimated``) to the response's ``usage`` (``actual``, all on the
+        last attempt); an ``actual`` of 0 gives every estimate back (a call that failed)."""
+        if self.tpm <= 0 or actual < 0 or not slots:
             return
-        adjust = actual - estimated
-        self._correct(adjust)
+        corrections = [[s, -estimated] for s in slots[:-1]] + [[slots[-1], actual - estimated]]
+        corrections = [c for c in corrections if c[1]]
+        if corrections:
+            self._run(cost=0.0, admit=False, corrections=corrections)
 
     def observe(
         self,
@@ -393,7 +438,7 @@ class RateLimiter:
     ) -> None:
         """What the API says of its own per-minute limits (``x-ratelimit-*``): a lower limit
         than the configured one becomes this limiter's (never a higher one), and what
-        remains of it can only lower the buckets."""
+        remains of it can only fill the window further."""
         self._learn(limit_requests, limit_tokens)
         if not self.enabled:
             return
@@ -401,9 +446,8 @@ class RateLimiter:
             -1.0 if remaining_requests is None else max(0.0, remaining_requests),
             -1.0 if remaining_tokens is None else max(0.0, remaining_tokens),
         )
-        if seen == (-1.0, -1.0):
-            return
-        self._correct(0.0, seen=seen)
+        if seen != (-1.0, -1.0):
+            self._run(cost=0.0, admit=False, seen=seen)
 
     def _learn(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt an API limit below the configured one (0 configured: no limit, so any)."""
@@ -420,29 +464,11 @@ class RateLimiter:
                 rpm,
                 tpm,
             )
-            self._set_limits(rpm, tpm)
-
-    def _set_limits(self, rpm: float, tpm: float) -> None:
-        self.rpm, self.tpm = rpm, tpm
-        self.enabled = self.rpm > 0 or self.tpm > 0
-        self._req_rate = self.rpm / 60.0
-        self._req_cap = max(1.0, self._req_rate)
-        self._tok_rate = self.tpm / 60.0
-        self._tok_cap = max(1.0, self._tok_rate * _TOKEN_BUCKET_SECONDS)
+            self.rpm, self.tpm = rpm, tpm
+            self.enabled = True
 
     def pause(self, seconds: float) -> None:
         """A 429 said to come back in ``seconds``: every process (and host) sharing this
-        budget waits that long before its next admission (at most :data:`MAX_WAIT`)."""
-        if not seconds > 0:
-            return
-        self._correct(0.0, pause=seconds)
-
-    def _correct(
-        self, adjust: float, *, seen: tuple[float, float] = (-1.0, -1.0), pause: float = 0.0
-    ) -> None:
-        """One correction without an admission: in Redis when shared (and up), else here."""
-        if self._shared is not None:
-            args = self._shared_args(0.0, adjust, admit=False, seen=seen, pause=pause)
-            if self._run_shared(args) is not None:
-                return
-        self._update(self._correction(adjust, seen, pause))
+        budget waits that long before its next admission (at most one window)."""
+        if seconds > 0 and self.enabled:
+            self._run(cost=0.0, admit=False, pause=seconds)

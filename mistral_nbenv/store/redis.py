@@ -38,64 +38,120 @@ __all__ = [
     "connect",
 ]
 
-#: The admission: two token buckets (requests, tokens) in one hash, refilled from Redis's
-#: clock, and a pause every admission waits out (a 429's ``Retry-After``). ARGV: request
-#: rate/s, request cap, token rate/s, token cap, this request's token estimate, a token
-#: correction (actual - estimated, from earlier calls), admit (1) or only correct (0), the
-#: requests and tokens the API says remain (-1: not known; they only lower the buckets), and
-#: seconds to pause from now (0: none). The state expires once both buckets would be full
-#: again and the pause is over. Returns {wait seconds, Redis time} as strings (a Lua number
-#: would be truncated to an integer).
+#: The rate budget's one step (:meth:`~mistral_nbenv.policies.ratelimit.RateLimiter._step`
+#: is its twin): a window of 1-second slots ``{"w": [[slot, requests, tokens], ...],
+#: "until": t}`` as JSON text, the clock Redis's own. ARGV: requests/min and tokens/min (0:
+#: none), this request's token estimate, admit (1) or only correct (0), token corrections
+#: ``[[slot, tokens], ...]`` as JSON, the requests and tokens the API says remain (-1: not
+#: known; they only fill the window), seconds to pause from now (0: none). The state expires
+#: once nothing in it counts. Returns {wait seconds, slot admitted in or -1} as strings (a
+#: Lua number would be truncated to an integer).
 ADMIT = """
 local key = KEYS[1]
-local req_rate, req_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tok_rate, tok_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
-local cost, adjust, admit = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
-local seen_req, seen_tok, pause = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cost, admit = tonumber(ARGV[3]), ARGV[4] == '1'
+local corrections = cjson.decode(ARGV[5])
+local seen_r, seen_t, pause = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local WINDOW, SLOT = 60, 1
+local MAX_WAIT = WINDOW + SLOT
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local s = redis.call('HMGET', key, 'req', 'tok', 'last', 'until')
-local req, tok, last = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-local paused = tonumber(s[4]) or 0
-local function bad(x) return x == nil or x ~= x or x == math.huge or x == -math.huge end
--- a state no admission could have written (tampered with): a full budget, never a long wait
-if bad(req) or bad(tok) or bad(last) or last < 0 or req > 1e6 or tok > 1e10
-   or (req_rate > 0 and (1 - req) / req_rate > 60)
-   or (tok_rate > 0 and -tok / tok_rate > 60) then
-  req, tok, last = req_cap, tok_cap, now
+local now_slot = math.floor(now / SLOT)
+local first = now_slot - WINDOW / SLOT
+local function finite(x)
+  return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge
 end
-if bad(paused) or paused - now > 60 then paused = 0 end
-if last > now then last = now end
-local elapsed = now - last
-req = math.min(req_cap, req + elapsed * req_rate)
-tok = math.max(-tok_rate * 60, math.min(tok_cap, tok + elapsed * tok_rate - adjust))
-if req_rate > 0 and seen_req >= 0 then req = math.min(req, seen_req) end
-if tok_rate > 0 and seen_tok >= 0 then tok = math.min(tok, seen_tok) end
-if pause > 0 then paused = math.max(paused, now + math.min(pause, 60)) end
-local wait = 0
+local kind = redis.call('TYPE', key)['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', key) end  -- an earlier form
+local window, paused = {}, 0
+local raw = redis.call('GET', key)
+if raw then
+  -- a state no admission could have written (tampered with): an empty window
+  local ok, state = pcall(cjson.decode, raw)
+  local good = ok and type(state) == 'table' and type(state.w) == 'table'
+  if good then
+    paused = tonumber(state['until']) or 0
+    good = finite(paused) and paused >= 0 and paused <= now + MAX_WAIT
+  end
+  if good then
+    for _, e in ipairs(state.w) do
+      local s, r, k = tonumber(e[1]), tonumber(e[2]), tonumber(e[3])
+      if not (finite(s) and finite(r) and finite(k)) or r < 0 or k < 0
+         or r > 1e7 or k > 1e11 then
+        good = false
+        break
+      end
+      if s > now_slot + 1 then s = now_slot end  -- a clock stepped back: counted as now
+      if s >= first then table.insert(window, {s, r, k}) end
+    end
+  end
+  if not good then window, paused = {}, 0 end
+end
+table.sort(window, function(a, b) return a[1] < b[1] end)
+for _, c in ipairs(corrections) do
+  for _, e in ipairs(window) do
+    if e[1] == c[1] then e[3] = math.max(0, e[3] + c[2]) end
+  end
+end
+local used_r, used_t = 0, 0
+for _, e in ipairs(window) do
+  used_r = used_r + e[2]
+  used_t = used_t + e[3]
+end
+local extra_r, extra_t = 0, 0
+if rpm > 0 and seen_r >= 0 then extra_r = math.max(0, (rpm - used_r) - seen_r) end
+if tpm > 0 and seen_t >= 0 then extra_t = math.max(0, (tpm - used_t) - seen_t) end
+if pause > 0 then paused = math.max(paused, now + math.min(pause, WINDOW)) end
+local function fits(r, k)
+  return (rpm <= 0 or r + 1 <= rpm + 1e-9)
+     and (tpm <= 0 or k + cost <= tpm * (1 + 1e-12) or k <= 0)
+end
+local wait, admitted = 0, -1
 if admit then
-  if req_rate > 0 and req < 1 - 1e-6 then wait = (1 - req) / req_rate end
-  if tok_rate > 0 then
-    local need = math.min(cost, tok_cap)
-    if tok < need - 1e-6 * math.max(1, need) then
-      wait = math.max(wait, (need - tok) / tok_rate)
+  local r, k = used_r + extra_r, used_t + extra_t
+  if not fits(r, k) then
+    wait = MAX_WAIT
+    for _, e in ipairs(window) do
+      r = r - e[2]
+      k = k - e[3]
+      if fits(r, k) then
+        wait = math.max(0, (e[1] + 1) * SLOT + WINDOW - now)
+        break
+      end
     end
   end
   if paused > now then wait = math.max(wait, paused - now) end
-  if wait <= 0 then
-    if req_rate > 0 then req = req - 1 end
-    if tok_rate > 0 then tok = tok - cost end
+end
+if extra_r > 0 or extra_t > 0 or (admit and wait <= 0) then
+  local current = nil
+  for _, e in ipairs(window) do
+    if e[1] == now_slot then current = e end
+  end
+  if current == nil then
+    current = {now_slot, 0, 0}
+    table.insert(window, current)
+  end
+  current[2] = current[2] + extra_r
+  current[3] = current[3] + extra_t
+  if admit and wait <= 0 then
+    current[2] = current[2] + 1
+    current[3] = current[3] + cost
+    admitted = now_slot
   end
 end
-redis.call('HSET', key, 'req', string.format('%.17g', req),
-           'tok', string.format('%.17g', tok), 'last', string.format('%.17g', now),
-           'until', string.format('%.17g', paused))
--- kept until both buckets would be full again (then a missing state means the same)
-local full = math.max(1, paused - now)
-if req_rate > 0 then full = math.max(full, (req_cap - req) / req_rate) end
-if tok_rate > 0 then full = math.max(full, (tok_cap - tok) / tok_rate) end
-redis.call('PEXPIRE', key, math.ceil((full + 1) * 1000))
-return {string.format('%.17g', wait), string.format('%.17g', now)}
+local out = {}
+for _, e in ipairs(window) do
+  if e[2] > 0 or e[3] > 0 then table.insert(out, e) end
+end
+if #out == 0 and paused <= now then
+  redis.call('DEL', key)
+else
+  -- kept while anything in it counts: the newest slot for a window, the pause until it ends
+  local ttl = math.max(paused - now, 0) + WINDOW + 2 * SLOT
+  redis.call('SET', key, cjson.encode({w = out, ['until'] = paused}),
+             'PX', math.ceil(ttl * 1000))
+end
+return {string.format('%.17g', math.min(wait, MAX_WAIT)), string.format('%.17g', admitted)}
 """
 
 #: The spending caps of one environment: what the current UTC day and month have spent,
