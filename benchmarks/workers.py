@@ -279,6 +279,69 @@ def async_raw_serve(params: Params) -> None:
     _async_serve(batch, int(params["warmup"]))
 
 
+def async_httpx_serve(params: Params) -> None:
+    """A bare ``httpx2.AsyncClient`` posting the same bodies (JSON decoded, nothing else),
+    bounded by an ``asyncio.Semaphore`` and a pool of the same size: the floor."""
+    import httpx2
+
+    limit = int(params["concurrency"])
+    url = str(params["server_url"]).rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {FAKE_KEYS['development']}"}
+    state: dict[str, Any] = {}
+
+    async def batch(n: int, tag: str) -> None:
+        http = state.get("http")
+        if http is None:
+            pool = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
+            http = state["http"] = httpx2.AsyncClient(timeout=30, limits=pool)
+        gate = asyncio.Semaphore(limit)
+
+        async def one(i: int) -> Any:
+            async with gate:
+                body = {"model": MODEL, "messages": _messages(f"{tag}-{i}")}
+                answer = await http.post(url, json=body, headers=headers)
+                return answer.json()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    _async_serve(batch, int(params["warmup"]))
+
+
+def waiting_tasks(params: Params) -> Any:
+    """``n`` concurrent calls on a budget that admits ``rpm`` a minute: after ``seconds``,
+    how many were answered and how often the limiter asked its store (the rest still wait,
+    in line); then the client's CPU per answered call."""
+    import mistral_nbenv
+
+    client = mistral_nbenv.get_client()
+    limiter = client._limiter
+    n, seconds = int(params["n"]), float(params["seconds"])
+    answered = [0]
+
+    async def one(i: int) -> None:
+        await client.chat.complete_async(model=MODEL, messages=_messages(f"wait-{i}"))
+        answered[0] += 1
+
+    async def main() -> dict[str, Any]:
+        await client.chat.complete_async(model=MODEL, messages=_messages("warm"), cache=False)
+        before, cpu = limiter.admission_tries, time.process_time()
+        answered[0] = 0
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        await asyncio.sleep(seconds)
+        result = {
+            "answered": answered[0],
+            "store_calls": limiter.admission_tries - before,
+            "cpu_ms_per_answer": (time.process_time() - cpu) / max(1, answered[0]) * 1e3,
+            "waits": client.stats.rate_limit_waits,
+        }
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return result
+
+    return asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- 4. switch
 
 
@@ -483,6 +546,8 @@ TASKS: dict[str, Callable[[Params], Any]] = {
     "miss_latency": miss_latency,
     "async_wrapper_serve": async_wrapper_serve,
     "async_raw_serve": async_raw_serve,
+    "async_httpx_serve": async_httpx_serve,
+    "waiting_tasks": waiting_tasks,
     "parse_hit": parse_hit,
     "switch": switch,
     "memory": memory,

@@ -77,12 +77,12 @@ def gather(client: object, start: float, seconds: float, tasks: int) -> None:
 
     async def run() -> None:
         await asyncio.sleep(max(0.0, start - time.time()))
-        calls_before = limiter.store_calls
+        calls_before = limiter.admission_tries
         work = asyncio.gather(*(one(i) for i in range(tasks)))
         await asyncio.sleep(seconds)
         print(
             json.dumps(
-                {"answered": answered[0], "store_calls": limiter.store_calls - calls_before}
+                {"answered": answered[0], "store_calls": limiter.admission_tries - calls_before}
             ),
             flush=True,
         )

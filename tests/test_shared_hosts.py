@@ -198,7 +198,7 @@ def test_a_thousand_waiting_tasks_per_host_queue_and_the_server_sees_the_limit(
         assert 0 < received <= rpm
     for r in results:
         if r["answered"]:
-            assert r["store_calls"] <= 2 * r["answered"] + 2, r  # not once per waiting task
+            assert r["store_calls"] <= 1.1 * r["answered"] + 3, r  # not once per waiting task
 
 
 @pytest.fixture(autouse=True)

@@ -190,8 +190,10 @@ class RateLimiter:
         self._thread_turn = Lock()
         self._loop_turns: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
         self._turns_guard = Lock()
-        #: How many times this limiter asked its store (attempts; benchmarks, tests).
+        #: How many steps this limiter ran on its store, and how many of them were tries to
+        #: be admitted (benchmarks, tests: about one try per admission, however many wait).
         self.store_calls = 0
+        self.admission_tries = 0
 
     def __repr__(self) -> str:
         where = self._shared.location if self._shared is not None else self._store.location
@@ -386,6 +388,7 @@ class RateLimiter:
         started, announced, slept = self.clock(), False, False
         with self._thread_turn:
             while True:
+                self.admission_tries += 1
                 wait, slot = self._run(cost=tokens, admit=True)
                 if wait <= 0:
                     break
@@ -405,6 +408,7 @@ class RateLimiter:
         started, announced, slept = self.clock(), False, False
         async with self._loop_turn():
             while True:
+                self.admission_tries += 1
                 wait, slot = await self._run_async(cost=tokens, admit=True)
                 if wait <= 0:
                     break

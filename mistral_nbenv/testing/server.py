@@ -336,6 +336,7 @@ def _retry_after_value(fault: Fault) -> str | None:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = True
+    request_queue_size = 1024  # a hundred clients connecting at once are all accepted
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: MistralTestServer) -> None:
