@@ -141,6 +141,8 @@ def test_logs_stay_out_of_cells_and_a_wait_is_one_line(
                 "%mistral_env staging",
                 "%mistral_env development",
                 "%%mistral\nfirst",
+                # as a 429's Retry-After does: the next call waits for the whole budget
+                "from mistral_nbenv import get_client\nget_client()._limiter.pause(1.5)",
                 "%%mistral\nsecond",
             )
         ]
@@ -151,7 +153,7 @@ def test_logs_stay_out_of_cells_and_a_wait_is_one_line(
     assert stderr == []  # no "INFO switched environment", no pink log lines
     waited = [
         o.data["text/plain"]
-        for o in nb.cells[4].outputs
+        for o in nb.cells[5].outputs
         if o.output_type == "display_data" and "waiting" in o.data.get("text/plain", "")
     ]
     assert len(waited) == 1
