@@ -2,7 +2,9 @@
 
 * ``lint``: ruff check, ruff format --check, mypy of the package and benchmarks (Python 3.11);
 * ``tests-3.11``: the whole suite, the real-browser JupyterLab test included;
-* ``tests-3.12``, ``tests-3.13``: everything but the browser test.
+* ``tests-3.12``, ``tests-3.13``: everything but the browser test;
+* ``package``: ``python -m build`` (no warning allowed), the sdist's contents checked, the
+  wheel installed into a fresh venv and ``mistral-nbenv demo`` run from another directory.
 
 Every session installs with ``-c constraints.txt``, so a fresh machine gets the versions CI
 got. Interpreters are found on ``PATH`` or through pyenv (``pyenv install 3.12`` etc.).
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "package"]
 nox.options.error_on_missing_interpreters = True
 nox.options.default_venv_backend = "venv"
 
@@ -64,3 +66,62 @@ def tests(session: nox.Session) -> None:
     if not full:
         args += ["-m", "not browser"]
     session.run("python", "-m", "pytest", *args, *session.posargs)
+
+
+#: What an sdist must hold for its tests to run and for the README's setup to work.
+SDIST_MUST_HOLD = (
+    "LICENSE",
+    ".secrets.toml.example",
+    "constraints.txt",
+    "tests/conftest.py",
+    "tests/fixtures/",
+    "notebooks/",
+    "mistral_nbenv/config/prices.toml",
+)
+
+
+@nox.session(python=FULL)
+def package(session: nox.Session) -> None:
+    """Build the wheel and sdist, check them, and run the demo from the installed wheel."""
+    import pathlib
+    import tarfile
+    import tempfile
+    import zipfile
+
+    _install(session, "build")
+    out = pathlib.Path(tempfile.mkdtemp(prefix="mistral-nbenv-dist-"))
+    # from a clean export of HEAD: what a release would ship, nothing untracked
+    source = out / "source"
+    source.mkdir()
+    session.run("sh", "-c", f"git archive HEAD | tar -x -C {source}", external=True)
+    log = session.run("python", "-m", "build", "--outdir", str(out), str(source), silent=True)
+    warnings = [
+        line
+        for line in str(log).splitlines()
+        if line.lower().startswith("warning:") or "DeprecationWarning" in line
+    ]
+    if warnings:
+        session.error("python -m build warned:\n" + "\n".join(warnings))
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    with tarfile.open(sdist) as tar:
+        names = [name.split("/", 1)[1] for name in tar.getnames() if "/" in name]
+    missing = [m for m in SDIST_MUST_HOLD if not any(n.startswith(m) for n in names)]
+    if missing:
+        session.error(f"the sdist lacks {missing}")
+    if any(n.endswith(".secrets.toml") for n in names):
+        session.error("the sdist holds a .secrets.toml")
+    with zipfile.ZipFile(wheel) as whl:
+        if not any(n.endswith("licenses/LICENSE") for n in whl.namelist()):
+            session.error("the wheel lacks its LICENSE")
+    session.log(f"built {sdist.name} ({len(names)} files) and {wheel.name}")
+    # the wheel in a fresh venv of its own, the demo run from an empty directory
+    venv = out / "venv"
+    session.run("python", "-m", "venv", str(venv), external=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *CONSTRAINTS, *NETWORK]
+    session.run(*pip, "pip", external=True)
+    session.run(*pip, str(wheel), external=True)
+    elsewhere = out / "elsewhere"
+    elsewhere.mkdir()
+    with session.chdir(elsewhere):
+        session.run(str(venv / "bin" / "mistral-nbenv"), "demo", external=True)
