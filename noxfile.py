@@ -119,9 +119,9 @@ def package(session: nox.Session) -> None:
     # the wheel in a fresh venv of its own, the demo run from an empty directory
     venv = out / "venv"
     session.run("python", "-m", "venv", str(venv), external=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *CONSTRAINTS, *NETWORK]
-    session.run(*pip, "pip", external=True)
-    session.run(*pip, str(wheel), external=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
+    session.run(*pip, "pip", external=True)  # the venv's bundled pip may be older
+    session.run(*pip, *NETWORK, str(wheel), external=True)
     elsewhere = out / "elsewhere"
     elsewhere.mkdir()
     with session.chdir(elsewhere):
