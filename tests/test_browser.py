@@ -122,6 +122,9 @@ def test_quickstart_in_jupyterlab(
             cached_badge = page.locator(".jp-OutputArea", has_text="from cache").first
             cached_badge.scroll_into_view_if_needed()
             expect(cached_badge).to_be_visible()
+            # money, not LaTeX: the notebook's MathJax leaves the badge's dollars alone
+            expect(cached_badge).to_contain_text("$0 (saved $")
+            expect(cached_badge.locator("mjx-container")).to_have_count(0)
             page.screenshot(path=str(ARTIFACTS / "browser-answers.png"))
 
             # the usage chart: a title, a labelled axis, one bar per environment and day

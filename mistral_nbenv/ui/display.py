@@ -314,6 +314,8 @@ def answer_badge_text(answer: ChatAnswer) -> str:
 
 _E = html.escape
 _FONT = "font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:13px"
+#: Keeps the notebook's MathJax away: "$0 (saved $0.000005)" is money, not LaTeX.
+NO_MATH = "tex2jax_ignore mathjax_ignore"
 
 
 def badge_html(environment: str, *, protected: bool = False, detail: str = "") -> str:
@@ -330,7 +332,7 @@ def badge_html(environment: str, *, protected: bool = False, detail: str = "") -
             f'padding:0 6px;border-radius:9px;font-size:11px;font-weight:600">protected</span>'
         )
     if detail:
-        pill += f' <span style="color:#6b7280;{_FONT}">{_E(detail)}</span>'
+        pill += f' <span class="{NO_MATH}" style="color:#6b7280;{_FONT}">{_E(detail)}</span>'
     return pill
 
 
@@ -340,7 +342,10 @@ def _table(rows: Iterable[tuple[str, str]]) -> str:
         f'<td style="padding:0;text-align:left">{_E(v)}</td></tr>'
         for k, v in rows
     )
-    return f'<table style="border-collapse:collapse;margin:4px 0;{_FONT}">{cells}</table>'
+    return (
+        f'<table class="{NO_MATH}" style="border-collapse:collapse;margin:4px 0;{_FONT}">'
+        f"{cells}</table>"
+    )
 
 
 def status_html(st: EnvironmentStatus, *, badge: bool = True) -> str:
@@ -639,4 +644,4 @@ def usage_html(report: UsageReport, *, days: int = 14) -> str:
             + f"<tr>{head}</tr>{rows}</table><div style='{_FONT}'>{totals}</div>"
         )
     problems = "".join(f'<div style="color:#c62828;{_FONT}">{_E(p)}</div>' for p in report.problems)
-    return f'<div class="mistral-nbenv-usage-report">{body}{problems}</div>'
+    return f'<div class="mistral-nbenv-usage-report {NO_MATH}">{body}{problems}</div>'
