@@ -3,6 +3,7 @@
 * ``lint``: ruff check, ruff format --check, mypy of the package and benchmarks (Python 3.11);
 * ``tests-3.11``: the whole suite, the real-browser JupyterLab test included;
 * ``tests-3.12``, ``tests-3.13``: everything but the browser test;
+* ``docs``: the documentation site (``mkdocs build --strict``: a warning fails it);
 * ``package``: ``python -m build`` (no warning allowed), the sdist's contents checked, the
   wheel installed into a fresh venv and ``mistral-nbenv demo`` run from another directory.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "package"]
+nox.options.sessions = ["lint", "tests", "docs", "package"]
 nox.options.error_on_missing_interpreters = True
 nox.options.default_venv_backend = "venv"
 
@@ -66,6 +67,16 @@ def tests(session: nox.Session) -> None:
     if not full:
         args += ["-m", "not browser"]
     session.run("python", "-m", "pytest", *args, *session.posargs)
+
+
+@nox.session(python=FULL)
+def docs(session: nox.Session) -> None:
+    """The documentation site, built with warnings as errors (references generated)."""
+    import tempfile
+
+    _install(session, "-e", ".[docs]")
+    site = tempfile.mkdtemp(prefix="mistral-nbenv-site-")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 #: What an sdist must hold for its tests to run and for the README's setup to work.

@@ -16,7 +16,7 @@ process using that key; with ``[E.shared]`` in Redis, where every step is one Lu
 with Redis's clock (:data:`mistral_nbenv.store.redis.ADMIT`, the same arithmetic as
 :meth:`RateLimiter._step`). Every admission and correction is committed before the call
 goes on. While Redis is unreachable a host admits against its local window, at
-``shared.local_share`` of the limits (the share the README documents), never the whole.
+``shared.local_share`` of the limits (the share the documentation states), never the whole.
 
 **Waiters queue.** Within a process, the calls waiting for one budget wait in line behind
 one admitter (a lock per event loop, and one for threads): only the admitter asks the
@@ -62,7 +62,7 @@ __all__ = [
     "add_wait_listener",
 ]
 
-log = logging.getLogger("mistral_nbenv.ratelimit")  # the name the README gives
+log = logging.getLogger("mistral_nbenv.ratelimit")  # the name the documentation gives
 
 #: Waits longer than this many seconds are announced (once per call).
 LONG_WAIT = 1.0

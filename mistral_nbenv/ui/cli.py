@@ -28,7 +28,7 @@ def _ansi(out: TextIO) -> bool:
 
 
 def _json(out: TextIO, schema: str, **fields: Any) -> None:
-    """One JSON document: ``{"schema": "mistral-nbenv/<what>/1", ...}`` (see the README)."""
+    """One JSON document: ``{"schema": "mistral-nbenv/<what>/1", ...}`` (see docs/guide/cli.md)."""
     print(json.dumps({"schema": f"mistral-nbenv/{schema}/1", **fields}, indent=2), file=out)
 
 
