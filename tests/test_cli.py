@@ -35,13 +35,21 @@ def test_status_shows_masked_key_source_and_every_value_source(project: ProjectF
     root = all_keys_project(project)
     done = run("status", cwd=root)
     assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out = " ".join(done.stdout.split())  # long values wrap at 80 columns
     assert "active environment: development" in out
     assert f"…{DEV[-4:]}" in out
     assert ".secrets.toml [development] (literal)" in out
-    assert "cache.ttl_seconds" in out
-    assert "packaged defaults [development]" in out
-    assert_no_full_key(out + done.stderr)
+    # one screen by default: what the project sets; every setting with --full
+    assert len(done.stdout.splitlines()) <= 30
+    assert all(len(line) <= 80 for line in done.stdout.splitlines()[:14])
+    assert "status --full shows every one" in out
+    assert "secrets.vault_url" not in out  # a packaged default, left to --full
+    full = run("status", "--full", cwd=root)
+    assert full.returncode == 0, full.stderr
+    assert "cache.ttl_seconds" in full.stdout
+    assert "secrets.vault_url" in full.stdout
+    assert "packaged defaults [development]" in full.stdout
+    assert_no_full_key(out + done.stderr + full.stdout)
 
 
 def test_status_of_another_environment_via_python_m(project: ProjectFactory) -> None:
@@ -49,7 +57,7 @@ def test_status_of_another_environment_via_python_m(project: ProjectFactory) -> 
     done = run("status", "--env", "prod", cwd=root, module=True)
     assert done.returncode == 0, done.stderr
     assert "[production 🔒]" in done.stdout
-    assert f"MISTRAL_API_KEY_PROD from {root / '.env.local'}" in done.stdout
+    assert f"MISTRAL_API_KEY_PROD from {root / '.env.local'}" in " ".join(done.stdout.split())
     assert_no_full_key(done.stdout)
 
 

@@ -68,11 +68,10 @@ def test_the_model_sent_is_shown_with_its_reason(root: Path) -> None:
     )
     code, text, _err = _run(root, "status", "--env", "development")
     assert code == 0
-    lines = [line.strip() for line in text.splitlines()]
-    assert (
-        "model     mistral-medium-latest (new_model, because features.use_new_model is on: "
+    assert (  # wrapped at 80 columns
+        "model mistral-medium-latest (new_model, because features.use_new_model is on: "
         "packaged defaults [development])"
-    ) in lines
+    ) in " ".join(text.split())
     code, text, _err = _run(root, "status", "--env", "staging")
     assert "model     mistral-small-latest" in [line.strip() for line in text.splitlines()]
 

@@ -106,12 +106,17 @@ def test_missing_key_names_environment_and_every_place(project: ProjectFactory) 
     with pytest.raises(MissingAPIKeyError) as info:
         get_api_key("production")
     message = str(info.value)
-    assert "'production'" in message
-    assert "api_key under [production] or [default]" in message
-    assert str(root / "settings.toml") in message
-    assert "MISTRAL_API_KEY_PROD" in message
-    assert str(root / ".env.local") in message
-    assert "MISTRAL_SA_TOKEN_PATH" in message  # the SDK's service-account token file
+    first, *places = message.splitlines()
+    # one short line that says what to set and where; the places looked on the next lines
+    assert first == (
+        "No API key for environment 'production': set MISTRAL_API_KEY_PROD, or api_key "
+        "under [production] in .secrets.toml."
+    )
+    assert places[0] == "Looked in:"
+    assert "  - api_key under [production] or [default] in settings.toml" in places
+    assert "  - MISTRAL_API_KEY_PROD in the process environment, .env.local, .env" in places
+    assert any("MISTRAL_SA_TOKEN_PATH" in p for p in places)  # the SDK's token file
+    assert str(root) not in message  # the project is the working directory: relative paths
     assert info.value.environment == "production"
     assert len(info.value.looked) == 3
 

@@ -177,10 +177,18 @@ def lookup_variable(name: str, project_dir: Path | None) -> tuple[str, str] | No
     return None
 
 
+def shown_path(path: Path | str) -> str:
+    """A path as a message shows it: relative when it is under the working directory."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _places(name: str, project_dir: Path | None) -> str:
     where = ["the process environment"]
     if project_dir is not None:
-        where += [str(project_dir / f) for f in DOTENV_FILES]
+        where += [shown_path(project_dir / f) for f in DOTENV_FILES]
     return f"{name} in {', '.join(where)}"
 
 
@@ -272,7 +280,7 @@ def local_key(settings: Settings) -> ResolvedKey | Literal["remote"] | None:
 def _missing(settings: Settings) -> MissingAPIKeyError:
     env, project_dir = settings.environment, settings.project_dir
     settings_file, secrets_file = settings.settings_file, settings.secrets_file
-    files = [str(p) for p in (settings_file, secrets_file) if p is not None]
+    files = [shown_path(p) for p in (settings_file, secrets_file) if p is not None]
     looked = [
         f"api_key under [{env}] or [default] in "
         + (", ".join(files) if files else "no settings file (none was found)")
@@ -280,14 +288,10 @@ def _missing(settings: Settings) -> MissingAPIKeyError:
     looked += [_places(name, project_dir) for name in _fallback_names(env)]
     looked.append(_places(SA_TOKEN_VARIABLE, project_dir))
     target = secrets_file or (project_dir / ".secrets.toml" if project_dir else None)
-    hint = (
-        f'add `api_key = "..."` under [{env}] in {target}'
-        if target
-        else f'create .secrets.toml with `api_key = "..."` under [{env}]'
-    )
+    where = shown_path(target) if target is not None else ".secrets.toml"
     return MissingAPIKeyError(
-        f"No API key for environment '{env}'. Looked in: " + "; ".join(looked) + ". "
-        f"Set {key_variable(env)} or {hint}.",
+        f"No API key for environment '{env}': set {key_variable(env)}, or api_key under "
+        f"[{env}] in {where}.\nLooked in:\n" + "\n".join(f"  - {place}" for place in looked),
         environment=env,
         looked=tuple(looked),
     )

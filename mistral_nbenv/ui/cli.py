@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO, cast
@@ -55,16 +56,33 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     loaded = project()
     settings_file, secrets_file = loaded.settings_file, loaded.secrets_file
     active = current_environment()
-    print(f"active environment: {active} (from {detection_reason()})", file=out)
-    files = [str(p) for p in (settings_file, secrets_file) if p is not None]
+    print(
+        textwrap.fill(
+            f"active environment: {active} (from {detection_reason()})",
+            width=80,
+            subsequent_indent=" " * 20,
+        ),
+        file=out,
+    )
+    from mistral_nbenv.secrets.keys import shown_path
+
+    files = [shown_path(p) for p in (settings_file, secrets_file) if p is not None]
     print(f"settings files:     {', '.join(files) or 'none found (packaged defaults)'}", file=out)
     print("", file=out)
     print(status_text(status, ansi=_ansi(out)), file=out)
     print("", file=out)
-    print(f"settings for {settings.environment} (value, and where it came from):", file=out)
-    width = max(len(k) for k, _, _ in rows)
+    if args.full:
+        print(f"settings for {settings.environment} (value, and where it came from):", file=out)
+    else:  # one screen: what the project sets; the packaged defaults behind --full
+        every = len(rows)
+        rows = [r for r in rows if not r[2].startswith(("packaged defaults", "not set"))]
+        print(
+            f"set by this project: {len(rows)} of {every} settings (status --full shows every one)",
+            file=out,
+        )
+    width = max((len(k) for k, _, _ in rows), default=0)
     for key, value, source in rows:
-        print(f"  {key:<{width}}  {value:<28} {source}", file=out)
+        print(f"  {key:<{width}}  {value:<24} {source}", file=out)
     return 0
 
 

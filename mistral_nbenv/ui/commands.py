@@ -22,7 +22,7 @@ class Arg:
     """One argument of a command."""
 
     # "env" (optional environment), "env!" (required), "envs" (environments, any number),
-    # "all", "confirm", "action", "paths", "strict", "online", "json"
+    # "all", "confirm", "action", "paths", "strict", "online", "json", "full"
     kind: str
     help: str = ""
     choices: tuple[str, ...] = ()
@@ -50,6 +50,11 @@ COMMANDS: tuple[Command, ...] = (
         "the active (or given) environment: badge, model, masked key and its source, cache, limits",
         (
             Arg("env", "environment name or alias (default: the active one)"),
+            Arg(
+                "full",
+                "every setting with its value and source (default: those the project sets)",
+                surfaces=("cli",),
+            ),
             Arg("json", "print JSON (documented fields, never a key)", surfaces=("cli",)),
         ),
     ),
@@ -180,6 +185,8 @@ def build_parser(
                 p.add_argument("--json", action="store_true", help=arg.help)
             elif arg.kind == "online":
                 p.add_argument("--online", action="store_true", help=arg.help)
+            elif arg.kind == "full":
+                p.add_argument("--full", action="store_true", help=arg.help)
             elif arg.kind == "envs":
                 p.add_argument("envs", nargs="*", metavar="ENV", help=arg.help)
                 p.add_argument("--env", dest="env_option", metavar="ENV", help=arg.help)

@@ -10,6 +10,7 @@ library is needed. Nothing here imports IPython or ipywidgets.
 from __future__ import annotations
 
 import html
+import textwrap
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -172,7 +173,17 @@ def status_text(st: EnvironmentStatus, *, ansi: bool = False) -> str:
     if st.problem:
         return f"{head}\n  problem: {st.problem}"
     rows = [(k, f"yes — {v}" if k in ("offline", "protected") else v) for k, v in _rows(st)]
-    return "\n".join([head] + [f"  {k:<9} {v}" for k, v in rows])
+    lines = [head]
+    for k, v in rows:  # 80 columns: a long value goes on under itself
+        lines += textwrap.wrap(
+            v,
+            width=80,
+            initial_indent=f"  {k:<9} ",
+            subsequent_indent=" " * 12,
+            break_long_words=False,  # a path stays whole
+            break_on_hyphens=False,
+        ) or [f"  {k}"]
+    return "\n".join(lines)
 
 
 def environments_text(statuses: Iterable[EnvironmentStatus], *, ansi: bool = False) -> str:
@@ -220,7 +231,10 @@ def check_text(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
         if r.ok:
             lines.append(f"ok    {r.environment}: {'; '.join(r.notes)}")
         else:
-            lines.append(f"FAIL  {r.environment}: {'; '.join(r.problems)}")
+            for problem in r.problems:  # a problem's detail lines, indented under it
+                first, *rest = problem.splitlines()
+                lines.append(f"FAIL  {r.environment}: {first}")
+                lines.extend(f"      {line}" for line in rest)
     for f in findings:
         mark = "FAIL " if f.is_error else ("note " if f.severity == "note" else "warn ")
         lines.append(f"{mark} {f.message}")
@@ -384,8 +398,9 @@ def check_html(results: Iterable[CheckResult], findings: Iterable[Any] = ()) -> 
             else '<span style="color:#c62828">✘</span>'
         )
         text = "; ".join(r.notes if r.ok else r.problems)
-        rows.append(
-            f'<div style="margin:2px 0;{_FONT}">{mark} {badge_html(r.environment)} {_E(text)}</div>'
+        rows.append(  # pre-line: a problem's detail lines (the places looked) stay lines
+            f'<div style="margin:2px 0;white-space:pre-line;{_FONT}">{mark} '
+            f"{badge_html(r.environment)} {_E(text)}</div>"
         )
     for f in findings:
         colour, sign = (
@@ -507,6 +522,24 @@ def _cells(row: UsageRow) -> tuple[str, ...]:
     )
 
 
+def _narrow(rows: list[UsageRow]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The terminal's table, made to fit 80 columns: tokens in one column (prompt and
+    completion are in ``--json`` and the notebook's table), errors and waits only when some
+    row has them."""
+    errors = any(r.errors for r in rows)
+    waits = any(r.waits for r in rows)
+    head: tuple[str, ...] = ("day", "environment", "model", "req", "hits")
+    head += ("err",) if errors else ()
+    head += ("tokens",) + (("waits",) if waits else ()) + ("cost",)
+    out: list[tuple[str, ...]] = []
+    for r in rows:
+        cells: tuple[str, ...] = (r.day, r.environment, r.model, f"{r.requests:,}", f"{r.hits:,}")
+        cells += (f"{r.errors:,}",) if errors else ()
+        cells += (f"{r.tokens:,}",) + ((f"{r.waits:,}",) if waits else ()) + (_cost(r.cost),)
+        out.append(cells)
+    return head, out
+
+
 def usage_text(report: UsageReport, *, days: int = 14) -> str:
     """A table of the last ``days`` days' buckets, a bar chart and per-environment totals."""
     lines: list[str] = []
@@ -514,8 +547,8 @@ def usage_text(report: UsageReport, *, days: int = 14) -> str:
         lines.append("usage: nothing recorded yet (calls made with get_client() count here)")
     else:
         shown_days = {day for day, _ in report.tokens_by_day(days)}
-        rows = [_cells(r) for r in report.rows if r.day in shown_days]
-        head = (*_HEADERS, *_MORE)
+        shown = [r for r in report.rows if r.day in shown_days]
+        head, rows = _narrow(shown)
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
 
         def line(cells: tuple[str, ...]) -> str:
@@ -530,19 +563,21 @@ def usage_text(report: UsageReport, *, days: int = 14) -> str:
         lines.append("tokens per day (prompt + completion)")
         chart = report.tokens_by_day(days)
         top = max((n for _, per in chart for n in per.values()), default=0) or 1
+        bar_width = min(_BAR, 80 - 10 - 2 - max(len(e) for _, p in chart for e in p) - 2 - 12)
         env_width = max(len(e) for _, per in chart for e in per)
         for day, per in chart:
             for i, (env, tokens) in enumerate(sorted(per.items())):
-                bar = "█" * max(1 if tokens else 0, round(_BAR * tokens / top))
+                bar = "█" * max(1 if tokens else 0, round(bar_width * tokens / top))
                 label = day if i == 0 else ""
                 lines.append(f"{label:<10}  {env:<{env_width}}  {bar} {tokens:,}")
         lines.append("")
         for env, t in report.totals().items():
-            saved = f" (the cache saved {_cost(t['saved'])})" if t["saved"] else ""
+            saved = f", the cache saved {_cost(t['saved'])}" if t["saved"] else ""
             lines.append(
                 f"{env}: {int(t['requests']):,} requests, {int(t['hits']):,} cache hits, "
-                f"{int(t['tokens']):,} tokens, cost {_cost(t['cost'])}{saved}"
+                f"{int(t['tokens']):,} tokens"
             )
+            lines.append(f"  cost {_cost(t['cost'])}{saved}")
         versions = sorted({v for r in report.rows for v in r.priced_with})
         if versions:
             lines.append(f"priced with: {', '.join(versions)} (the price tables' versions)")

@@ -95,6 +95,11 @@ def caps_text(budget: Any) -> str:
     return "caps: " + (", ".join(parts) if parts else "none (budget.daily_usd ... not set)")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of a message that lists details on the next ones (what to do)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def one_line(exc: BaseException) -> str:
     """The exception's message on one line (its type name if the message is empty)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -116,7 +121,7 @@ def collect_status(env: str | None = None, *, with_cache: bool = False) -> Envir
         key_masked = resolved.value.masked
         key_source = resolved.source
     except MistralEnvError as exc:
-        key_problem = one_line(exc)
+        key_problem = first_line(exc)
     spend: SpendReport | None = None
     b = s.budget
     if with_cache or b.daily_usd or b.monthly_usd or b.per_call_usd:
@@ -168,7 +173,7 @@ def collect_check(env: str | None = None, *, all_environments: bool = False) -> 
             notes.append(f"key {resolved.value.masked} from {resolved.source}")
             notes.append(caps_text(s.budget))
         except MistralEnvError as exc:
-            problems.append(one_line(exc))
+            problems.append(str(exc).strip() or type(exc).__name__)  # its lines kept
         results.append(CheckResult(name, tuple(problems), tuple(notes)))
     return results
 
