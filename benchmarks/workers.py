@@ -17,9 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._support import FAKE_KEYS, MODEL, PROMPT, READY_LINE, RESULT_PREFIX
+
+if TYPE_CHECKING:
+    from mistralai.client.models import UserMessageTypedDict
 
 perf = time.perf_counter
 Params = dict[str, Any]
@@ -30,7 +33,7 @@ def _emit(result: Any) -> None:
     sys.stdout.flush()
 
 
-def _messages(tag: str) -> list[dict[str, str]]:
+def _messages(tag: str) -> list[UserMessageTypedDict]:
     return [{"role": "user", "content": f"{tag} {PROMPT}"}]
 
 
@@ -143,9 +146,11 @@ def parse_hit(params: Params) -> Any:
         response = ChatCompletionResponse.model_validate_json(db.get(key))
         return convert_to_parsed_chat_completion_response(response, Book)
 
-    if wrapper() != first or floor().choices[0].message.parsed != first.choices[0].message.parsed:
+    parsed = first.choices[0].message.parsed if first.choices and first.choices[0].message else None
+    again = floor()
+    if wrapper() != first or again.choices[0].message.parsed != parsed:
         raise RuntimeError("a chat.parse hit does not rebuild the same parsed response")
-    if not isinstance(first.choices[0].message.parsed, Book):
+    if not isinstance(parsed, Book):
         raise RuntimeError("chat.parse did not parse into the caller's model")
     samples = _interleave({"wrapper": wrapper, "floor": floor}, params)
     stats = client.stats
@@ -175,7 +180,7 @@ def miss_latency(params: Params) -> Any:
     loop = asyncio.new_event_loop()  # one loop: the plain SDK's async client is bound to it
     tags = itertools.count()
 
-    def messages() -> list[dict[str, str]]:
+    def messages() -> list[UserMessageTypedDict]:
         return _messages(f"miss-{next(tags)}")
 
     def floor() -> Any:
@@ -447,9 +452,7 @@ def ratelimit_serve(params: Params) -> None:
         def calls(tag: str = tag, stop_at: float = stop_at, done: list[int] = done) -> None:
             while time.time() < stop_at:
                 client.chat.complete(
-                    model=MODEL,
-                    messages=[{"role": "user", "content": f"{tag}-{done[0]}"}],
-                    cache=False,
+                    model=MODEL, messages=_messages(f"{tag}-{done[0]}"), cache=False
                 )
                 done[0] += 1
 

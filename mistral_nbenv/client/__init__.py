@@ -29,6 +29,10 @@ from mistral_nbenv.client.streams import AsyncStream, Stream
 from mistral_nbenv.client.transport import Transport, response_json
 
 if TYPE_CHECKING:
+    # the SDK's namespaces with their own signatures and return types, plus cache= and
+    # retry= (generated from the installed SDK by tools/gen_sdk_types.py): for type checkers
+    # and editors; at run time the namespaces are built from the SDK (namespaces.py)
+    from mistral_nbenv.client.sdk_types import Namespaces as _Namespaces
     from mistral_nbenv.config import Settings
     from mistral_nbenv.policies.spend import Spending
     from mistral_nbenv.secrets.keys import ResolvedKey
@@ -44,20 +48,12 @@ def _namespace_names() -> frozenset[str]:
     return frozenset(surface.space(()).children)
 
 
-class Client:
-    """A Mistral client bound to one environment; same methods as the SDK's ``Mistral``."""
+if not TYPE_CHECKING:
+    _Namespaces = object
 
-    chat: Any
-    fim: Any
-    embeddings: Any
-    models: Any
-    files: Any
-    batch: Any
-    beta: Any
-    ocr: Any
-    classifiers: Any
-    agents: Any
-    audio: Any
+
+class Client(_Namespaces):
+    """A Mistral client bound to one environment; same methods as the SDK's ``Mistral``."""
 
     def __init__(
         self,
