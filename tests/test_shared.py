@@ -217,6 +217,34 @@ def test_the_rate_is_enforced_by_redis(
     assert sum(entry[1] for entry in json.loads(redis.get(budget))["w"]) == 5
 
 
+def test_the_event_loop_keeps_running_while_redis_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralTestServer, redis_server
+) -> None:
+    """Every Redis round trip of an async call (the cache lookup, the admission, the usage
+    and cache writes) leaves the event loop free: other tasks tick while Redis sleeps."""
+    _share(tmp_path, monkeypatch, server, redis_server.url, extra="timeout = 5")
+    client = mistral_nbenv.get_client("development")
+    client.chat.complete(messages=MESSAGES)  # cached in Redis, connections open
+    redis = redis_server.client()
+
+    async def run() -> tuple[int, str | None]:
+        ticks = 0
+        slow = threading.Thread(target=lambda: redis.execute_command("DEBUG", "SLEEP", "0.6"))
+        slow.start()
+        await asyncio.sleep(0.05)  # Redis is asleep now
+        call = asyncio.ensure_future(client.chat.complete_async(messages=MESSAGES))
+        while not call.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        slow.join()
+        return ticks, (await call).choices[0].message.content
+
+    ticks, content = asyncio.run(run())
+    assert content == "Echo: hello shared"
+    assert client.stats.hits == 1  # served from Redis, after it woke up
+    assert ticks >= 20, "the event loop stopped while Redis was slow"  # 0.5 s of 10 ms ticks
+
+
 # --------------------------------------------------------------------------- password
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -265,6 +266,14 @@ class Pipeline:
             reserved, call.reserved = call.reserved, 0.0
             self.spending.settle(reserved, 0.0)
 
+    async def prepare_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
+        """:meth:`prepare` for an async call. With the cache in Redis its lookup is a round
+        trip: it runs in a worker thread, so the event loop never waits on Redis; a local
+        lookup only reads SQLite (WAL: it never waits for a writer) and stays on the loop."""
+        if self.shared is not None and self.shared.share_cache:
+            return await asyncio.to_thread(self.prepare, ep, kwargs)
+        return self.prepare(ep, kwargs)
+
     def _fill(self, ep: Endpoint, kwargs: dict[str, Any]) -> None:
         """The request as it is sent, in place: every iterable read once (a generator is
         keyed and sent as one list), the default model, the pinned model ID."""
@@ -350,7 +359,7 @@ class Pipeline:
         """A request/response call (async): the same steps, awaited. The loop never waits on
         another process's transaction: the lookup only reads, the admission waits in a worker
         thread when the budget is busy, and the writes after the answer run in one."""
-        call = self.prepare(ep, kwargs)
+        call = await self.prepare_async(ep, kwargs)
         if call.cached:
             return await without_waiting(lambda: self.served(call))
         method = self.transport.method(ep.group, ep.method, is_async=True)
@@ -414,7 +423,7 @@ class Pipeline:
         """A streaming call (async): the same steps, awaited."""
         from mistral_nbenv.client.streams import AsyncStream
 
-        call = self.prepare(ep, kwargs)
+        call = await self.prepare_async(ep, kwargs)
         if call.cached:
             return AsyncStream(self, call, replay=await without_waiting(lambda: self.served(call)))
         method = self.transport.method(ep.group, ep.method, is_async=True)

@@ -77,6 +77,9 @@ class RedisTestServer:
             "no",
             "--loglevel",
             "warning",
+            # DEBUG SLEEP from loopback: tests make the server slow on purpose
+            "--enable-debug-command",
+            "local",
         ]
         if self.password:
             args += ["--requirepass", self.password]
