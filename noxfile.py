@@ -88,6 +88,8 @@ SDIST_MUST_HOLD = (
     "tests/fixtures/",
     "notebooks/",
     "mistral_nbenv/config/prices.toml",
+    "mkdocs.yml",
+    "mistral_nbenv/client/sdk_types.pyi",
 )
 
 
@@ -126,6 +128,9 @@ def package(session: nox.Session) -> None:
     with zipfile.ZipFile(wheel) as whl:
         if not any(n.endswith("licenses/LICENSE") for n in whl.namelist()):
             session.error("the wheel lacks its LICENSE")
+        for needed in ("mistral_nbenv/client/sdk_types.pyi", "mistral_nbenv/py.typed"):
+            if needed not in whl.namelist():
+                session.error(f"the wheel lacks {needed} (the typed namespaces)")
     session.log(f"built {sdist.name} ({len(names)} files) and {wheel.name}")
     # the wheel in a fresh venv of its own, the demo run from an empty directory
     venv = out / "venv"

@@ -168,7 +168,9 @@ def test_four_hosts_share_one_tokens_per_minute_budget(
     assert tpm * 0.9 - processes * per_request <= tokens <= tpm, (tokens, tpm)
 
 
-@pytest.mark.parametrize(("where", "rpm"), [("redis", 600), ("redis", 6000), ("local", 600)])
+@pytest.mark.parametrize(
+    ("where", "rpm"), [("redis", 600), ("redis", 6000), ("local", 600), ("local", 6000)]
+)
 def test_a_thousand_waiting_tasks_per_host_queue_and_the_server_sees_the_limit(
     tmp_path: Path, redis_server: RedisTestServer, where: str, rpm: int
 ) -> None:
