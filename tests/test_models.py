@@ -441,7 +441,10 @@ def test_a_token_file_is_read_on_every_request(
     code, out = proj.cli("status", "--env", "staging")
     assert code == 0, out
     assert "…0002" in out  # the token as it is now
-    assert "file:run/token from .secrets.toml [staging]; read on every request" in out
+    # (status wraps long values at 80 columns)
+    assert "file:run/token from .secrets.toml [staging]; read on every request" in " ".join(
+        out.split()
+    )
     assert "SaTokenVersion" not in out
 
     cases = (
