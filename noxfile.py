@@ -2,7 +2,8 @@
 
 * ``lint``: ruff check, ruff format --check, mypy of the package and benchmarks (Python 3.11);
 * ``tests-3.11``: the whole suite, the real-browser JupyterLab test included;
-* ``tests-3.12``, ``tests-3.13``: everything but the browser test;
+* ``tests-3.12``, ``tests-3.13``: everything but the browser test and the ``heavy`` ones
+  (multi-process load, the benchmark smoke: what they measure does not depend on the Python);
 * ``docs``: the documentation site (``mkdocs build --strict``: a warning fails it);
 * ``package``: ``python -m build`` (no warning allowed), the sdist's contents checked, the
   wheel installed into a fresh venv and ``mistral-nbenv demo`` run from another directory.
@@ -65,7 +66,7 @@ def tests(session: nox.Session) -> None:
     _versions(session)
     args = ["-q", "-p", "no:randomly"]
     if not full:
-        args += ["-m", "not browser"]
+        args += ["-m", "not browser and not heavy"]
     session.run("python", "-m", "pytest", *args, *session.posargs)
 
 

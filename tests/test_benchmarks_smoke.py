@@ -15,7 +15,7 @@ from benchmarks import run as bench_run
 from benchmarks._support import Config, Figure
 from benchmarks.suite import BENCHMARKS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _check_figure(row: dict) -> None:

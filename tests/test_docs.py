@@ -8,23 +8,19 @@ and links only to files that exist.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests._tools import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _hooks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "tools" / "docs_hooks.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("docs_hooks")
 
 
 def test_every_setting_has_a_meaning_and_a_row_in_the_generated_reference() -> None:

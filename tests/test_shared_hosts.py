@@ -8,10 +8,8 @@ what the Mistral server saw: how many requests arrived, and when.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ import pytest
 
 from mistral_nbenv.testing import MistralTestServer, RecordedRequest
 from mistral_nbenv.testing.redis import RedisTestServer
-from tests._browser_project import KEYS, scrubbed_environ
+from tests._browser_project import KEYS
+from tests._hosts import host_environ, result, start
 from tests._shared_worker import WARM_UP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,35 +53,18 @@ def _project(directory: Path, server: MistralTestServer, *, rpm: int, tpm: int) 
 
 
 def _host(tmp_path: Path, name: str, settings: Path, redis: RedisTestServer) -> dict[str, str]:
-    home = tmp_path / name / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    return dict(
-        scrubbed_environ(),
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        MISTRAL_NBENV_SETTINGS=str(settings),
-        MISTRAL_NBENV_CACHE__DIRECTORY=str(tmp_path / name / "cache"),
-        REDIS_URL=redis.url,
-        PYTHONPATH=str(ROOT),
+    cache = str(tmp_path / name / "cache")
+    return host_environ(
+        tmp_path, name, settings, MISTRAL_NBENV_CACHE__DIRECTORY=cache, REDIS_URL=redis.url
     )
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests._shared_worker", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start("tests._shared_worker", env, *args)
 
 
 def _result(worker: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
-    out, err = worker.communicate(timeout=timeout)
-    assert worker.returncode == 0, err[-2000:]
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return result(worker, timeout)
 
 
 def test_a_hit_made_by_host_a_is_served_to_host_b(tmp_path: Path, redis_server: RedisTestServer):
@@ -168,6 +150,7 @@ def test_four_hosts_share_one_tokens_per_minute_budget(
     assert tpm * 0.9 - processes * per_request <= tokens <= tpm, (tokens, tpm)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     ("where", "rpm"), [("redis", 600), ("redis", 6000), ("local", 600), ("local", 6000)]
 )

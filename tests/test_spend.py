@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -24,11 +23,11 @@ from mistral_nbenv.errors import MistralEnvWarning
 from mistral_nbenv.testing import MistralTestServer
 from mistral_nbenv.testing.server import Fault, ServerLimits
 from mistral_nbenv.workspace import close_clients
-from tests._browser_project import scrubbed_environ, use_project
+from tests._browser_project import use_project
 from tests._cli import run_cli
+from tests._hosts import host_environ, result, start
 from tests.conftest import reset_state
 
-ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "count the cost"}]
 #: USD per million tokens that make one token cost $0.10: costs big enough to cap in a test,
 #: and input = output, so what the server served costs its tokens x 0.1.
@@ -228,35 +227,8 @@ def test_a_failed_call_gives_its_reservation_back(
     assert client.spending.spent()[0] == pytest.approx(client.stats.cost_usd)
 
 
-def _environ(tmp_path: Path, host: str, settings: Path, **more: str) -> dict[str, str]:
-    home = tmp_path / host / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    return dict(
-        scrubbed_environ(),
-        HOME=str(home),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        MISTRAL_NBENV_SETTINGS=str(settings),
-        PYTHONPATH=str(ROOT),
-        **more,
-    )
-
-
 def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests._spend_worker", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _result(worker: subprocess.Popen[str]) -> dict[str, Any]:
-    out, err = worker.communicate(timeout=180)
-    assert worker.returncode == 0, err[-2000:]
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return start("tests._spend_worker", env, *args)
 
 
 @pytest.mark.parametrize("where", ["one machine", "two hosts through Redis"])
@@ -272,16 +244,16 @@ def test_the_daily_cap_is_exact_across_processes_and_hosts(
     if where != "one machine":
         extra += '[staging.shared]\nurl = "env:REDIS_URL"\non_unavailable = "error"\n'
     settings = _project(tmp_path, monkeypatch, server, extra)
-    start = repr(time.time() + 3.0)
+    start_at = repr(time.time() + 3.0)
     workers = []
     for i in range(4):
         more = {"REDIS_URL": redis_server.url}
         if where != "one machine":  # each host its own disk: only Redis is shared
             more["MISTRAL_NBENV_CACHE__DIRECTORY"] = str(tmp_path / f"host{i}" / "cache")
         workers.append(
-            _worker(_environ(tmp_path, f"host{i}", settings, **more), "spend", start, "60")
+            _worker(host_environ(tmp_path, f"host{i}", settings, **more), "spend", start_at, "60")
         )
-    results = [_result(w) for w in workers]
+    results = [result(w) for w in workers]
     sent = sum(r["sent"] for r in results)
     assert sent == server.count("/v1/chat/completions")
     assert all(r["refused"] == 1 for r in results), results  # every process met the cap
@@ -354,15 +326,15 @@ def test_a_429_pauses_every_process_sharing_the_budget(
         more = {"REDIS_URL": redis_server.url}
         if where != "one machine":
             more["MISTRAL_NBENV_CACHE__DIRECTORY"] = str(tmp_path / "other" / "cache")
-        other = _worker(_environ(tmp_path, "other", settings, **more), "ask", "another process")
-        result = _result(other)
+        other = _worker(host_environ(tmp_path, "other", settings, **more), "ask", "another process")
+        outcome = result(other)
         thread.join(30)
         assert done.is_set()
     arrived = [r.timestamp for r in server.requests if "another process" in json.dumps(r.body)]
     assert len(arrived) == 1
-    assert arrived[0] >= paused_at + 4 - 0.5, (arrived[0] - paused_at, result)  # it waited
-    assert result["rate_limit_waits"] == 1
-    assert result["retries"] == 0  # and got no 429 of its own
+    assert arrived[0] >= paused_at + 4 - 0.5, (arrived[0] - paused_at, outcome)  # it waited
+    assert outcome["rate_limit_waits"] == 1
+    assert outcome["retries"] == 0  # and got no 429 of its own
     assert server.count("/v1/chat/completions") == 4  # 1 + the 429 + its retry + the other
 
 
@@ -400,7 +372,7 @@ def test_a_notebook_asks_before_an_expensive_call_and_the_badge_shows_the_cost(
     from jupyter_client.manager import start_new_kernel
 
     settings = _project(tmp_path, monkeypatch, server, "[staging.budget]\nconfirm_above_usd = 1\n")
-    env = _environ(tmp_path, "kernel", settings, IPYTHONDIR=str(tmp_path / "ipython"))
+    env = host_environ(tmp_path, "kernel", settings, IPYTHONDIR=str(tmp_path / "ipython"))
     manager, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
     questions: list[str] = []
     replies = iter(["n", "y"])

@@ -9,11 +9,12 @@ keyword.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests._tools import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,12 +34,9 @@ client.chat.complete(model="m", messages=[UserMessage(content="hi")], modle="typ
 
 
 def test_the_stub_matches_the_installed_sdk() -> None:
-    spec = importlib.util.spec_from_file_location("gen", ROOT / "tools" / "gen_sdk_types.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     import ast
+
+    module = load_tool("gen_sdk_types")
 
     stub = (ROOT / "mistral_nbenv" / "client" / "sdk_types.pyi").read_text("utf-8")
     # the same tree (the text may differ by the Python that unparsed it)
