@@ -418,4 +418,8 @@ def test_a_notebook_asks_before_an_expensive_call_and_the_badge_shows_the_cost(
     assert "$" in asked
     assert "[staging]" in asked
     assert "from API" in asked
-    assert cheap
+    # under the threshold: sent without a question, its cost in the badge
+    assert "[staging]" in cheap
+    assert "from API" in cheap
+    assert "$0." in cheap
+    assert "Not sent" not in cheap

@@ -138,12 +138,7 @@ class Client(_Namespaces):
     def cost_of(self, response: Any) -> float | None:
         """USD of one answer at this environment's prices (by the model it names); None
         when that model has no price."""
-        from mistral_nbenv.client.request import usage_of
-
-        prompt, completion, _total = usage_of(response)
-        model = getattr(response, "model", None)
-        named = model if isinstance(model, str) else None
-        return self._pipeline.spending.table.cost(named, prompt, completion)
+        return self._pipeline.price(response)
 
     def close(self) -> None:
         """Release HTTP connections and the stores' file descriptors; the client reopens

@@ -468,12 +468,20 @@ class Pipeline:
         """What a cached answer would have cost if sent again (0 without usage or price)."""
         answer = hit[-1] if isinstance(hit, list) and hit else hit
         answer = getattr(answer, "data", answer)  # a stream's event holds the chunk
+        return self.price(answer) or 0.0
+
+    def price(self, answer: Any, *, sent: Any = None, note: bool = False) -> float | None:
+        """USD of one answer at this environment's prices: its tokens, OCR pages and audio
+        minutes, by the model it names (the ID the API resolved the name to; else ``sent``).
+        None when that model has no price (``note``: and say so, once per model)."""
         prompt, completion, _total = usage_of(answer)
-        if not (prompt or completion):
-            return 0.0
-        model = getattr(answer, "model", None)
-        named = model if isinstance(model, str) else None
-        return self.spending.table.cost(named, prompt, completion) or 0.0
+        pages, minutes = _billed(answer)
+        named = getattr(answer, "model", None)
+        model = named if isinstance(named, str) and named else sent
+        model = model if isinstance(model, str) else None
+        if note:
+            return self.spending.cost(model, prompt, completion, pages, minutes)
+        return self.spending.table.cost(model, prompt, completion, pages, minutes)
 
     def finish(self, call: Prepared, result: Any) -> Any:
         """Account the usage, correct the budget and store the body as received."""
@@ -505,12 +513,7 @@ class Pipeline:
         if isinstance(model, str):
             self.stats.sent(model)
         deprecation.note(call.seen, model, result, self.environment)
-        answered = getattr(result, "model", None)  # the ID the API resolved the name to
-        priced = answered if isinstance(answered, str) and answered else model
-        pages, minutes = _billed(result)
-        cost = self.spending.cost(
-            priced if isinstance(priced, str) else None, prompt, completion, pages, minutes
-        )
+        cost = self.price(result, sent=model, note=True)
         counts: dict[str, float] = {
             "requests": 1,
             "prompt_tokens": prompt,
@@ -529,11 +532,26 @@ class Pipeline:
             steps.append(lambda: self.spending.settle(reserved, cost))
         headers = _limit_headers(call.seen)
         if headers:
-            steps.append(lambda: self._observe(headers))
-        if total or len(call.slots) > 1:  # every admitted attempt counted the estimate
-            used = total or call.estimate  # no usage in the answer: the estimate stands
+            steps.append(lambda: self.spending.observe(headers))  # for status
+        correct = bool(total) or len(call.slots) > 1  # each attempt counted the estimate
+        if correct or headers:  # one step of the budget for both
+            used = (total or call.estimate) if correct else None  # no usage: estimate stands
             slots = list(call.slots)
-            steps.append(lambda: self.limiter.reconcile(call.estimate, used, slots))
+            steps.append(
+                lambda: self.limiter.settle(
+                    slots,
+                    call.estimate,
+                    used,
+                    remaining=(
+                        _number(headers.get("x-ratelimit-remaining-req-minute")),
+                        _number(headers.get("x-ratelimit-remaining-tokens-minute")),
+                    ),
+                    limits=(
+                        _number(headers.get("x-ratelimit-limit-req-minute")),
+                        _number(headers.get("x-ratelimit-limit-tokens-minute")),
+                    ),
+                )
+            )
         return steps
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
@@ -578,17 +596,6 @@ class Pipeline:
         if call.estimate and call.slots:
             self.limiter.reconcile(call.estimate, 0, call.slots)
         self.release(call)
-
-    def _observe(self, headers: dict[str, str]) -> None:
-        """The API's rate-limit headers: kept for ``status``; what remains of its per-minute
-        limits can only lower this environment's budget."""
-        self.spending.observe(headers)
-        self.limiter.observe(
-            _number(headers.get("x-ratelimit-remaining-req-minute")),
-            _number(headers.get("x-ratelimit-remaining-tokens-minute")),
-            limit_requests=_number(headers.get("x-ratelimit-limit-req-minute")),
-            limit_tokens=_number(headers.get("x-ratelimit-limit-tokens-minute")),
-        )
 
     def _paused_by(self, exc: BaseException) -> None:
         """A 429 with ``Retry-After`` (not the monthly limit) pauses every process and host

@@ -380,6 +380,13 @@ class RateLimiter:
             self._loop_turns[id(loop)] = (loop, turn)
             return turn
 
+    def _announced(self, announced: bool, started: float, wait: float) -> bool:
+        """Say a call's first wait past :data:`LONG_WAIT` once; whether it has been said."""
+        if not announced and (self.clock() - started) + wait > LONG_WAIT:
+            _announce(self.environment, wait)
+            return True
+        return announced
+
     def acquire(self, tokens: float = 0, slots: list[int] | None = None) -> float:
         """Wait in line until one request of ``tokens`` estimated tokens fits; return the
         seconds waited. ``slots`` gets the slot it was admitted in (for :meth:`reconcile`)."""
@@ -392,9 +399,7 @@ class RateLimiter:
                 wait, slot = self._run(cost=tokens, admit=True)
                 if wait <= 0:
                     break
-                if not announced and (self.clock() - started) + wait > LONG_WAIT:
-                    announced = True
-                    _announce(self.environment, wait)
+                announced = self._announced(announced, started, wait)
                 slept = True
                 self.sleep(wait)
         if slots is not None and slot >= 0:
@@ -412,25 +417,49 @@ class RateLimiter:
                 wait, slot = await self._run_async(cost=tokens, admit=True)
                 if wait <= 0:
                     break
-                if not announced and (self.clock() - started) + wait > LONG_WAIT:
-                    announced = True
-                    _announce(self.environment, wait)
+                announced = self._announced(announced, started, wait)
                 slept = True
                 await self.async_sleep(wait)
         if slots is not None and slot >= 0:
             slots.append(int(slot))
         return self.clock() - started if slept else 0.0
 
-    def reconcile(self, estimated: float, actual: float, slots: Sequence[int] = ()) -> None:
-        """Correct the tokens counted for a call's admissions (``slots``, one per attempt,
-        each counted at ``estimated``) to the response's ``usage`` (``actual``, all on the
-        last attempt); an ``actual`` of 0 gives every estimate back (a call that failed)."""
-        if self.tpm <= 0 or actual < 0 or not slots:
+    def settle(
+        self,
+        slots: Sequence[int] = (),
+        estimated: float = 0.0,
+        actual: float | None = None,
+        *,
+        remaining: tuple[float | None, float | None] = (None, None),
+        limits: tuple[float | None, float | None] = (None, None),
+    ) -> None:
+        """Everything an answer tells the budget, in one step of the store:
+
+        * the tokens counted for the call's admissions (``slots``, one per attempt, each at
+          ``estimated``) corrected to its usage (``actual``, all on the last attempt; 0
+          gives every estimate back: a call that failed; None: no correction);
+        * the API's own per-minute limits (``x-ratelimit-*``): ``limits`` below the
+          configured ones become this limiter's (never higher ones), and what ``remaining``
+          says is left can only fill the window further.
+        """
+        self._learn(*limits)
+        if not self.enabled:
             return
-        corrections = [[s, -estimated] for s in slots[:-1]] + [[slots[-1], actual - estimated]]
-        corrections = [c for c in corrections if c[1]]
-        if corrections:
-            self._run(cost=0.0, admit=False, corrections=corrections)
+        corrections: list[list[float]] = []
+        if self.tpm > 0 and actual is not None and actual >= 0 and slots:
+            corrections = [[s, -estimated] for s in slots[:-1]]
+            corrections.append([slots[-1], actual - estimated])
+            corrections = [c for c in corrections if c[1]]
+        seen = (
+            -1.0 if remaining[0] is None else max(0.0, remaining[0]),
+            -1.0 if remaining[1] is None else max(0.0, remaining[1]),
+        )
+        if corrections or seen != (-1.0, -1.0):
+            self._run(cost=0.0, admit=False, corrections=corrections, seen=seen)
+
+    def reconcile(self, estimated: float, actual: float, slots: Sequence[int] = ()) -> None:
+        """:meth:`settle` with the usage only (0: a failed call gives its estimates back)."""
+        self.settle(slots, estimated, actual)
 
     def observe(
         self,
@@ -440,18 +469,11 @@ class RateLimiter:
         limit_requests: float | None = None,
         limit_tokens: float | None = None,
     ) -> None:
-        """What the API says of its own per-minute limits (``x-ratelimit-*``): a lower limit
-        than the configured one becomes this limiter's (never a higher one), and what
-        remains of it can only fill the window further."""
-        self._learn(limit_requests, limit_tokens)
-        if not self.enabled:
-            return
-        seen = (
-            -1.0 if remaining_requests is None else max(0.0, remaining_requests),
-            -1.0 if remaining_tokens is None else max(0.0, remaining_tokens),
+        """:meth:`settle` with the API's ``x-ratelimit-*`` figures only."""
+        self.settle(
+            remaining=(remaining_requests, remaining_tokens),
+            limits=(limit_requests, limit_tokens),
         )
-        if seen != (-1.0, -1.0):
-            self._run(cost=0.0, admit=False, seen=seen)
 
     def _learn(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt an API limit below the configured one (0 configured: no limit, so any)."""

@@ -43,6 +43,8 @@ __all__ = ["Spending", "period_of", "resets_at"]
 _STATE_KEY = "spend"
 _LIMITS_KEY = "api-limits"
 _SLACK = 1e-9
+#: The API's rate-limit headers are kept for ``status`` at most this often (seconds).
+LIMITS_EVERY = 5.0
 #: The rate-limit headers the API sends (per minute and per month), kept for ``status``.
 LIMIT_HEADERS = (
     "x-ratelimit-limit-req-minute",
@@ -130,6 +132,7 @@ class Spending:
         self._store = store
         self._shared = shared
         self.clock = clock
+        self._limits_written = float("-inf")  # when observe() last wrote the headers
 
     def __repr__(self) -> str:
         return (
@@ -257,11 +260,15 @@ class Spending:
     # -- the API's own limits, as last seen ------------------------------------------------
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Keep the rate-limit headers of an answer (for ``status``)."""
+        """Keep the rate-limit headers of an answer for ``status``: written at most every
+        :data:`LIMITS_EVERY` seconds per process (every answer carries them; ``status`` needs
+        recent ones, not one more transaction per call)."""
         seen = {name: headers[name] for name in LIMIT_HEADERS if name in headers}
-        if not seen:
+        now = self.clock()
+        if not seen or now - self._limits_written < LIMITS_EVERY:
             return
-        text = json.dumps({"seen_at": self.clock(), **seen})
+        self._limits_written = now
+        text = json.dumps({"seen_at": now, **seen})
         self._store.update(_LIMITS_KEY, lambda _raw: (text, None))
 
     def last_limits(self) -> dict[str, Any]:

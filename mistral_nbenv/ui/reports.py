@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mistral_nbenv import environments
@@ -99,20 +99,11 @@ def collect_spend(env: str | None = None) -> SpendReport:
         limits = spending.last_limits()
     finally:
         stores.close()
-    report = SpendReport(
-        daily_usd=report.daily_usd,
-        monthly_usd=report.monthly_usd,
-        per_call_usd=report.per_call_usd,
-        spent_today=today,
-        spent_month=month,
-        api_limits=limits,
-    )
+    report = replace(report, spent_today=today, spent_month=month, api_limits=limits)
     return _with_prices(report, spending.table)
 
 
 def _with_prices(report: SpendReport, table: Any) -> SpendReport:
-    from dataclasses import replace
-
     return replace(report, prices=f"{table.version} (as of {table.as_of}, {table.source})")
 
 
