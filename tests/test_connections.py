@@ -99,3 +99,28 @@ def test_a_rejected_request_gives_its_tokens_back(tmp_path: Path) -> None:
         assert server.count() == 2
         assert client.stats.rate_limit_waits == 0  # the rejected request's tokens came back
         client.close()
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused(tmp_path: Path) -> None:
+    # The pool probes each idle connection before reuse (our network wrapper answers that
+    # probe from the connection's own socket): one the server hung up on is dropped and a
+    # new one opened, so the next call neither fails nor needs a retry.
+    with MistralTestServer() as server:
+        client = Client(make_settings(tmp_path, server.url, max_retries=0), resolved())
+
+        async def calls() -> list[str]:
+            got = []
+            for i in range(3):
+                answer = await client.chat.complete_async(
+                    messages=[{"role": "user", "content": f"again {i}"}], cache=False
+                )
+                got.append(str(answer.choices[0].message.content))
+                server.close_connections()  # the server ends the idle keep-alive connection
+                await asyncio.sleep(0.05)
+            return got
+
+        assert asyncio.run(calls()) == [f"Echo: again {i}" for i in range(3)]
+        assert server.count() == 3
+        assert server.connections_accepted == 3  # one per call: none reused after its close
+        assert client.stats.retries == 0
+        client.close()

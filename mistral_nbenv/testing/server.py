@@ -629,6 +629,12 @@ class MistralTestServer:
         self._thread.start()
         return self
 
+    def close_connections(self) -> None:
+        """Hang up every open client connection (as a server ending idle keep-alive
+        connections does); the server keeps accepting new ones."""
+        if self._httpd is not None:
+            self._httpd.close_connections()
+
     def stop(self) -> None:
         """Stop serving, close every connection and join the threads (idempotent)."""
         httpd, thread = self._httpd, self._thread
