@@ -245,6 +245,85 @@ def test_the_event_loop_keeps_running_while_redis_is_slow(
     assert ticks >= 20, "the event loop stopped while Redis was slow"  # 0.5 s of 10 ms ticks
 
 
+@pytest.fixture
+def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commands sent with the synchronous Redis client from a thread running an event
+    loop (each a round trip that stops the loop): an async path awaits ``redis.asyncio`` or
+    hands the step to a worker thread, so this list stays empty."""
+    import redis.connection
+
+    seen: list[str] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def watched(self: Any, command: Any, check_health: bool = True) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # a worker thread, or a sync call: waiting here stops no loop
+        else:
+            packed = b"".join(command) if isinstance(command, list) else bytes(command)
+            seen.append(packed.split(b"\r\n")[2].decode("latin-1"))  # the command's name
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", watched)
+    return seen
+
+
+def test_no_async_path_waits_on_redis_on_the_event_loop(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: MistralTestServer,
+    redis_server,
+    blocking_calls: list[str],
+) -> None:
+    """Misses, hits, streams read to the end and replayed, a stream cut mid-way, a call the
+    server refuses, a 429 whose pause every host shares and the wait it causes: every
+    Redis step of an async call is awaited or runs in a worker thread."""
+    from mistral_nbenv import APIConnectionError, APIError
+    from mistral_nbenv.testing import Fault
+
+    path = _share(tmp_path, monkeypatch, server, redis_server.url, rpm=100, extra="timeout = 5")
+    path.write_text(path.read_text().replace("max_retries = 0", "max_retries = 2"))
+    client = mistral_nbenv.get_client("development")
+    ask = [{"role": "user", "content": "every async path"}]
+
+    async def read(stream: Any) -> str:
+        return "".join([ev.data.choices[0].delta.content or "" async for ev in stream])
+
+    async def run() -> list[str]:
+        got = [(await client.chat.complete_async(messages=ask)).choices[0].message.content]
+        got.append((await client.chat.complete_async(messages=ask)).choices[0].message.content)
+        stream_ask = [{"role": "user", "content": "streamed"}]
+        got.append(await read(await client.chat.stream_async(messages=stream_ask)))
+        got.append(await read(await client.chat.stream_async(messages=stream_ask)))
+        server.fail_next(1, Fault.drop_mid_stream(1))
+        with pytest.raises(APIConnectionError):
+            await read(await client.chat.stream_async(messages=[{"role": "user", "content": "c"}]))
+        server.fail_next(1, Fault.status(400))
+        with pytest.raises(APIError):
+            await client.chat.complete_async(messages=[{"role": "user", "content": "no"}])
+        server.fail_next(1, Fault.rate_limit(1))
+        got.append(
+            (await client.chat.complete_async(messages=[{"role": "user", "content": "429"}]))
+            .choices[0]
+            .message.content
+        )
+        return got
+
+    got = asyncio.run(run())
+    assert got == [
+        "Echo: every async path",
+        "Echo: every async path",
+        "Echo: streamed",
+        "Echo: streamed",
+        "Echo: 429",
+    ]
+    assert client.stats.hits == 2
+    assert client.stats.retries == 1
+    assert redis_server.calls("evalsha") + redis_server.calls("eval") > 0  # Redis was used
+    assert blocking_calls == [], f"sync Redis commands on the event loop: {blocking_calls}"
+
+
 # --------------------------------------------------------------------------- password
 
 

@@ -248,7 +248,8 @@ class Pipeline:
         try:
             self.concurrency.acquire(call.seconds)
         except BaseException:
-            self.release(call)
+            for step in self._release(call):
+                step()
             raise
 
     async def _slot_async(self, call: Prepared) -> None:
@@ -257,14 +258,17 @@ class Pipeline:
         try:
             await self.concurrency.acquire_async(call.seconds)
         except BaseException:
-            await without_waiting(lambda: self.release(call))
+            for step in self._release(call):
+                await without_waiting(step)
             raise
 
-    def release(self, call: Prepared) -> None:
-        """Give a failed call's reservation back (one atomic write)."""
-        if call.reserved:
-            reserved, call.reserved = call.reserved, 0.0
-            self.spending.settle(reserved, 0.0)
+    def _release(self, call: Prepared) -> list[Callable[[], None]]:
+        """The write giving a failed call's spending reservation back (taken off the call
+        now, so the write is one atomic step that may run again, in a thread, if busy)."""
+        if not call.reserved:
+            return []
+        reserved, call.reserved = call.reserved, 0.0
+        return [lambda: self.spending.settle(reserved, 0.0)]
 
     async def prepare_async(self, ep: Endpoint, kwargs: dict[str, Any]) -> Prepared:
         """:meth:`prepare` for an async call. With the cache in Redis its lookup is a round
@@ -342,9 +346,14 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            self._waited(call, self.limiter.acquire(call.estimate, call.slots))
-            with _attempt(call):
-                return method(**call.kwargs)
+            for step in self._admitted(call, self.limiter.acquire(call.estimate, call.slots)):
+                step()
+            try:
+                with _attempt(call):
+                    return method(**call.kwargs)
+            except Exception as exc:
+                self._paused_by(exc)
+                raise
 
         self._slot(call)
         try:
@@ -365,19 +374,22 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
-            self._waited(call, await self.limiter.acquire_async(call.estimate, call.slots))
-            with _attempt(call):  # around the await: the response hooks run inside it
-                return await method(**call.kwargs)
+            waited = await self.limiter.acquire_async(call.estimate, call.slots)
+            for step in self._admitted(call, waited):
+                await without_waiting(step)
+            try:
+                with _attempt(call):  # around the await: the response hooks run inside it
+                    return await method(**call.kwargs)
+            except Exception as exc:
+                failure = exc
+                await without_waiting(lambda: self._paused_by(failure))
+                raise
 
         await self._slot_async(call)
         try:
             result, _attempts = await self.policy.call_async(attempt, mode=call.retry)
         except Exception as exc:
-            self.stats.add(errors=1)
-            failure = exc
-            await without_waiting(lambda: self.record_failure(call, failure))
-            await without_waiting(lambda: self.refund(call))
-            self.raise_as_ours(exc, call)
+            await self.fail_async(exc, call)
         finally:
             self.concurrency.release()
         for step in self.after(call, result):
@@ -394,7 +406,8 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
-            self._waited(call, self.limiter.acquire(call.estimate, call.slots))
+            for step in self._admitted(call, self.limiter.acquire(call.estimate, call.slots)):
+                step()
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -406,6 +419,9 @@ class Pipeline:
                     except BaseException:
                         events.close()
                         raise
+            except Exception as exc:
+                self._paused_by(exc)
+                raise
             finally:
                 FAST_SCOPE.reset(scope)
 
@@ -429,7 +445,9 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:
-            self._waited(call, await self.limiter.acquire_async(call.estimate, call.slots))
+            waited = await self.limiter.acquire_async(call.estimate, call.slots)
+            for step in self._admitted(call, waited):
+                await without_waiting(step)
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -441,6 +459,10 @@ class Pipeline:
                     except BaseException:
                         await events.close()
                         raise
+            except Exception as exc:
+                failure = exc
+                await without_waiting(lambda: self._paused_by(failure))
+                raise
             finally:
                 FAST_SCOPE.reset(scope)
 
@@ -450,7 +472,7 @@ class Pipeline:
         except BaseException as exc:
             self.concurrency.release()
             if isinstance(exc, Exception):
-                self.fail(exc, call)
+                await self.fail_async(exc, call)
             raise
         return AsyncStream(self, call, source=events, first=first)
 
@@ -556,10 +578,24 @@ class Pipeline:
 
     def finish_stream(self, call: Prepared, last_usage: Any, recorded: list[str] | None) -> None:
         """A stream read to the end: account its usage and store its events."""
-        for step in self.accounting(call, last_usage):
+        for step in self._stream_end(call, last_usage, recorded):
             step()
+
+    async def finish_stream_async(
+        self, call: Prepared, last_usage: Any, recorded: list[str] | None
+    ) -> None:
+        """:meth:`finish_stream` with the event loop free (each write: `without_waiting`)."""
+        for step in self._stream_end(call, last_usage, recorded):
+            await without_waiting(step)
+
+    def _stream_end(
+        self, call: Prepared, last_usage: Any, recorded: list[str] | None
+    ) -> list[Callable[[], None]]:
+        steps = self.accounting(call, last_usage)
         if call.key is not None and recorded is not None:
-            self._store(call, "\n".join(recorded))
+            text = "\n".join(recorded)
+            steps.append(lambda: self._store(call, text))
+        return steps
 
     def _store(self, call: Prepared, text: str) -> None:
         """Cache ``text`` unless it holds a secret (a server echoing the key): then warn."""
@@ -577,29 +613,32 @@ class Pipeline:
 
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Count the failure and raise it as our error, ``from`` the SDK's."""
-        self.stats.add(errors=1)
-        self.record_failure(call, exc)
-        self.refund(call)
+        for step in self._failed(call):
+            step()
         self.raise_as_ours(exc, call)
 
-    def record_failure(self, call: Prepared, exc: BaseException | None = None) -> None:
-        """A failed call in the usage ledger (one atomic write: see ``without_waiting``); a
-        final 429 also pauses the shared budget for its ``Retry-After``."""
-        self.usage.record(call.kwargs.get("model"), requests=1, errors=1)
-        if exc is not None:
-            self._paused_by(exc)
+    async def fail_async(self, exc: Exception, call: Prepared) -> NoReturn:
+        """:meth:`fail` with the event loop free (each write as :func:`without_waiting`)."""
+        for step in self._failed(call):
+            await without_waiting(step)
+        self.raise_as_ours(exc, call)
 
-    def refund(self, call: Prepared) -> None:
-        """A call that failed gives back the tokens its attempts reserved and its spending
-        reservation (atomic writes): the server rejected it or never saw it, so it used
-        none of the budget."""
+    def _failed(self, call: Prepared) -> list[Callable[[], None]]:
+        """A failed call: counted now; the writes it makes, each one atomic step: the
+        failure in the usage ledger, the tokens its attempts reserved and its spending
+        reservation given back (the server rejected it or never saw it, so it used none of
+        the budget)."""
+        self.stats.add(errors=1)
+        model = call.kwargs.get("model")
+        steps: list[Callable[[], None]] = [lambda: self.usage.record(model, requests=1, errors=1)]
         if call.estimate and call.slots:
-            self.limiter.reconcile(call.estimate, 0, call.slots)
-        self.release(call)
+            estimate, slots = call.estimate, list(call.slots)
+            steps.append(lambda: self.limiter.reconcile(estimate, 0, slots))
+        return steps + self._release(call)
 
     def _paused_by(self, exc: BaseException) -> None:
         """A 429 with ``Retry-After`` (not the monthly limit) pauses every process and host
-        sharing this budget until it has passed."""
+        sharing this budget until it has passed (each failed attempt, retried or not)."""
         if status_of(exc) == 429 and not is_monthly_limit(exc):
             wait = retry_after_of(exc)
             if wait:
@@ -635,16 +674,18 @@ class Pipeline:
             raise exc
         raise mapped from exc
 
-    def _waited(self, call: Prepared, seconds: float) -> None:
-        """After each admission: count it, and the wait if there was one."""
+    def _admitted(self, call: Prepared, seconds: float) -> list[Callable[[], None]]:
+        """After each admission: counted now; the wait, if there was one, returned as the
+        step writing it to the usage ledger."""
         call.admitted += 1
-        if seconds > 0:
-            self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
-            self.usage.record(call.kwargs.get("model"), waits=1, wait_seconds=seconds)
+        if seconds <= 0:
+            return []
+        self.stats.add(rate_limit_waits=1, rate_limit_wait_seconds=seconds)
+        model = call.kwargs.get("model")
+        return [lambda: self.usage.record(model, waits=1, wait_seconds=seconds)]
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.stats.add(retries=1)
-        self._paused_by(exc)
         log.debug(
             "mistral_nbenv: %s: attempt %d failed (%s), retrying in %.2f s",
             self.environment,

@@ -4,7 +4,8 @@ A live stream holds its client's concurrency slot until it ends: read to the end
 or garbage-collected; a replayed (cached) stream holds none.  Each read of the next event
 has the attempt's deadline (``timeout``: the longest wait between events) and, when
 ``stream_timeout`` is set, the whole stream's.  The stream talks to its pipeline through
-:class:`StreamOwner` only: ``finish_stream``, ``concurrency.release`` and ``fail``.
+:class:`StreamOwner` only: ``finish_stream``, ``concurrency.release`` and ``fail`` (and their
+async twins, which keep the event loop free while the stores are written).
 """
 
 from __future__ import annotations
@@ -33,8 +34,18 @@ class StreamOwner(Protocol):
         """Account and cache a stream read to the end."""
         ...
 
+    async def finish_stream_async(
+        self, call: Prepared, last_usage: Any, recorded: list[str] | None
+    ) -> None:
+        """:meth:`finish_stream`, awaited."""
+        ...
+
     def fail(self, exc: Exception, call: Prepared) -> NoReturn:
         """Raise ``exc`` translated into the package's errors."""
+        ...
+
+    async def fail_async(self, exc: Exception, call: Prepared) -> NoReturn:
+        """:meth:`fail`, awaited."""
         ...
 
 
@@ -137,14 +148,23 @@ class _StreamBase:
             self._pipeline.concurrency.forget(self)
             self._pipeline.concurrency.release()
 
-    def _finish(self, complete: bool) -> None:
+    def _ends_now(self) -> bool:
+        """Mark the stream ended; whether this call did (the first to end it)."""
         with self._lock:
             if self._done:
-                finished = False
-            else:
-                finished = self._done = True
-        if finished and complete:
+                return False
+            self._done = True
+            return True
+
+    def _finish(self, complete: bool) -> None:
+        if self._ends_now() and complete:
             self._pipeline.finish_stream(self._call, self._last_usage, self._recorded)
+        self._recorded = None
+        self.release_slot()
+
+    async def _finish_async(self, complete: bool) -> None:
+        if self._ends_now() and complete:
+            await self._pipeline.finish_stream_async(self._call, self._last_usage, self._recorded)
         self._recorded = None
         self.release_slot()
 
@@ -222,12 +242,12 @@ class AsyncStream(_StreamBase):
                 event = await self._source.__anext__()
         except StopAsyncIteration:
             self._end_read()
-            self._finish(complete=True)
+            await self._finish_async(complete=True)
             raise
         except Exception as exc:
             self._end_read()
             await self.aclose()
-            self._pipeline.fail(exc, self._call)
+            await self._pipeline.fail_async(exc, self._call)
         finally:
             _fastsdk.SCOPE.reset(scope)
         self._end_read()
@@ -244,7 +264,7 @@ class AsyncStream(_StreamBase):
         """Stop reading; a stream not read to the end is not cached."""
         self._pending.clear()
         await self._close_expired()
-        self._finish(complete=False)
+        await self._finish_async(complete=False)
 
     close = aclose
 
