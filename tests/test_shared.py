@@ -277,12 +277,13 @@ def test_no_async_path_waits_on_redis_on_the_event_loop(
     blocking_calls: list[str],
 ) -> None:
     """Misses, hits, streams read to the end and replayed, a stream cut mid-way, a call the
-    server refuses, a 429 whose pause every host shares and the wait it causes: every
-    Redis step of an async call is awaited or runs in a worker thread."""
+    server refuses, a 429 whose pause every host shares, a daily budget: every Redis step
+    of an async call is awaited or runs in a worker thread."""
     from mistral_nbenv import APIConnectionError, APIError
     from mistral_nbenv.testing import Fault
 
-    path = _share(tmp_path, monkeypatch, server, redis_server.url, rpm=100, extra="timeout = 5")
+    budget = "timeout = 5\n[development.budget]\ndaily_usd = 100\n"  # spend shared too
+    path = _share(tmp_path, monkeypatch, server, redis_server.url, rpm=100, extra=budget)
     path.write_text(path.read_text().replace("max_retries = 0", "max_retries = 2"))
     client = mistral_nbenv.get_client("development")
     ask = [{"role": "user", "content": "every async path"}]
@@ -320,6 +321,7 @@ def test_no_async_path_waits_on_redis_on_the_event_loop(
     ]
     assert client.stats.hits == 2
     assert client.stats.retries == 1
+    assert client.spending.spent()[0] > 0  # the budget in Redis was reserved and settled
     assert redis_server.calls("evalsha") + redis_server.calls("eval") > 0  # Redis was used
     assert blocking_calls == [], f"sync Redis commands on the event loop: {blocking_calls}"
 
