@@ -138,25 +138,23 @@ class _AsyncStream:
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            return _readable(self)
+            return self._readable()
         return self._inner.get_extra_info(info)
 
-
-def _readable(stream: _AsyncStream) -> bool:
-    """Whether an idle connection's socket has bytes (or EOF) waiting: the pool asks this of
-    every idle connection each time it hands out or takes back one (about a hundred times
-    per request at a cap of 100), and anyio builds its whole attribute table to find the
-    socket each time. The socket is looked up once per connection; the probe is the same
-    zero-timeout poll httpcore makes."""
-    if stream._socket is None:
-        stream._socket = stream._inner.get_extra_info("socket")
-    sock = stream._socket
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0 or not hasattr(select, "poll"):
-        return bool(stream._inner.get_extra_info("is_readable"))
-    probe = select.poll()
-    probe.register(fd, select.POLLIN)
-    return bool(probe.poll(0))
+    def _readable(self) -> bool:
+        """Whether the idle connection's socket has bytes (or EOF) waiting. The pool asks
+        this of every idle connection each time it hands one out or takes one back (about
+        a hundred times per request at a cap of 100), and anyio builds its whole attribute
+        table to find the socket each time: here the socket is looked up once per
+        connection, and the probe is the same zero-timeout poll httpcore makes."""
+        if self._socket is None:
+            self._socket = self._inner.get_extra_info("socket")
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd < 0 or not hasattr(select, "poll"):
+            return bool(self._inner.get_extra_info("is_readable"))
+        probe = select.poll()
+        probe.register(fd, select.POLLIN)
+        return bool(probe.poll(0))
 
 
 class _AsyncBackend:

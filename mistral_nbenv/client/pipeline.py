@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -346,8 +347,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> Any:
-            for step in self._admitted(call, self.limiter.acquire(call.estimate, call.slots)):
-                step()
+            self._admit(call)
             try:
                 with _attempt(call):
                     return method(**call.kwargs)
@@ -374,15 +374,12 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> Any:
-            waited = await self.limiter.acquire_async(call.estimate, call.slots)
-            for step in self._admitted(call, waited):
-                await without_waiting(step)
+            await self._admit_async(call)
             try:
                 with _attempt(call):  # around the await: the response hooks run inside it
                     return await method(**call.kwargs)
             except Exception as exc:
-                failure = exc
-                await without_waiting(lambda: self._paused_by(failure))
+                await without_waiting(functools.partial(self._paused_by, exc))
                 raise
 
         await self._slot_async(call)
@@ -406,8 +403,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=False)
 
         def attempt() -> tuple[Any, list[Any]]:
-            for step in self._admitted(call, self.limiter.acquire(call.estimate, call.slots)):
-                step()
+            self._admit(call)
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -445,9 +441,7 @@ class Pipeline:
         method = self.transport.method(ep.group, ep.method, is_async=True)
 
         async def attempt() -> tuple[Any, list[Any]]:
-            waited = await self.limiter.acquire_async(call.estimate, call.slots)
-            for step in self._admitted(call, waited):
-                await without_waiting(step)
+            await self._admit_async(call)
             scope = FAST_SCOPE.set(True)
             try:
                 with deadline.within(call.seconds, until=call.ends):
@@ -460,8 +454,7 @@ class Pipeline:
                         await events.close()
                         raise
             except Exception as exc:
-                failure = exc
-                await without_waiting(lambda: self._paused_by(failure))
+                await without_waiting(functools.partial(self._paused_by, exc))
                 raise
             finally:
                 FAST_SCOPE.reset(scope)
@@ -673,6 +666,17 @@ class Pipeline:
         if mapped is exc:
             raise exc
         raise mapped from exc
+
+    def _admit(self, call: Prepared) -> None:
+        """Wait in line for the rate limit, then count the admission (and its wait)."""
+        for step in self._admitted(call, self.limiter.acquire(call.estimate, call.slots)):
+            step()
+
+    async def _admit_async(self, call: Prepared) -> None:
+        """:meth:`_admit` with the event loop free."""
+        waited = await self.limiter.acquire_async(call.estimate, call.slots)
+        for step in self._admitted(call, waited):
+            await without_waiting(step)
 
     def _admitted(self, call: Prepared, seconds: float) -> list[Callable[[], None]]:
         """After each admission: counted now; the wait, if there was one, returned as the
