@@ -461,20 +461,6 @@ class RateLimiter:
         """:meth:`settle` with the usage only (0: a failed call gives its estimates back)."""
         self.settle(slots, estimated, actual)
 
-    def observe(
-        self,
-        remaining_requests: float | None,
-        remaining_tokens: float | None,
-        *,
-        limit_requests: float | None = None,
-        limit_tokens: float | None = None,
-    ) -> None:
-        """:meth:`settle` with the API's ``x-ratelimit-*`` figures only."""
-        self.settle(
-            remaining=(remaining_requests, remaining_tokens),
-            limits=(limit_requests, limit_tokens),
-        )
-
     def _learn(self, limit_requests: float | None, limit_tokens: float | None) -> None:
         """Adopt an API limit below the configured one (0 configured: no limit, so any)."""
         rpm, tpm = self.rpm, self.tpm
